@@ -1,0 +1,66 @@
+"""What theory predicts for the relative output change R = ||v - v*|| / ||v||.
+
+See DESIGN.md, "What theory says". Every function is vectorised over numpy
+arrays and has no dependency on the store.
+
+>>> round(float(first_order(0.1)), 3)
+0.1
+>>> round(float(attenuation(0.1, 0)), 6)  # perturbing the read-out: exactly r
+0.1
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def worst_case_bound(ratio, weight_norm, L, x_norm):
+    """r * M^L * ||x*||: the Lipschitz bound when every ||W_j||_2 <= M (no biases)."""
+    return np.asarray(ratio) * np.asarray(weight_norm, dtype=float) ** np.asarray(L) * np.asarray(x_norm)
+
+
+def first_order(ratio):
+    """Infinite width, He init, small r: sqrt(E R^2) = r for every L and layer."""
+    return np.asarray(ratio, dtype=float)
+
+
+def arccos_map(theta):
+    """One random ReLU layer maps the angle between two inputs (Cho and Saul 2009)."""
+    theta = np.asarray(theta, dtype=float)
+    c = (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / np.pi
+    return np.arccos(np.clip(c, -1.0, 1.0))
+
+
+def attenuation(ratio, depth_after):
+    """Finite r, infinite width: R after ``depth_after`` = L - i ReLU layers.
+
+    The clean and perturbed pre-activations start at angle arctan(r) with norm
+    ratio rho = sqrt(1 + r^2); each ReLU layer applies :func:`arccos_map` and
+    keeps rho, so R = sqrt(1 + rho^2 - 2 rho cos theta_{L-i}).
+    """
+    r, n = np.broadcast_arrays(np.asarray(ratio, dtype=float), np.asarray(depth_after, dtype=int))
+    theta = np.arctan(r)
+    out = np.empty(r.shape)
+    for idx in np.ndindex(r.shape):
+        t = theta[idx]
+        for _ in range(int(n[idx])):
+            t = arccos_map(t)
+        rho = np.sqrt(1.0 + r[idx] ** 2)
+        out[idx] = np.sqrt(max(1.0 + rho**2 - 2.0 * rho * np.cos(t), 0.0))
+    return out[()] if out.ndim == 0 else out
+
+
+def attenuation_approx(ratio, depth_after):
+    """The closed-form approximation r / (1 + (L - i) r / (3 pi))."""
+    r = np.asarray(ratio, dtype=float)
+    return r / (1.0 + np.asarray(depth_after) * r / (3.0 * np.pi))
+
+
+def log_variance(depth_after, m, k):
+    """Finite width: Var log R ~= 2 (L - i) / m + 1 / k (Hanin and Nica 2019)."""
+    return 2.0 * np.asarray(depth_after, dtype=float) / np.asarray(m) + 1.0 / np.asarray(k)
+
+
+def mean_over_median(depth_after, m, k):
+    """For log-normal R the mean exceeds the median by exp(s^2 / 2)."""
+    return np.exp(log_variance(depth_after, m, k) / 2.0)

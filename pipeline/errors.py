@@ -1,0 +1,17 @@
+"""Errors that users can fix, reported by the CLI as one paragraph with exit status 2."""
+
+
+class UserError(Exception):
+    """Bad input: a spec, a file, a store or an option the user can correct."""
+
+
+class SpecError(UserError):
+    """A sweep spec that cannot be loaded or does not validate."""
+
+
+class StoreError(UserError):
+    """A results store that is missing, foreign or made from another spec."""
+
+
+class BlockFailed(RuntimeError):
+    """A block of the sweep raised on a worker; carries the block's coordinates."""

@@ -1,0 +1,168 @@
+"""ReLU networks: weights for one (L, m, seed) and a forward pass that keeps activations.
+
+A network has L weight matrices: W_1 is m x d, W_2..W_{L-1} are m x m and the
+linear read-out W_L is k x m (for L = 1, W_1 is k x d). Hidden layers apply
+ReLU; the read-out does not.
+
+>>> import numpy as np
+>>> net = Network((np.eye(2), -np.eye(2)))
+>>> net.forward(np.array([1.0, -1.0])).output
+array([-1., -0.])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from .errors import SpecError
+from .spec import Spec
+
+# Tags that keep the random streams of different purposes apart.
+INPUT_STREAM, WEIGHT_STREAM, NOISE_STREAM = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """A clean forward pass: ``pre[j-1]`` = z_j (before ReLU), ``post[j-1]`` = h_{j-1}."""
+
+    pre: tuple[np.ndarray, ...]   # z_1 .. z_L; z_L is the output v
+    post: tuple[np.ndarray, ...]  # h_0 = x .. h_{L-1}, the input of each layer
+
+    @property
+    def output(self) -> np.ndarray:
+        return self.pre[-1]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Network:
+    """Fixed weights (and optional biases) of a feed-forward ReLU network."""
+
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...] | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+    def layer(self, j: int, h: np.ndarray) -> np.ndarray:
+        """Pre-activation of layer j (1-based) for inputs ``h`` (a vector or columns)."""
+        z = self.weights[j - 1] @ h
+        if self.biases is not None:
+            b = self.biases[j - 1]
+            z += b if h.ndim == 1 else b[:, None]
+        return z
+
+    def forward(self, x: np.ndarray) -> Forward:
+        pre, post, h = [], [], x
+        for j in range(1, self.depth + 1):
+            post.append(h)
+            z = self.layer(j, h)
+            pre.append(z)
+            h = np.maximum(z, 0.0)
+        return Forward(tuple(pre), tuple(post))
+
+    @functools.cached_property
+    def spectral_norms(self) -> np.ndarray:
+        return np.array([spectral_norm(w) for w in self.weights])
+
+
+def spectral_norm(w: np.ndarray) -> float:
+    """Largest singular value; Lanczos (ARPACK) for large matrices, a full SVD otherwise."""
+    if min(w.shape) < 128:
+        return float(np.linalg.norm(w, 2))
+    from scipy.sparse.linalg import svds
+
+    v0 = np.ones(min(w.shape)) / np.sqrt(min(w.shape))
+    return float(svds(w, k=1, tol=1e-12, v0=v0, return_singular_vectors=False)[0])
+
+
+def layer_shapes(L: int, m: int, d: int, k: int) -> list[tuple[int, int]]:
+    """(n_out, n_in) of W_1..W_L."""
+    widths = [d] + [m] * (L - 1) + [k]
+    return [(widths[j + 1], widths[j]) for j in range(L)]
+
+
+def stream(spec: Spec, *key: int) -> np.random.Generator:
+    """A generator seeded by the spec's random_seed and a cell's own coordinates."""
+    return np.random.default_rng(np.random.SeedSequence(spec.random_seed, spawn_key=key))
+
+
+def make_input(spec: Spec) -> np.ndarray:
+    """The fixed input x*: standard normal from the random seed, or read from a .npy file."""
+    net = spec.network
+    if net.input == "gaussian":
+        return stream(spec, INPUT_STREAM).standard_normal(net.input_dim)
+    x = np.load(net.input, allow_pickle=False)
+    if x.shape != (net.input_dim,) or x.dtype.kind not in "fiu":
+        raise SpecError(f"network.input: {net.input} holds an array of shape {x.shape} and dtype "
+                        f"{x.dtype}; expected a numeric vector of length input_dim = {net.input_dim}.")
+    return x.astype(np.float64)
+
+
+def build_network(spec: Spec, L: int, m: int, seed: int) -> Network:
+    """The network of one grid cell, from the spec's init scheme, biases and norm bound."""
+    net = spec.network
+    if net.init_is_file:
+        weights, biases = load_weight_file(net.init)
+    else:
+        rng = stream(spec, WEIGHT_STREAM, L, m, seed)
+        shapes = layer_shapes(L, m, net.input_dim, net.output_dim)
+        weights = tuple(_init_matrix(net.init, s, rng) for s in shapes)
+        biases = None
+        if net.bias_std > 0:
+            biases = tuple(net.bias_std * rng.standard_normal(s[0]) for s in shapes)
+    if net.weight_norm_bound is not None:
+        weights = tuple(w * (net.weight_norm_bound / spectral_norm(w)) for w in weights)
+    return Network(weights, biases)
+
+
+def _init_matrix(scheme: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    n_out, n_in = shape
+    if scheme == "he":
+        return rng.standard_normal(shape) * np.sqrt(2.0 / n_in)
+    if scheme == "xavier":
+        return rng.standard_normal(shape) * np.sqrt(2.0 / (n_in + n_out))
+    # orthogonal with the ReLU gain sqrt(2): rows (or columns) orthonormal
+    a = rng.standard_normal((max(shape), min(shape)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    return np.sqrt(2.0) * (q if n_out >= n_in else q.T)
+
+
+def load_weight_file(path: str) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...] | None]:
+    """Read W1..WL (and optional b1..bL) from an .npz file, without pickle.
+
+    Raises:
+        SpecError: the file cannot be read, a key is missing or the shapes do not chain.
+    """
+    def bad(why: str) -> SpecError:
+        return SpecError(f"network.init: {path} {why}; expected an .npz file with 2-D float arrays "
+                         "W1..WL where W(j+1) has as many columns as Wj has rows, and optional "
+                         "bias vectors b1..bL of length rows(Wj).")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # zipfile, pickle refusal, truncated file: all one user error
+        raise bad(f"could not be read ({type(e).__name__}: {e})") from None
+    L = sum(1 for k in arrays if k.startswith("W"))
+    names = [f"W{j}" for j in range(1, L + 1)]
+    if L == 0 or set(k for k in arrays if k.startswith("W")) != set(names):
+        raise bad(f"has the arrays {sorted(arrays)}")
+    weights = tuple(np.asarray(arrays[n], dtype=np.float64) for n in names)
+    for j, w in enumerate(weights, 1):
+        if w.ndim != 2:
+            raise bad(f"has W{j} of shape {w.shape}")
+        if j > 1 and w.shape[1] != weights[j - 2].shape[0]:
+            raise bad(f"has W{j - 1} of shape {weights[j - 2].shape} and W{j} of shape {w.shape}, "
+                      "which do not chain")
+    if not any(k.startswith("b") for k in arrays):
+        return weights, None
+    biases = tuple(np.asarray(arrays.get(f"b{j}", np.zeros(w.shape[0])), dtype=np.float64)
+                   for j, w in enumerate(weights, 1))
+    for j, (w, b) in enumerate(zip(weights, biases), 1):
+        if b.shape != (w.shape[0],):
+            raise bad(f"has b{j} of shape {b.shape} for W{j} of shape {w.shape}")
+    return weights, biases
