@@ -119,3 +119,78 @@ def estimate(L, m, d, k, ratio, layer, seeds, draws, init, bias_std, noise, norm
                    f"[{lo:9.4g}, {hi:9.4g}] {s['median_rel_change']:9.4g} {theory:9.4g} {s['bound']:10.4g}")
     click.echo("R = ||v - v*|| / ||v||; theory R: infinite-width arc-cosine prediction (first order: r); "
                "bound: worst-case Lipschitz bound on ||v - v*||.")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--store", "store", type=str, default=None,
+              help="Results store (a directory). Default: results/<spec name>.zarr.")
+@click.option("--scheduler", type=str, default=None,
+              help="Address of a running Dask scheduler (tcp://HOST:PORT). Default: an embedded local cluster.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the local cluster. Default: one per core.")
+@click.option("--seeds-per-block", type=click.IntRange(min=1), default=None,
+              help="Networks per task (the store's chunk along seed); layout only, never a number.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def run(spec_path, store, scheduler, workers, seeds_per_block, progress):
+    """Run the sweep in SPEC, or resume it: blocks already done are skipped.
+
+    Example: nnsweep run sweeps/quickstart.yaml
+    """
+    from .execute import run as run_sweep
+    from .spec import load_spec
+
+    spec = load_spec(spec_path)
+    summary = run_sweep(spec, store=store, scheduler=scheduler, workers=workers,
+                        seeds_per_block=seeds_per_block, progress=progress)
+    click.echo(str(summary))
+    if not summary.ok:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("store", type=str)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(store, as_json):
+    """Show a store's spec, blocks done of total, and provenance."""
+    from .query import status as get_status
+
+    s = get_status(store)
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    g = s["grid"]
+    click.echo(f"store:     {s['store']}  (spec {s['name'] or '-'}, hash {s['spec_hash'][:12]})")
+    click.echo(f"blocks:    {s['blocks_done']} of {s['blocks_total']} done "
+               f"({s['seeds_per_block']} seeds per block, {s['compute_seconds']:.1f} s of compute)")
+    click.echo(f"grid:      L={g['L']} m={g['m']} ratio={g['ratio']} layer={g['layer']} "
+               f"seeds={len(g['seeds'])}")
+    n, z = s["network"], s["noise"]
+    click.echo(f"network:   d={n['input_dim']} k={n['output_dim']} init={n['init']} bias_std={n['bias_std']} "
+               f"norm_bound={n['weight_norm_bound']} input={n['input']}")
+    click.echo(f"noise:     {z['distribution']}, {z['norm']} norm, {z['draws']} draws; "
+               f"random_seed={s['random_seed']}")
+    click.echo(f"created:   {s['created']} with " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
+
+
+@main.command()
+@click.argument("store", type=str)
+@click.option("--sel", multiple=True, metavar="DIM=VALUE",
+              help="Select a coordinate value; repeat for several (e.g. --sel ratio=0.1 --sel L=4).")
+@click.option("--var", default="rel_change", show_default=True,
+              help="Variable: rel_change, delta_norm, flip_fraction, bound, output_norm, ...")
+@click.option("--reduce", type=click.Choice(["mean", "median", "std", "min", "max", "count"]), default=None,
+              help="Reduce over --over (default: seed and draw).")
+@click.option("--over", default="", metavar="DIMS", help="Comma-separated dimensions to reduce over.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+def query(store, sel, var, reduce, over, fmt):
+    """Select and reduce results, e.g. the mean relative change by L and m at r = 0.1:
+
+    nnsweep query STORE --sel ratio=0.1 --reduce mean --over layer,seed,draw
+    """
+    from .query import query as run_query
+    from .query import to_text
+
+    dims = tuple(d.strip() for d in over.split(",") if d.strip())
+    click.echo(to_text(run_query(store, sel=sel, var=var, reduce=reduce, over=dims), fmt))

@@ -1,0 +1,199 @@
+"""Run a sweep on a Dask cluster: the only module that imports dask.distributed.
+
+The client creates (or checks) the store, plans the pending blocks and submits
+them in a bounded window with ``as_completed``. Each task measures its block,
+writes it into its own region of the store and returns a small summary; blocks
+lost with a worker are rescheduled by the scheduler, and a block that raises is
+reported with its coordinates while the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+
+from distributed import Client, LocalCluster, as_completed
+from distributed.scheduler import KilledWorker
+from tqdm.auto import tqdm
+
+from .errors import BlockFailed, UserError
+from .measure import measure_block
+from .plan import BlockKey, all_blocks, pending_blocks
+from .spec import Spec
+from .store import create_or_resume, done_mask, write_block
+
+log = logging.getLogger(__name__)
+
+# One single-threaded worker per core: BLAS must not spawn threads of its own.
+BLAS_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")}
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What a run did; ``failed`` holds (block, message) pairs."""
+
+    store: str
+    total: int
+    skipped: int
+    done: int = 0
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    cells: int = 0
+    seconds: float = 0.0
+    task_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def __str__(self) -> str:
+        rate = self.cells / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"{self.done} blocks computed, {self.skipped} already done, {len(self.failed)} failed, "
+                 f"of {self.total}; {self.seconds:.1f} s wall, {rate:,.0f} cells/s; store: {self.store}"]
+        lines += [f"  failed: {key}: {msg}" for key, msg in self.failed]
+        if self.failed:
+            lines.append("Rerun the same command to retry only the missing blocks.")
+        return "\n".join(lines)
+
+
+def run_block(spec: Spec, path: str, key: BlockKey) -> dict:
+    """Measure one block and write it to the store (runs on a worker)."""
+    t0 = time.perf_counter()
+    try:
+        result = measure_block(spec, key.L, key.m, key.seeds)
+        write_block(path, key, result, time.perf_counter() - t0)
+    except MemoryError as e:
+        raise BlockFailed(f"block {key}: out of memory ({e}); use fewer seeds per block "
+                          "(--seeds-per-block) or workers with more memory") from e
+    except Exception as e:
+        raise BlockFailed(f"block {key}: {type(e).__name__}: {e}") from e
+    present = sum(1 for i in spec.grid.layer if i <= key.L)
+    cells = len(spec.grid.ratio) * present * len(key.seeds) * spec.noise.draws
+    return {"key": str(key), "seconds": time.perf_counter() - t0, "host": socket.gethostname(),
+            "cells": cells}
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int | None = None, memory_limit: str | None = "auto") -> Iterator[Client]:
+    """An embedded cluster on 127.0.0.1: one single-threaded worker process per core."""
+    n = workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", memory_limit=memory_limit, env=BLAS_ENV,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def connect(scheduler: str, timeout: float = 10.0) -> Iterator[Client]:
+    """A client of an existing scheduler; fails within ``timeout`` seconds if it is unreachable."""
+    try:
+        client = Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise UserError(f"could not reach the scheduler at {scheduler!r} within {timeout:.0f} s "
+                        f"({type(e).__name__}: {e}); check the address (tcp://HOST:PORT) and that "
+                        "the scheduler is running.") from None
+    with client:
+        yield client
+
+
+def run_sweep(spec: Spec, path: str, client: Client, progress: bool = True,
+              window: int | None = None) -> RunSummary:
+    """Compute every block of ``spec`` not yet done in the store at ``path``.
+
+    Args:
+        spec: the validated sweep.
+        path: the store; created from the spec if missing, else checked against it.
+        client: a client of the cluster to run on.
+        progress: show a progress bar on stderr.
+        window: most blocks in flight at once (default: 2 per worker thread, at least 4).
+
+    Returns:
+        The run's summary; ``summary.ok`` is False if any block failed.
+    """
+    t0 = time.perf_counter()
+    spec, existed = create_or_resume(spec, path)
+    blocks = all_blocks(spec)
+    todo = pending_blocks(spec, done_mask(path))
+    summary = RunSummary(store=path, total=len(blocks), skipped=len(blocks) - len(todo))
+    if existed:
+        log.info("resuming %s: %d of %d blocks already done", path, summary.skipped, summary.total)
+    window = window or max(4, 2 * sum(client.nthreads().values()))
+    pending = iter(todo)
+    submitted: dict = {}
+
+    def submit_next(ac: as_completed) -> None:
+        key = next(pending, None)
+        if key is not None:
+            fut = client.submit(run_block, spec, path, key, key=f"block-{spec.hash[:8]}-{key}", pure=False)
+            submitted[fut.key] = key
+            ac.add(fut)
+
+    ac = as_completed()
+    for _ in range(window):
+        submit_next(ac)
+    with tqdm(total=len(todo), unit="block", desc="sweep", disable=not progress, file=sys.stderr) as bar:
+        for fut in ac:
+            key = submitted.pop(fut.key)
+            try:
+                info = fut.result()
+                summary.done += 1
+                summary.cells += info["cells"]
+                summary.task_seconds += info["seconds"]
+            except KilledWorker as e:
+                summary.failed.append((str(key), f"its worker died repeatedly ({e}); if it ran out of "
+                                       "memory, use fewer seeds per block (--seeds-per-block)"))
+            except BlockFailed as e:
+                summary.failed.append((str(key), str(e).removeprefix(f"block {key}: ")))
+            except Exception as e:
+                summary.failed.append((str(key), f"{type(e).__name__}: {e}"))
+            fut.release()
+            bar.update()
+            submit_next(ac)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def run(spec: Spec, store: str | None = None, scheduler: str | None = None, workers: int | None = None,
+        seeds_per_block: int | None = None, progress: bool = True) -> RunSummary:
+    """Run (or resume) a sweep: the public entry point behind ``nnsweep run``.
+
+    Args:
+        spec: the validated sweep.
+        store: the results store; default ``results/<spec name>.zarr``.
+        scheduler: address of an existing scheduler; default an embedded local cluster.
+        workers: size of the local cluster (default: one worker per core).
+        seeds_per_block: layout of a new store; must match an existing one.
+        progress: show a progress bar and the dashboard address on stderr.
+
+    Raises:
+        UserError: the store cannot be used for this spec, or the scheduler is unreachable.
+    """
+    path = store or default_store_path(spec)
+    if seeds_per_block is not None:
+        spec = spec.with_execution(seeds_per_block=seeds_per_block)
+    resumed_spec, existed = create_or_resume(spec, path)
+    if existed and seeds_per_block is not None and resumed_spec.execution != spec.execution:
+        raise UserError(f"store {path!r} holds {resumed_spec.execution.seeds_per_block} seeds per block; "
+                        f"--seeds-per-block {seeds_per_block} cannot change an existing store's layout. "
+                        "Omit the option to resume, or pass a new --store. Nothing was written.")
+    cm = connect(scheduler) if scheduler else local_cluster(workers)
+    with cm as client:
+        if progress:
+            print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+            if existed:
+                total = len(all_blocks(resumed_spec))
+                todo = len(pending_blocks(resumed_spec, done_mask(path)))
+                print(f"resuming {path}: {total - todo} of {total} blocks already done, "
+                      f"{todo} to compute", file=sys.stderr)
+        return run_sweep(resumed_spec, path, client, progress=progress)
+
+
+def default_store_path(spec: Spec) -> str:
+    """``results/<name>.zarr`` under the working directory."""
+    return os.path.join("results", f"{spec.name or 'sweep'}.zarr")

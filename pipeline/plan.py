@@ -1,0 +1,66 @@
+"""Plan a sweep: the blocks of a spec as small immutable keys, minus the done ones.
+
+A block is one L, one m, a run of consecutive seeds, and every ratio, layer and
+draw: exactly one chunk of every variable in the store.
+
+>>> from pipeline.spec import Spec
+>>> spec = Spec.from_dict({"grid": {"L": [2], "m": [8, 16], "ratio": [0.1], "seeds": 5},
+...                        "execution": {"seeds_per_block": 2}})
+>>> [str(k) for k in all_blocks(spec)][:3]
+['L=2 m=16 seeds=0..1', 'L=2 m=16 seeds=2..3', 'L=2 m=16 seeds=4..4']
+>>> all_blocks(spec)[0].region()
+{'L': slice(0, 1, None), 'm': slice(1, 2, None), 'seed': slice(0, 2, None)}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .spec import Spec
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class BlockKey:
+    """Where a block sits in the grid: coordinate values and their positions."""
+
+    L: int
+    m: int
+    seeds: tuple[int, ...]
+    L_index: int
+    m_index: int
+    seed_start: int
+
+    def region(self) -> dict[str, slice]:
+        """The block's zarr region along the dimensions it does not span whole."""
+        return {
+            "L": slice(self.L_index, self.L_index + 1),
+            "m": slice(self.m_index, self.m_index + 1),
+            "seed": slice(self.seed_start, self.seed_start + len(self.seeds)),
+        }
+
+    @property
+    def cost(self) -> float:
+        """Relative compute cost, for running the big blocks first."""
+        return len(self.seeds) * self.L * self.L * self.m * self.m
+
+    def __str__(self) -> str:
+        return f"L={self.L} m={self.m} seeds={self.seeds[0]}..{self.seeds[-1]}"
+
+
+def all_blocks(spec: Spec) -> list[BlockKey]:
+    """Every block of the grid, largest first (so the long ones do not finish last)."""
+    g, n = spec.grid, spec.execution.seeds_per_block
+    keys = [
+        BlockKey(L, m, g.seeds[s:s + n], li, mi, s)
+        for li, L in enumerate(g.L)
+        for mi, m in enumerate(g.m)
+        for s in range(0, len(g.seeds), n)
+    ]
+    return sorted(keys, key=lambda k: (-k.cost, k))
+
+
+def pending_blocks(spec: Spec, done: np.ndarray) -> list[BlockKey]:
+    """The blocks not yet marked done; ``done`` is the store's (L, m, seed) mark."""
+    return [k for k in all_blocks(spec) if not done[k.L_index, k.m_index, k.seed_start]]

@@ -1,0 +1,106 @@
+"""Read a results store: status, selections and reductions. No Dask cluster needed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from .errors import UserError
+from .store import open_results, read_attrs
+
+REDUCERS = ("mean", "median", "std", "min", "max", "count")
+
+
+def status(path: str) -> dict:
+    """Spec summary, blocks done of total, and provenance of a store."""
+    attrs = read_attrs(path)
+    ds = open_results(path)
+    done = ds["done"].values.astype(bool)
+    spb = int(attrs["seeds_per_block"])
+    n_seed = done.shape[2]
+    starts = list(range(0, n_seed, spb))
+    blocks_done = int(sum(done[:, :, s].sum() for s in starts))
+    total = done.shape[0] * done.shape[1] * len(starts)
+    spec = json.loads(attrs["spec"])
+    return {
+        "store": path,
+        "name": spec.get("name", ""),
+        "spec_hash": attrs["spec_hash"],
+        "blocks_done": blocks_done,
+        "blocks_total": total,
+        "seeds_per_block": spb,
+        "grid": spec["grid"],
+        "network": spec["network"],
+        "noise": spec["noise"],
+        "random_seed": spec["random_seed"],
+        "created": attrs["created"],
+        "versions": json.loads(attrs["versions"]),
+        "compute_seconds": float(np.nansum(ds["wall_time"].values[:, :, starts])),
+    }
+
+
+def _parse_sel(ds: xr.Dataset, sel: tuple[str, ...]) -> dict:
+    out: dict[str, list] = {}
+    for item in sel:
+        dim, _, raw = item.partition("=")
+        if dim not in ds.dims or not raw:
+            raise UserError(f"--sel {item!r} is not allowed; expected DIM=VALUE with DIM one of "
+                            f"{', '.join(map(str, ds.dims))}, e.g. --sel ratio=0.1.")
+        coord = ds[dim].values
+        try:
+            value = float(raw)
+        except ValueError:
+            value = np.nan
+        match = np.flatnonzero(np.isclose(coord, value, rtol=1e-9, atol=0))
+        if match.size == 0:
+            raise UserError(f"--sel {item!r}: {raw} is not a value of {dim}; the store holds "
+                            f"{dim} = {', '.join(map(str, coord.tolist()))}.")
+        out.setdefault(dim, []).append(coord[match[0]].item())
+    return out
+
+
+def query(path: str, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str | None = None,
+          over: tuple[str, ...] = ()) -> xr.DataArray:
+    """Select and reduce one variable of a store.
+
+    Args:
+        path: the store.
+        sel: ``DIM=VALUE`` strings; a dimension given more than once keeps each value.
+        var: a variable of the store (``rel_change`` is derived).
+        reduce: one of :data:`REDUCERS`, applied over ``over`` (default: seed and draw).
+        over: dimensions to reduce over.
+
+    Raises:
+        UserError: an unknown variable, dimension, value or reducer.
+    """
+    ds = open_results(path)
+    if var not in ds.data_vars:
+        raise UserError(f"--var {var!r} is not allowed; expected one of {', '.join(sorted(ds.data_vars))}.")
+    da = ds[var].sel(_parse_sel(ds, sel))
+    if reduce is None:
+        if over:
+            raise UserError("--over needs --reduce, e.g. --reduce mean --over seed,draw.")
+        return da
+    if reduce not in REDUCERS:
+        raise UserError(f"--reduce {reduce!r} is not allowed; expected one of {', '.join(REDUCERS)}.")
+    dims = over or tuple(d for d in ("seed", "draw") if d in da.dims)
+    bad = [d for d in dims if d not in da.dims]
+    if bad:
+        raise UserError(f"--over {bad[0]!r} is not allowed; {var} has the dimensions {', '.join(da.dims)}.")
+    return getattr(da, reduce)(dim=list(dims))
+
+
+def to_text(da: xr.DataArray, fmt: str) -> str:
+    """A DataArray as a table, CSV or JSON records (NaN cells dropped)."""
+    name = da.name or "value"
+    df = da.compute().to_dataframe(name=name)[[name]].dropna() if da.dims else None
+    if df is None:
+        value = float(da.compute())
+        return json.dumps({name: value}) if fmt == "json" else f"{name}\n{value}"
+    if fmt == "csv":
+        return df.to_csv()
+    if fmt == "json":
+        return df.reset_index().to_json(orient="records")
+    return df.to_string()

@@ -1,0 +1,174 @@
+"""The results store: a zarr template made from the spec, region writes per block.
+
+The client creates the store once, before any task runs, with every
+coordinate, every variable (NaN fill), units, descriptions and provenance.
+Each block then writes exactly one chunk of every variable and marks itself
+done afterwards, so a rerun skips it. Metadata never changes after creation.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from .errors import StoreError
+from .measure import BlockResult
+from .plan import BlockKey
+from .spec import Spec
+
+SCHEMA_VERSION = 1
+FULL = ("L", "m", "ratio", "layer", "seed", "draw")
+
+# name -> (dims, dtype, units, description)
+VARIABLES = {
+    "delta_norm": (FULL, "f8", "output units",
+                   "||v - v*||_2, the change of the output when W_layer is perturbed"),
+    "flip_fraction": (FULL, "f8", "1",
+                      "share of the network's hidden units whose ReLU on/off state differs from the clean pass"),
+    "bound": (("L", "m", "ratio", "layer", "seed"), "f8", "output units",
+              "worst-case Lipschitz bound on ||v - v*||: ||eta||_2 prod_{j != i} ||W_j||_2 ||x*||"),
+    "output_norm": (("L", "m", "seed"), "f8", "output units", "||v||_2, the norm of the clean output"),
+    "wall_time": (("L", "m", "seed"), "f8", "s", "wall time of the block that computed this seed"),
+    "done": (("L", "m", "seed"), "i1", "1", "1 once the block holding this seed is written completely"),
+}
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("nnsweep", "numpy", "dask", "distributed", "xarray", "zarr"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def template(spec: Spec) -> xr.Dataset:
+    """The empty store as a lazy Dataset: coordinates, NaN-filled variables, attributes."""
+    g = spec.grid
+    coords = {
+        "L": ("L", np.array(g.L), {"description": "number of weight layers"}),
+        "m": ("m", np.array(g.m), {"description": "neurons per hidden layer"}),
+        "ratio": ("ratio", np.array(g.ratio), {"description": "noise ratio r = ||eta|| / ||W_i||"}),
+        "layer": ("layer", np.array(g.layer), {"description": "perturbed layer i (cells with i > L are NaN)"}),
+        "seed": ("seed", np.array(g.seeds), {"description": "network seed"}),
+        "draw": ("draw", np.arange(spec.noise.draws), {"description": "noise draw"}),
+    }
+    sizes = {d: len(c[1]) for d, c in coords.items()}
+    chunk = {"L": 1, "m": 1, "seed": spec.execution.seeds_per_block}
+    data_vars = {}
+    for name, (dims, dtype, units, desc) in VARIABLES.items():
+        shape = tuple(sizes[d] for d in dims)
+        chunks = tuple(chunk.get(d, sizes[d]) for d in dims)
+        fill = 0 if dtype == "i1" else np.nan
+        data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=chunks),
+                           {"units": units, "description": desc})
+    attrs = {
+        "title": f"nnsweep results: {spec.name}",
+        "spec": json.dumps(spec.to_dict(), sort_keys=True),
+        "spec_hash": spec.hash,
+        "schema_version": SCHEMA_VERSION,
+        "seeds_per_block": spec.execution.seeds_per_block,
+        "versions": json.dumps(_versions(), sort_keys=True),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _kind(path: str) -> str:
+    """'missing', 'results' (one of ours), or a reason the path cannot be a store."""
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    if not p.is_dir():
+        return "an existing file, not a directory"
+    if not any(p.iterdir()):
+        return "missing"
+    try:
+        group = zarr.open_group(str(p), mode="r")
+    except Exception:
+        return "a non-empty directory that is not a zarr store"
+    return "results" if "spec_hash" in group.attrs else "a zarr store not made by nnsweep"
+
+
+def read_attrs(path: str) -> dict:
+    """The root attributes of an existing results store.
+
+    Raises:
+        StoreError: the path is missing or not a results store.
+    """
+    kind = _kind(path)
+    if kind != "results":
+        what = "does not exist" if kind == "missing" else f"is {kind}"
+        raise StoreError(f"store {path!r} {what}; expected a results store written by `nnsweep run`.")
+    return dict(zarr.open_group(str(path), mode="r").attrs)
+
+
+def create_or_resume(spec: Spec, path: str) -> tuple[Spec, bool]:
+    """Create the store from ``spec`` or check that an existing one was made from it.
+
+    Returns:
+        The spec with the store's layout (seeds per block), and whether the
+        store already existed.
+
+    Raises:
+        StoreError: the path is a file, a foreign directory or zarr store, or a
+            store made from another spec. Nothing is written in that case.
+    """
+    kind = _kind(path)
+    if kind == "missing":
+        template(spec).to_zarr(path, mode="w-", compute=False, zarr_format=3, consolidated=False)
+        return spec, False
+    if kind != "results":
+        raise StoreError(f"store path {path!r} is {kind}; choose a new path (--store) or the path of a "
+                         "results store made from this spec. Nothing was written.")
+    attrs = read_attrs(path)
+    if attrs["spec_hash"] != spec.hash:
+        raise StoreError(
+            f"store {path!r} was made from another spec (its hash {attrs['spec_hash'][:12]} differs from "
+            f"{spec.hash[:12]} for {spec.source or spec.name}); resuming would mix results. Use a new "
+            "--store path, or the spec the store was made from (`nnsweep status` shows it). Nothing was written.")
+    return spec.with_execution(seeds_per_block=int(attrs["seeds_per_block"])), True
+
+
+def done_mask(path: str) -> np.ndarray:
+    """The (L, m, seed) done mark as a bool array."""
+    return zarr.open_array(str(path), path="done", mode="r")[...].astype(bool)
+
+
+def write_block(path: str, key: BlockKey, result: BlockResult, wall_time: float) -> None:
+    """Write one block into its own region, then mark it done (in that order)."""
+    n = len(key.seeds)
+    region = key.region()
+    data = xr.Dataset({
+        "delta_norm": (FULL, result.delta_norm[None, None]),
+        "flip_fraction": (FULL, result.flip_fraction[None, None]),
+        "bound": (FULL[:-1], result.bound[None, None]),
+        "output_norm": (("L", "m", "seed"), result.output_norm[None, None]),
+        "wall_time": (("L", "m", "seed"), np.full((1, 1, n), wall_time)),
+    })
+    data.to_zarr(path, region=region, mode="r+", consolidated=False)
+    done = xr.Dataset({"done": (("L", "m", "seed"), np.ones((1, 1, n), dtype="i1"))})
+    done.to_zarr(path, region=region, mode="r+", consolidated=False)
+
+
+def open_results(path: str | os.PathLike) -> xr.Dataset:
+    """The results store as a lazy Dataset, with ``rel_change`` = delta_norm / output_norm.
+
+    Raises:
+        StoreError: the path is missing or not a results store.
+    """
+    path = str(path)
+    read_attrs(path)
+    ds = xr.open_zarr(path, consolidated=False)
+    rel = ds["delta_norm"] / ds["output_norm"]
+    rel.attrs = {"units": "1", "description": "relative output change ||v - v*|| / ||v||"}
+    return ds.assign(rel_change=rel)
