@@ -34,6 +34,29 @@ class _Ratio(click.ParamType):
         return r
 
 
+class _KeyValue(click.ParamType):
+    """KEY=VALUE, the value read as YAML (so numbers, booleans and {a: b} work)."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value, param, ctx):
+        import yaml
+
+        key, sep, raw = value.partition("=")
+        if not sep or not key:
+            self.fail(f"{value!r} is not allowed; expected KEY=VALUE, e.g. endpoint_url=http://127.0.0.1:9000.",
+                      param, ctx)
+        try:
+            return key, yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return key, raw
+
+
+_storage_option = click.option(
+    "--storage-option", "storage_options", type=_KeyValue(), multiple=True,
+    help="fsspec option for a store URL (s3://...), repeatable: --storage-option endpoint_url=http://...")
+
+
 class _Layer(click.ParamType):
     name = "LAYER|all"
 
@@ -131,18 +154,24 @@ def estimate(L, m, d, k, ratio, layer, seeds, draws, init, bias_std, noise, norm
               help="Worker processes of the local cluster. Default: one per core.")
 @click.option("--seeds-per-block", type=click.IntRange(min=1), default=None,
               help="Networks per task (the store's chunk along seed); layout only, never a number.")
+@click.option("--cluster", "cluster_file", type=str, default=None,
+              help="A cluster file (cluster/slurm.yaml, pbs.yaml, kubernetes.yaml, local.yaml) to start and run on.")
+@_storage_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def run(spec_path, store, scheduler, workers, seeds_per_block, progress):
+def run(spec_path, store, scheduler, workers, seeds_per_block, cluster_file, storage_options, progress):
     """Run the sweep in SPEC, or resume it: blocks already done are skipped.
 
     Example: nnsweep run sweeps/quickstart.yaml
     """
+    from .clusterconfig import load_cluster_config
     from .execute import run as run_sweep
     from .spec import load_spec
 
     spec = load_spec(spec_path)
+    cluster = load_cluster_config(cluster_file) if cluster_file else None
     summary = run_sweep(spec, store=store, scheduler=scheduler, workers=workers,
-                        seeds_per_block=seeds_per_block, progress=progress)
+                        seeds_per_block=seeds_per_block, progress=progress, cluster=cluster,
+                        storage_options=dict(storage_options) if storage_options else None)
     click.echo(str(summary))
     if not summary.ok:
         raise SystemExit(1)
@@ -151,11 +180,13 @@ def run(spec_path, store, scheduler, workers, seeds_per_block, progress):
 @main.command()
 @click.argument("store", type=str)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def status(store, as_json):
+@_storage_option
+def status(store, as_json, storage_options):
     """Show a store's spec, blocks done of total, and provenance."""
     from .query import status as get_status
+    from .store import as_location
 
-    s = get_status(store)
+    s = get_status(as_location(store, dict(storage_options)))
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
@@ -184,7 +215,8 @@ def status(store, as_json):
 @click.option("--over", default="", metavar="DIMS", help="Comma-separated dimensions to reduce over.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
-def query(store, sel, var, reduce, over, fmt):
+@_storage_option
+def query(store, sel, var, reduce, over, fmt, storage_options):
     """Select and reduce results, e.g. the mean relative change by L and m at r = 0.1:
 
     nnsweep query STORE --sel ratio=0.1 --reduce mean --over layer,seed,draw
@@ -192,5 +224,26 @@ def query(store, sel, var, reduce, over, fmt):
     from .query import query as run_query
     from .query import to_text
 
+    from .store import as_location
+
     dims = tuple(d.strip() for d in over.split(",") if d.strip())
-    click.echo(to_text(run_query(store, sel=sel, var=var, reduce=reduce, over=dims), fmt))
+    loc = as_location(store, dict(storage_options))
+    click.echo(to_text(run_query(loc, sel=sel, var=var, reduce=reduce, over=dims), fmt))
+
+
+@main.group()
+def cluster():
+    """Inspect cluster files (cluster/*.yaml)."""
+
+
+@cluster.command("show")
+@click.argument("cluster_file", metavar="FILE")
+def cluster_show(cluster_file):
+    """Print the job script dask-jobqueue would submit for a slurm or pbs FILE.
+
+    The scheduler is started on 127.0.0.1 only to render the script; nothing is submitted.
+    """
+    from .clusterconfig import load_cluster_config
+    from .execute import job_script
+
+    click.echo(job_script(load_cluster_config(cluster_file)))

@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 import socket
 import sys
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, LocalCluster, Security, as_completed
 from distributed.scheduler import KilledWorker
 from tqdm.auto import tqdm
 
 from .errors import BlockFailed, UserError
 from .measure import measure_block
 from .plan import BlockKey, all_blocks, pending_blocks
+from .clusterconfig import ClusterConfig
 from .spec import Spec
-from .store import create_or_resume, done_mask, write_block
+from .store import StoreLocation, as_location, create_or_resume, done_mask, write_block
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def run_block(spec: Spec, path: str, key: BlockKey) -> dict:
+def run_block(spec: Spec, path: str | StoreLocation, key: BlockKey) -> dict:
     """Measure one block and write it to the store (runs on a worker)."""
     t0 = time.perf_counter()
     try:
@@ -80,20 +83,46 @@ def run_block(spec: Spec, path: str, key: BlockKey) -> dict:
 
 
 @contextlib.contextmanager
-def local_cluster(workers: int | None = None, memory_limit: str | None = "auto") -> Iterator[Client]:
-    """An embedded cluster on 127.0.0.1: one single-threaded worker process per core."""
-    n = workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0", memory_limit=memory_limit, env=BLAS_ENV,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+def local_cluster(workers: int | None = None, memory_limit: str | None = "auto", **options) -> Iterator[Client]:
+    """An embedded cluster on 127.0.0.1: one single-threaded worker process per core.
+
+    The scheduler, the workers and the dashboard bind to the loopback interface only.
+    """
+    kwargs = dict(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                  host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
+                  env=BLAS_ENV, silence_logs=logging.ERROR)
+    kwargs.update(options)
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
         yield client
 
 
-@contextlib.contextmanager
-def connect(scheduler: str, timeout: float = 10.0) -> Iterator[Client]:
-    """A client of an existing scheduler; fails within ``timeout`` seconds if it is unreachable."""
+def security(tls: dict | None) -> Security | None:
+    """distributed's Security from a cluster file's ``tls`` section (certificate paths)."""
+    if not tls:
+        return None
+    return Security(tls_ca_file=tls.get("ca_file"), tls_client_cert=tls.get("cert"),
+                    tls_client_key=tls.get("key"), tls_scheduler_cert=tls.get("cert"),
+                    tls_scheduler_key=tls.get("key"), tls_worker_cert=tls.get("cert"),
+                    tls_worker_key=tls.get("key"), require_encryption=tls.get("require_encryption", True))
+
+
+def _is_loopback(address: str) -> bool:
+    host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
     try:
-        client = Client(scheduler, timeout=timeout)
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def connect(scheduler: str, timeout: float = 10.0, tls: dict | None = None) -> Iterator[Client]:
+    """A client of an existing scheduler; fails within ``timeout`` seconds if it is unreachable."""
+    if not scheduler.startswith("tls://") and not _is_loopback(scheduler):
+        print(f"warning: connecting to {scheduler} without TLS: the traffic is unencrypted and anyone "
+              "who can reach the scheduler can run code on its workers. Use a tls:// address with "
+              "certificates (see cluster/README.md).", file=sys.stderr)
+    try:
+        client = Client(scheduler, timeout=timeout, security=security(tls))
     except (OSError, TimeoutError, ValueError) as e:
         raise UserError(f"could not reach the scheduler at {scheduler!r} within {timeout:.0f} s "
                         f"({type(e).__name__}: {e}); check the address (tcp://HOST:PORT) and that "
@@ -102,7 +131,57 @@ def connect(scheduler: str, timeout: float = 10.0) -> Iterator[Client]:
         yield client
 
 
-def run_sweep(spec: Spec, path: str, client: Client, progress: bool = True,
+def make_cluster(cfg: ClusterConfig, bind_loopback: bool = False):
+    """The cluster object a config describes (not yet scaled).
+
+    ``bind_loopback`` puts a jobqueue scheduler on 127.0.0.1 (for `cluster show`).
+    """
+    opts = dict(cfg.options)
+    if cfg.backend in ("slurm", "pbs"):
+        import dask_jobqueue
+
+        cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[cfg.backend]
+        if bind_loopback:
+            opts["scheduler_options"] = {**opts.get("scheduler_options", {}), "host": "127.0.0.1",
+                                         "dashboard_address": "127.0.0.1:0"}
+        return cls(security=security(cfg.tls), **opts)
+    if cfg.backend == "kubernetes":
+        try:
+            from dask_kubernetes.operator import KubeCluster
+        except ImportError:
+            raise UserError("the kubernetes backend needs dask-kubernetes: pip install 'nnsweep[kubernetes]'.") \
+                from None
+        return KubeCluster(**opts)
+    raise UserError(f"backend {cfg.backend!r} has no cluster object; use local_cluster().")
+
+
+def job_script(cfg: ClusterConfig) -> str:
+    """The batch script dask-jobqueue would submit for a slurm or pbs config."""
+    if cfg.backend not in ("slurm", "pbs"):
+        raise UserError(f"{cfg.source or 'cluster file'}: backend {cfg.backend!r} submits no job script; "
+                        "`nnsweep cluster show` works for slurm and pbs.")
+    with make_cluster(cfg, bind_loopback=True) as cluster:
+        return cluster.job_script()
+
+
+@contextlib.contextmanager
+def start_cluster(cfg: ClusterConfig) -> Iterator[Client]:
+    """Start the cluster a config describes and yield a client of it."""
+    if cfg.backend == "local":
+        opts = dict(cfg.options)
+        with local_cluster(opts.pop("n_workers", None), opts.pop("memory_limit", "auto"), **opts) as client:
+            yield client
+        return
+    with make_cluster(cfg) as cluster:
+        if cfg.adapt:
+            cluster.adapt(**cfg.adapt)
+        elif not cfg.options.get("n_workers"):
+            cluster.scale(jobs=1) if cfg.backend != "kubernetes" else cluster.scale(1)
+        with Client(cluster, security=security(cfg.tls)) as client:
+            yield client
+
+
+def run_sweep(spec: Spec, path: str | StoreLocation, client: Client, progress: bool = True,
               window: int | None = None) -> RunSummary:
     """Compute every block of ``spec`` not yet done in the store at ``path``.
 
@@ -117,10 +196,11 @@ def run_sweep(spec: Spec, path: str, client: Client, progress: bool = True,
         The run's summary; ``summary.ok`` is False if any block failed.
     """
     t0 = time.perf_counter()
+    path = as_location(path)
     spec, existed = create_or_resume(spec, path)
     blocks = all_blocks(spec)
     todo = pending_blocks(spec, done_mask(path))
-    summary = RunSummary(store=path, total=len(blocks), skipped=len(blocks) - len(todo))
+    summary = RunSummary(store=str(path), total=len(blocks), skipped=len(blocks) - len(todo))
     if existed:
         log.info("resuming %s: %d of %d blocks already done", path, summary.skipped, summary.total)
     window = window or max(4, 2 * sum(client.nthreads().values()))
@@ -160,38 +240,49 @@ def run_sweep(spec: Spec, path: str, client: Client, progress: bool = True,
 
 
 def run(spec: Spec, store: str | None = None, scheduler: str | None = None, workers: int | None = None,
-        seeds_per_block: int | None = None, progress: bool = True) -> RunSummary:
+        seeds_per_block: int | None = None, progress: bool = True, cluster: ClusterConfig | None = None,
+        storage_options: dict | None = None) -> RunSummary:
     """Run (or resume) a sweep: the public entry point behind ``nnsweep run``.
 
     Args:
         spec: the validated sweep.
-        store: the results store; default ``results/<spec name>.zarr``.
-        scheduler: address of an existing scheduler; default an embedded local cluster.
+        store: the results store, a path or an fsspec URL; default ``results/<spec name>.zarr``.
+        scheduler: address of a running scheduler; default an embedded local cluster.
         workers: size of the local cluster (default: one worker per core).
         seeds_per_block: layout of a new store; must match an existing one.
-        progress: show a progress bar and the dashboard address on stderr.
+        progress: show a progress bar on stderr.
+        cluster: a cluster config to start (slurm, pbs, kubernetes, local) instead.
+        storage_options: fsspec options for a store URL (default: the spec's).
 
     Raises:
         UserError: the store cannot be used for this spec, or the scheduler is unreachable.
     """
-    path = store or default_store_path(spec)
+    if scheduler and cluster and cluster.backend != "local":
+        raise UserError("--scheduler and --cluster both say where to run; give one of them.")
+    options = storage_options if storage_options is not None else dict(spec.execution.storage_options)
+    loc = as_location(store or default_store_path(spec), options)
     if seeds_per_block is not None:
         spec = spec.with_execution(seeds_per_block=seeds_per_block)
-    resumed_spec, existed = create_or_resume(spec, path)
-    if existed and seeds_per_block is not None and resumed_spec.execution != spec.execution:
-        raise UserError(f"store {path!r} holds {resumed_spec.execution.seeds_per_block} seeds per block; "
+    resumed_spec, existed = create_or_resume(spec, loc)
+    if existed and seeds_per_block is not None and \
+            resumed_spec.execution.seeds_per_block != spec.execution.seeds_per_block:
+        raise UserError(f"store {loc.url!r} holds {resumed_spec.execution.seeds_per_block} seeds per block; "
                         f"--seeds-per-block {seeds_per_block} cannot change an existing store's layout. "
                         "Omit the option to resume, or pass a new --store. Nothing was written.")
-    cm = connect(scheduler) if scheduler else local_cluster(workers)
+    if scheduler:
+        cm = connect(scheduler, tls=cluster.tls if cluster else None)
+    elif cluster:
+        cm = start_cluster(cluster)
+    else:
+        cm = local_cluster(workers)
     with cm as client:
-        if progress:
-            print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
-            if existed:
-                total = len(all_blocks(resumed_spec))
-                todo = len(pending_blocks(resumed_spec, done_mask(path)))
-                print(f"resuming {path}: {total - todo} of {total} blocks already done, "
-                      f"{todo} to compute", file=sys.stderr)
-        return run_sweep(resumed_spec, path, client, progress=progress)
+        print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+        if existed:
+            total = len(all_blocks(resumed_spec))
+            todo = len(pending_blocks(resumed_spec, done_mask(loc)))
+            print(f"resuming {loc}: {total - todo} of {total} blocks already done, "
+                  f"{todo} to compute", file=sys.stderr)
+        return run_sweep(resumed_spec, loc, client, progress=progress)
 
 
 def default_store_path(spec: Spec) -> str:

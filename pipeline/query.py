@@ -13,8 +13,8 @@ from .store import open_results, read_attrs
 REDUCERS = ("mean", "median", "std", "min", "max", "count")
 
 
-def status(path: str) -> dict:
-    """Spec summary, blocks done of total, and provenance of a store."""
+def status(path) -> dict:
+    """Spec summary, blocks done of total, and provenance of a store (a path or StoreLocation)."""
     attrs = read_attrs(path)
     ds = open_results(path)
     done = ds["done"].values.astype(bool)
@@ -25,7 +25,7 @@ def status(path: str) -> dict:
     total = done.shape[0] * done.shape[1] * len(starts)
     spec = json.loads(attrs["spec"])
     return {
-        "store": path,
+        "store": str(path),
         "name": spec.get("name", ""),
         "spec_hash": attrs["spec_hash"],
         "blocks_done": blocks_done,
@@ -61,7 +61,7 @@ def _parse_sel(ds: xr.Dataset, sel: tuple[str, ...]) -> dict:
     return out
 
 
-def query(path: str, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str | None = None,
+def query(path, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str | None = None,
           over: tuple[str, ...] = ()) -> xr.DataArray:
     """Select and reduce one variable of a store.
 

@@ -75,6 +75,7 @@ class ExecutionSpec:
     """Layout and execution settings. They never change a number."""
 
     seeds_per_block: int = 4
+    storage_options: tuple[tuple[str, Any], ...] = ()  # fsspec options for a store URL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,8 @@ class Spec:
         d = dataclasses.asdict(self)
         d.pop("source")
         d["grid"] = {k: list(v) for k, v in d["grid"].items()}
+        # option names only: values may be credentials and the dict is written to the store
+        d["execution"]["storage_options"] = sorted(k for k, _ in self.execution.storage_options)
         return d
 
     @property
@@ -294,9 +297,16 @@ class _Validator:
     def execution(self, raw: Any) -> ExecutionSpec:
         raw = self.mapping(raw, "execution", {f.name for f in dataclasses.fields(ExecutionSpec)})
         d = ExecutionSpec()
+        opts = raw.get("storage_options", {})
+        if isinstance(opts, tuple):
+            opts = dict(opts)
+        if not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
+            raise self.fail("execution.storage_options", opts,
+                            "a mapping of fsspec options for the store URL, e.g. {endpoint_url: http://...}")
         return ExecutionSpec(
             seeds_per_block=self.int_(raw.get("seeds_per_block", d.seeds_per_block),
-                                      "execution.seeds_per_block", 1))
+                                      "execution.seeds_per_block", 1),
+            storage_options=tuple(sorted(opts.items())))
 
     def check_weight_file(self, net: NetworkSpec, grid: GridSpec) -> None:
         from .network import load_weight_file  # local: network imports spec

@@ -8,11 +8,13 @@ done afterwards, so a rerun skips it. Metadata never changes after creation.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -83,36 +85,92 @@ def template(spec: Spec) -> xr.Dataset:
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def _kind(path: str) -> str:
-    """'missing', 'results' (one of ours), or a reason the path cannot be a store."""
-    p = Path(path)
-    if not p.exists():
-        return "missing"
-    if not p.is_dir():
-        return "an existing file, not a directory"
-    if not any(p.iterdir()):
-        return "missing"
+@dataclasses.dataclass(frozen=True)
+class StoreLocation:
+    """Where a store lives: a local path or an fsspec URL (s3://, gs://, ...) and its options.
+
+    This is the one place that turns what the user typed into something zarr
+    and xarray open; tasks receive it (it is small and picklable).
+
+    >>> str(as_location("results/x.zarr")), as_location("s3://b/x.zarr", {"anon": True}).options
+    ('results/x.zarr', {'anon': True})
+    """
+
+    url: str
+    storage_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.storage_options)
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.url or self.url.startswith("file://")
+
+    @property
+    def zarr_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for zarr / xarray: storage options only for URLs."""
+        return {} if self.is_local else {"storage_options": self.options}
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def as_location(where: str | os.PathLike | StoreLocation, storage_options: dict | None = None) -> StoreLocation:
+    """Accept a path, a URL or a StoreLocation at the edge; return a StoreLocation."""
+    if isinstance(where, StoreLocation):
+        return where
+    opts = tuple(sorted((storage_options or {}).items()))
+    url = os.fspath(where)
+    if opts and ("://" not in url or url.startswith("file://")):
+        raise StoreError(f"storage options {dict(opts)} were given for the local path {url!r}; they apply "
+                         "only to fsspec URLs such as s3://bucket/store.zarr.")
+    return StoreLocation(url, opts)
+
+
+def _kind(loc: StoreLocation) -> str:
+    """'missing', 'results' (one of ours), or a reason the location cannot be a store."""
+    if loc.is_local:
+        p = Path(loc.url.removeprefix("file://"))
+        if not p.exists() or p.is_dir() and not any(p.iterdir()):
+            return "missing"
+        if not p.is_dir():
+            return "an existing file, not a directory"
+    else:
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(loc.url, **loc.options)
+            if not fs.exists(root) or fs.isdir(root) and not fs.ls(root):
+                return "missing"
+            if fs.isfile(root):
+                return "an existing file, not a directory"
+        except Exception as e:  # bad options, unreachable endpoint, missing bucket, no permission
+            raise StoreError(f"could not reach the store {loc.url!r} with storage options "
+                             f"{sorted(loc.options)} ({type(e).__name__}: {' '.join(str(e).split())}); check "
+                             "the URL and --storage-option KEY=VALUE settings. Nothing was written.") from None
     try:
-        group = zarr.open_group(str(p), mode="r")
+        group = zarr.open_group(loc.url, mode="r", **loc.zarr_kwargs)
     except Exception:
         return "a non-empty directory that is not a zarr store"
     return "results" if "spec_hash" in group.attrs else "a zarr store not made by nnsweep"
 
 
-def read_attrs(path: str) -> dict:
+def read_attrs(where: str | StoreLocation) -> dict:
     """The root attributes of an existing results store.
 
     Raises:
         StoreError: the path is missing or not a results store.
     """
-    kind = _kind(path)
+    loc = as_location(where)
+    kind = _kind(loc)
     if kind != "results":
         what = "does not exist" if kind == "missing" else f"is {kind}"
-        raise StoreError(f"store {path!r} {what}; expected a results store written by `nnsweep run`.")
-    return dict(zarr.open_group(str(path), mode="r").attrs)
+        raise StoreError(f"store {loc.url!r} {what}; expected a results store written by `nnsweep run`.")
+    return dict(zarr.open_group(loc.url, mode="r", **loc.zarr_kwargs).attrs)
 
 
-def create_or_resume(spec: Spec, path: str) -> tuple[Spec, bool]:
+def create_or_resume(spec: Spec, where: str | StoreLocation) -> tuple[Spec, bool]:
     """Create the store from ``spec`` or check that an existing one was made from it.
 
     Returns:
@@ -123,14 +181,17 @@ def create_or_resume(spec: Spec, path: str) -> tuple[Spec, bool]:
         StoreError: the path is a file, a foreign directory or zarr store, or a
             store made from another spec. Nothing is written in that case.
     """
-    kind = _kind(path)
+    loc = as_location(where)
+    path = loc.url
+    kind = _kind(loc)
     if kind == "missing":
-        template(spec).to_zarr(path, mode="w-", compute=False, zarr_format=3, consolidated=False)
+        template(spec).to_zarr(path, mode="w-", compute=False, zarr_format=3, consolidated=False,
+                               **loc.zarr_kwargs)
         return spec, False
     if kind != "results":
         raise StoreError(f"store path {path!r} is {kind}; choose a new path (--store) or the path of a "
                          "results store made from this spec. Nothing was written.")
-    attrs = read_attrs(path)
+    attrs = read_attrs(loc)
     if attrs["spec_hash"] != spec.hash:
         raise StoreError(
             f"store {path!r} was made from another spec (its hash {attrs['spec_hash'][:12]} differs from "
@@ -139,13 +200,15 @@ def create_or_resume(spec: Spec, path: str) -> tuple[Spec, bool]:
     return spec.with_execution(seeds_per_block=int(attrs["seeds_per_block"])), True
 
 
-def done_mask(path: str) -> np.ndarray:
+def done_mask(where: str | StoreLocation) -> np.ndarray:
     """The (L, m, seed) done mark as a bool array."""
-    return zarr.open_array(str(path), path="done", mode="r")[...].astype(bool)
+    loc = as_location(where)
+    return zarr.open_array(loc.url, path="done", mode="r", **loc.zarr_kwargs)[...].astype(bool)
 
 
-def write_block(path: str, key: BlockKey, result: BlockResult, wall_time: float) -> None:
+def write_block(where: str | StoreLocation, key: BlockKey, result: BlockResult, wall_time: float) -> None:
     """Write one block into its own region, then mark it done (in that order)."""
+    loc = as_location(where)
     n = len(key.seeds)
     region = key.region()
     data = xr.Dataset({
@@ -155,20 +218,24 @@ def write_block(path: str, key: BlockKey, result: BlockResult, wall_time: float)
         "output_norm": (("L", "m", "seed"), result.output_norm[None, None]),
         "wall_time": (("L", "m", "seed"), np.full((1, 1, n), wall_time)),
     })
-    data.to_zarr(path, region=region, mode="r+", consolidated=False)
+    data.to_zarr(loc.url, region=region, mode="r+", consolidated=False, **loc.zarr_kwargs)
     done = xr.Dataset({"done": (("L", "m", "seed"), np.ones((1, 1, n), dtype="i1"))})
-    done.to_zarr(path, region=region, mode="r+", consolidated=False)
+    done.to_zarr(loc.url, region=region, mode="r+", consolidated=False, **loc.zarr_kwargs)
 
 
-def open_results(path: str | os.PathLike) -> xr.Dataset:
+def open_results(where: str | os.PathLike | StoreLocation, storage_options: dict | None = None) -> xr.Dataset:
     """The results store as a lazy Dataset, with ``rel_change`` = delta_norm / output_norm.
+
+    Args:
+        where: a path, an fsspec URL or a StoreLocation.
+        storage_options: options for an fsspec URL (e.g. ``endpoint_url``, ``key``).
 
     Raises:
         StoreError: the path is missing or not a results store.
     """
-    path = str(path)
-    read_attrs(path)
-    ds = xr.open_zarr(path, consolidated=False)
+    loc = as_location(where, storage_options)
+    read_attrs(loc)
+    ds = xr.open_zarr(loc.url, consolidated=False, **loc.zarr_kwargs)
     rel = ds["delta_norm"] / ds["output_norm"]
     rel.attrs = {"units": "1", "description": "relative output change ||v - v*|| / ||v||"}
     return ds.assign(rel_change=rel)

@@ -1,0 +1,129 @@
+"""Cluster configurations (cluster/*.yaml) loaded into one small dataclass.
+
+A file names a backend and gives, under ``cluster:``, the keyword arguments of
+that backend's constructor one to one (LocalCluster, dask-jobqueue's
+SLURMCluster / PBSCluster, dask-kubernetes' KubeCluster). Optional sections:
+``adapt`` (``minimum_jobs`` / ``maximum_jobs`` for dask-jobqueue, passed to
+``cluster.adapt``) and ``tls`` (certificate paths for distributed's Security).
+This module only validates; :mod:`pipeline.execute` starts the cluster.
+
+>>> cfg = ClusterConfig.from_dict({"backend": "local", "cluster": {"n_workers": 2}})
+>>> cfg.backend, dict(cfg.options)
+('local', {'n_workers': 2})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+# The constructor arguments each backend accepts. For the jobqueue backends
+# they are read from dask-jobqueue itself (cluster and job classes); for
+# KubeCluster, whose package is optional, they are listed here
+# (dask-kubernetes 2026.3, dask_kubernetes.operator.KubeCluster).
+LOCAL_KEYS = {"n_workers", "threads_per_worker", "processes", "memory_limit", "host",
+              "dashboard_address", "worker_dashboard_address", "scheduler_port", "protocol",
+              "interface", "silence_logs", "local_directory", "env", "death_timeout"}
+KUBE_KEYS = {"name", "namespace", "image", "n_workers", "resources", "env", "worker_command",
+             "port_forward_cluster_ip", "create_mode", "shutdown_on_close", "idle_timeout",
+             "resource_timeout", "scheduler_service_type", "custom_cluster_spec",
+             "scheduler_forward_port", "jupyter", "quiet"}
+BACKENDS = ("local", "slurm", "pbs", "kubernetes")
+TLS_KEYS = {"ca_file", "cert", "key", "require_encryption"}
+ADAPT_KEYS = {"minimum_jobs", "maximum_jobs", "minimum", "maximum", "interval", "wait_count"}
+
+
+def _jobqueue_keys(backend: str) -> set[str]:
+    import dask_jobqueue
+    from dask_jobqueue.core import Job, JobQueueCluster
+
+    cluster_cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[backend]
+    keys = set()
+    for cls in (JobQueueCluster, Job, cluster_cls, cluster_cls.job_cls):
+        keys |= {p.name for p in inspect.signature(cls.__init__).parameters.values()
+                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return keys - {"self", "scheduler", "loop", "asynchronous", "security", "job_cls", "scheduler_cls"}
+
+
+def allowed_keys(backend: str) -> set[str]:
+    """The constructor arguments a backend accepts under ``cluster:``."""
+    if backend == "local":
+        return LOCAL_KEYS
+    if backend == "kubernetes":
+        return KUBE_KEYS
+    return _jobqueue_keys(backend)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """A backend, its constructor arguments, optional adaptive scaling and TLS paths."""
+
+    backend: str
+    options: dict[str, Any]
+    adapt: dict[str, Any] | None = None
+    tls: dict[str, Any] | None = None
+    source: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str | None = None, base_dir: Path | None = None) -> ClusterConfig:
+        where = f"{source}: " if source else ""
+
+        def fail(msg: str) -> UserError:
+            return UserError(where + msg)
+
+        if not isinstance(raw, dict):
+            raise fail(f"a cluster file is a mapping with the keys backend, cluster, adapt, tls; got {raw!r}.")
+        unknown = sorted(set(raw) - {"backend", "cluster", "adapt", "tls"})
+        if unknown:
+            raise fail(f"unknown key {unknown[0]!r}; allowed at the top level: adapt, backend, cluster, tls.")
+        backend = raw.get("backend")
+        if backend not in BACKENDS:
+            raise fail(f"backend: {backend!r} is not allowed; expected one of {', '.join(BACKENDS)}.")
+        options = raw.get("cluster") or {}
+        if not isinstance(options, dict):
+            raise fail(f"cluster: {options!r} is not allowed; expected a mapping of constructor arguments.")
+        allowed = allowed_keys(backend)
+        bad = sorted(set(options) - allowed)
+        if bad:
+            raise fail(f"cluster.{bad[0]}: not an argument of the {backend} cluster's constructor; "
+                       f"allowed: {', '.join(sorted(allowed))}.")
+        adapt = raw.get("adapt")
+        if adapt is not None:
+            if backend == "local" or not isinstance(adapt, dict) or set(adapt) - ADAPT_KEYS:
+                raise fail(f"adapt: {adapt!r} is not allowed; expected, for slurm, pbs or kubernetes, a "
+                           f"mapping with keys among {', '.join(sorted(ADAPT_KEYS))}.")
+        tls = raw.get("tls")
+        if tls is not None:
+            if not isinstance(tls, dict) or set(tls) - TLS_KEYS:
+                raise fail(f"tls: {tls!r} is not allowed; expected a mapping with keys among "
+                           f"{', '.join(sorted(TLS_KEYS))} (certificate file paths).")
+            tls = dict(tls)
+            for k in ("ca_file", "cert", "key"):
+                if k in tls:
+                    p = (base_dir or Path.cwd()) / tls[k]
+                    if not p.is_file():
+                        raise fail(f"tls.{k}: {tls[k]!r} is not a file ({p}); expected a PEM file path.")
+                    tls[k] = str(p.resolve())
+        return cls(backend, dict(options), adapt, tls, source)
+
+
+def load_cluster_config(path: str | Path) -> ClusterConfig:
+    """Read and validate a cluster file (YAML, ``safe_load``).
+
+    Raises:
+        UserError: the file is missing, not YAML, or has an unknown backend or key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"cluster file {str(path)!r} does not exist; pass one of cluster/*.yaml.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())}).") from None
+    return ClusterConfig.from_dict(raw, source=str(path), base_dir=path.resolve().parent)
