@@ -7,11 +7,12 @@ import math
 
 import click
 
-from .errors import UserError
+from .errors import ClusterLost, UserError
 
 
 class _Cli(click.Group):
-    """Reports a UserError as one paragraph on stderr with exit status 2, no traceback."""
+    """Reports a UserError as one paragraph on stderr with exit status 2, no traceback;
+    a lost cluster with exit status 1."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -19,6 +20,9 @@ class _Cli(click.Group):
         except UserError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(2)
+        except ClusterLost as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
 
 
 class _Ratio(click.ParamType):

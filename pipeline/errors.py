@@ -15,3 +15,7 @@ class StoreError(UserError):
 
 class BlockFailed(RuntimeError):
     """A block of the sweep raised on a worker; carries the block's coordinates."""
+
+
+class ClusterLost(RuntimeError):
+    """The scheduler went away mid-run; finished blocks are kept, a rerun resumes."""

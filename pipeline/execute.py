@@ -18,18 +18,19 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from urllib.parse import urlsplit
 
 from distributed import Client, LocalCluster, Security, as_completed
 from distributed.scheduler import KilledWorker
 from tqdm.auto import tqdm
 
-from .errors import BlockFailed, UserError
+from .errors import BlockFailed, ClusterLost, UserError
 from .measure import measure_block
 from .plan import BlockKey, all_blocks, pending_blocks
 from .clusterconfig import ClusterConfig
 from .spec import Spec
-from .store import StoreLocation, as_location, create_or_resume, done_mask, write_block
+from .store import StoreLocation, as_location, check_store, create_or_resume, done_mask, write_block
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,13 @@ def run_sweep(spec: Spec, path: str | StoreLocation, client: Client, progress: b
                 summary.done += 1
                 summary.cells += info["cells"]
                 summary.task_seconds += info["seconds"]
+            except CancelledError as e:
+                if client.status != "running":
+                    raise ClusterLost(
+                        f"lost the scheduler {client.scheduler.address} mid-run ({e}); {summary.done} blocks "
+                        f"finished in this run and are kept in {path}. Rerun the same command against a "
+                        "running scheduler to compute only the missing blocks.") from None
+                summary.failed.append((str(key), f"cancelled ({e})"))
             except KilledWorker as e:
                 summary.failed.append((str(key), f"its worker died repeatedly ({e}); if it ran out of "
                                        "memory, use fewer seeds per block (--seeds-per-block)"))
@@ -263,7 +271,7 @@ def run(spec: Spec, store: str | None = None, scheduler: str | None = None, work
     loc = as_location(store or default_store_path(spec), options)
     if seeds_per_block is not None:
         spec = spec.with_execution(seeds_per_block=seeds_per_block)
-    resumed_spec, existed = create_or_resume(spec, loc)
+    resumed_spec, existed = check_store(spec, loc)  # writes nothing before the cluster is up
     if existed and seeds_per_block is not None and \
             resumed_spec.execution.seeds_per_block != spec.execution.seeds_per_block:
         raise UserError(f"store {loc.url!r} holds {resumed_spec.execution.seeds_per_block} seeds per block; "

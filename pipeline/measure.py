@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .network import NOISE_STREAM, Forward, Network, build_network, make_input, stream
 from .noise import matrix_norm, pre_activation_noise
@@ -122,8 +123,15 @@ def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...]) -> BlockRe
 
     Each network's numbers depend only on the spec and (L, m, seed): the
     weights and every noise stream are seeded from random_seed and those
-    coordinates, never from the block.
+    coordinates, never from the block. BLAS runs single-threaded here,
+    because a multi-threaded GEMM splits its sums differently and would make
+    the last bits depend on the machine's thread count.
     """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _measure_block(spec, L, m, seeds)
+
+
+def _measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...]) -> BlockResult:
     x = make_input(spec)
     g, nz = spec.grid, spec.noise
     results = []

@@ -170,34 +170,44 @@ def read_attrs(where: str | StoreLocation) -> dict:
     return dict(zarr.open_group(loc.url, mode="r", **loc.zarr_kwargs).attrs)
 
 
-def create_or_resume(spec: Spec, where: str | StoreLocation) -> tuple[Spec, bool]:
-    """Create the store from ``spec`` or check that an existing one was made from it.
+def check_store(spec: Spec, where: str | StoreLocation) -> tuple[Spec, bool]:
+    """Check, without writing, that ``where`` is missing or a store made from ``spec``.
 
     Returns:
         The spec with the store's layout (seeds per block), and whether the
-        store already existed.
+        store already exists.
 
     Raises:
         StoreError: the path is a file, a foreign directory or zarr store, or a
-            store made from another spec. Nothing is written in that case.
+            store made from another spec.
     """
     loc = as_location(where)
-    path = loc.url
     kind = _kind(loc)
     if kind == "missing":
-        template(spec).to_zarr(path, mode="w-", compute=False, zarr_format=3, consolidated=False,
-                               **loc.zarr_kwargs)
         return spec, False
     if kind != "results":
-        raise StoreError(f"store path {path!r} is {kind}; choose a new path (--store) or the path of a "
+        raise StoreError(f"store path {loc.url!r} is {kind}; choose a new path (--store) or the path of a "
                          "results store made from this spec. Nothing was written.")
     attrs = read_attrs(loc)
     if attrs["spec_hash"] != spec.hash:
         raise StoreError(
-            f"store {path!r} was made from another spec (its hash {attrs['spec_hash'][:12]} differs from "
+            f"store {loc.url!r} was made from another spec (its hash {attrs['spec_hash'][:12]} differs from "
             f"{spec.hash[:12]} for {spec.source or spec.name}); resuming would mix results. Use a new "
             "--store path, or the spec the store was made from (`nnsweep status` shows it). Nothing was written.")
     return spec.with_execution(seeds_per_block=int(attrs["seeds_per_block"])), True
+
+
+def create_or_resume(spec: Spec, where: str | StoreLocation) -> tuple[Spec, bool]:
+    """Create the store from ``spec`` (as a template) or check an existing one against it.
+
+    Returns and raises as :func:`check_store`; nothing is written when it raises.
+    """
+    loc = as_location(where)
+    spec, existed = check_store(spec, loc)
+    if not existed:
+        template(spec).to_zarr(loc.url, mode="w-", compute=False, zarr_format=3, consolidated=False,
+                               **loc.zarr_kwargs)
+    return spec, existed
 
 
 def done_mask(where: str | StoreLocation) -> np.ndarray:

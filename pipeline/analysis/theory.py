@@ -64,3 +64,12 @@ def log_variance(depth_after, m, k):
 def mean_over_median(depth_after, m, k):
     """For log-normal R the mean exceeds the median by exp(s^2 / 2)."""
     return np.exp(log_variance(depth_after, m, k) / 2.0)
+
+
+# beta in the closed form r / (1 + beta (L - i) r) of the depth attenuation
+ATTENUATION_BETA = 1.0 / (3.0 * np.pi)
+
+
+def bound_looseness(L):
+    """At He init the worst-case bound exceeds ||v - v*|| by about 2^((3L - 1) / 2)."""
+    return 2.0 ** ((3.0 * np.asarray(L, dtype=float) - 1.0) / 2.0)

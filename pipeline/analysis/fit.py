@@ -1,0 +1,466 @@
+"""Scaling-law fits on a results store, with 95% bootstrap intervals over networks.
+
+The store is reduced once, chunk by chunk through xarray/dask, to per-network
+summaries: for every (L, m, ratio, layer, seed) the mean over draws of R, R^2,
+log R, (log R)^2, ||v - v*|| and the bound. Those are small (no draw axis) and
+every statistic below is computed from them:
+
+- cell = (L, m, ratio, layer), layer <= L; its statistics pool seeds and draws;
+- ``mean`` = E R (the quantity the question asks about), ``gmean`` =
+  exp(E log R) (the median of a log-normal R: what the arc-cosine attenuation
+  predicts at finite width), ``log_var`` = Var log R over seeds and draws.
+
+The bootstrap resamples networks (seeds) with replacement, independently for
+each (L, m) and only among the seeds that are done, and refits every model on
+each resample. Intervals are percentile intervals. See docs/analysis.md.
+
+>>> X = np.column_stack([np.ones(3), np.log([0.01, 0.1, 1.0])])
+>>> np.round(lstsq(X, np.log([0.02, 0.2, 2.0])[:, None])[:, 0], 6)
+array([0.693147, 1.      ])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import numpy as np
+import xarray as xr
+from scipy import optimize
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..store import open_results, read_attrs
+from . import theory
+
+SMALL_R = 0.1  # the "small r" fits use ratio <= SMALL_R
+POSITIONS = ("first", "middle", "last")
+BATCH = 100  # bootstrap resamples per vectorised batch
+CELL = ("L", "m", "ratio", "layer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """Per-network summaries of a store and what the store holds.
+
+    ``net`` has dims (L, m, ratio, layer, seed); cells with layer > L and seeds
+    whose block is not done are NaN. ``present`` is the (L, m, seed) done mark.
+    """
+
+    path: str
+    net: xr.Dataset
+    present: np.ndarray
+    coverage: dict
+    spec: dict
+
+    @property
+    def k(self) -> int:
+        """Output dimension, read from the spec in the store's attributes."""
+        return int(self.spec["network"]["output_dim"])
+
+    @property
+    def draws(self) -> int:
+        return int(self.spec["noise"]["draws"])
+
+
+def network_summaries(ds: xr.Dataset) -> xr.Dataset:
+    """Lazy per-network means over draws; dask reduces the store chunk by chunk."""
+    rel = ds["rel_change"]
+    log = np.log(rel)
+    delta = ds["delta_norm"].mean("draw")
+    return xr.Dataset({
+        "mean": rel.mean("draw"),
+        "sq": (rel**2).mean("draw"),
+        "log": log.mean("draw"),
+        "log2": (log**2).mean("draw"),
+        "delta": delta,
+        "tightness": ds["bound"] / delta,
+    })
+
+
+def coverage(done: np.ndarray, L, m, seeds, seeds_per_block: int) -> dict:
+    """Blocks done of total, and which (L, m, seeds) are missing."""
+    starts = list(range(0, len(seeds), seeds_per_block))
+    blocks_done = int(done[:, :, starts].sum())
+    missing = []
+    for li, m_index in zip(*np.nonzero(~done.all(axis=2))):
+        lost = [int(s) for s, d in zip(seeds, done[li, m_index]) if not d]
+        missing.append({"L": int(L[li]), "m": int(m[m_index]), "seeds": lost})
+    total = done.shape[0] * done.shape[1] * len(starts)
+    return {"blocks_done": blocks_done, "blocks_total": total,
+            "missing": {"blocks": total - blocks_done, "networks": int((~done).sum()), "by_L_m": missing}}
+
+
+def load(path: str, progress: bool = True) -> Sample:
+    """Reduce a store to per-network summaries (the only pass over the full data).
+
+    Raises:
+        UserError: the path is not a results store, or no block is done.
+    """
+    path = str(path)
+    attrs = read_attrs(path)
+    ds = open_results(path)
+    done = ds["done"].values.astype(bool)
+    cov = coverage(done, ds.L.values, ds.m.values, ds.seed.values, int(attrs["seeds_per_block"]))
+    if cov["blocks_done"] == 0:
+        raise UserError(f"store {path!r} has no finished block (0 of {cov['blocks_total']} done), so "
+                        "there is nothing to fit; run the sweep first (`nnsweep run SPEC --store "
+                        f"{path}`; rerunning resumes it), then fit again.")
+    mask = xr.DataArray(done, dims=("L", "m", "seed"), coords={d: ds[d] for d in ("L", "m", "seed")})
+    lazy = network_summaries(ds).where(mask & (ds.layer <= ds.L))
+    net = _compute(lazy, progress)
+    return Sample(path, net, done, cov, json.loads(attrs["spec"]))
+
+
+def _compute(lazy: xr.Dataset, progress: bool) -> xr.Dataset:
+    from dask.diagnostics import ProgressBar
+
+    if not progress:
+        return lazy.compute()
+    with ProgressBar(minimum=2.0, out=sys.stderr):
+        return lazy.compute()
+
+
+# --- cell statistics ------------------------------------------------------------------
+
+def bootstrap_weights(present: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Resampling counts (n, L, m, seed): seeds drawn with replacement per (L, m) among present ones."""
+    w = np.zeros((n,) + present.shape)
+    for li, mi in np.ndindex(present.shape[:2]):
+        idx = np.flatnonzero(present[li, mi])
+        if idx.size:
+            w[:, li, mi, idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=n)
+    return w
+
+
+def cell_stats(net: xr.Dataset, weights: np.ndarray, draws: int) -> dict[str, np.ndarray]:
+    """Cell statistics (b, L, m, ratio, layer) for seed weights (b, L, m, seed).
+
+    ``weights`` are 0/1 for the sample itself and resampling counts for a
+    bootstrap; a cell with weight 0 on every seed is NaN.
+    """
+    n = weights.sum(axis=-1)[..., None, None]
+    b, nL, nm, ns = weights.shape
+
+    def wmean(name: str) -> np.ndarray:
+        x = np.nan_to_num(net[name].transpose("L", "m", "seed", "ratio", "layer").values)
+        nr, ni = x.shape[3:]
+        s = np.matmul(weights.transpose(1, 2, 0, 3), x.reshape(nL, nm, ns, nr * ni))  # (L, m, b, r*i)
+        return s.transpose(2, 0, 1, 3).reshape(b, nL, nm, nr, ni)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean, sq, log, log2 = (wmean(v) / n for v in ("mean", "sq", "log", "log2"))
+        pooled = n * draws
+        log_var = (log2 - log**2) * pooled / (pooled - 1)
+        return {"mean": mean, "rms": np.sqrt(sq), "gmean": np.exp(log), "log_var": log_var}
+
+
+# --- models ---------------------------------------------------------------------------
+
+def lstsq(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Least-squares coefficients (p, b) for every column of Y (n, b)."""
+    return np.linalg.lstsq(X, Y, rcond=None)[0]
+
+
+@dataclasses.dataclass
+class Cells:
+    """The flat list of cells with data and their coordinates."""
+
+    L: np.ndarray
+    m: np.ndarray
+    ratio: np.ndarray
+    layer: np.ndarray
+    index: np.ndarray  # flat index into the (L, m, ratio, layer) grid
+
+    @classmethod
+    def from_grid(cls, net: xr.Dataset, valid: np.ndarray) -> Cells:
+        grids = np.meshgrid(*(net[d].values for d in CELL), indexing="ij")
+        index = np.flatnonzero(valid.ravel())
+        return cls(*(g.ravel()[index].astype(float) for g in grids), index=index)
+
+    @property
+    def depth_after(self) -> np.ndarray:
+        return self.L - self.layer
+
+    @property
+    def position(self) -> np.ndarray:
+        """first (i = 1 < L), middle (1 < i < L) or last (i = L, the read-out)."""
+        return np.where(self.layer == self.L, "last", np.where(self.layer == 1, "first", "middle"))
+
+    def take(self, stat: np.ndarray) -> np.ndarray:
+        """A (b, L, m, ratio, layer) statistic as (cells, b)."""
+        return stat.reshape(stat.shape[0], -1)[:, self.index].T
+
+
+class Model:
+    """A model fitted on a selection of cells to one statistic; subclasses define solve()."""
+
+    params: tuple[str, ...] = ()
+
+    def __init__(self, cells: Cells, select: np.ndarray, stat: str, theory_values: dict | None = None):
+        self.cells, self.select, self.stat = cells, select, stat
+        self.theory = theory_values or {}
+
+    def response(self, stats: dict) -> np.ndarray:
+        """The fitted quantity for the selected cells, (n, b)."""
+        return np.log(self.cells.take(stats[self.stat])[self.select])
+
+    def solve(self, y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def start_from(self, coef: np.ndarray) -> None:
+        """Start later solves (the bootstrap) from the sample's solution; only iterative fits use it."""
+
+    def predict(self, coef: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def summary(self, y: np.ndarray, point: np.ndarray, boot: np.ndarray) -> dict:
+        """Point estimates with percentile intervals, R^2 and residuals (y, point for the sample)."""
+        resid = y - self.predict(point)
+        ss_tot = float(np.sum((y - y.mean()) ** 2))
+        out = {name: _param(point[j], boot[j]) for j, name in enumerate(self.params)}
+        out.update({
+            "r2": _num(1.0 - np.sum(resid**2) / ss_tot) if ss_tot > 0 else None,
+            "rmse": _num(np.sqrt(np.mean(resid**2))),
+            "max_abs_residual": _num(np.max(np.abs(resid))),
+            "n_cells": int(self.select.sum()),
+            "statistic": self.stat,
+        })
+        if self.theory:
+            out["theory"] = self.theory
+        return out
+
+
+class PowerLaw(Model):
+    """log stat = log C + a log r + b log L + c log m (axes with one value are left out).
+
+    ``curve``, the infinite-width prediction of the statistic in every cell, is
+    fitted by the same law: its exponents (``theory.arccos``) are what theory
+    expects on this very grid, depth attenuation included.
+    """
+
+    params = ("C", "ratio", "L", "m")
+
+    def __init__(self, cells, select, stat="mean", curve=None):
+        super().__init__(cells, select, stat)
+        cols = [np.ones(cells.L.size), np.log(cells.ratio), np.log(cells.L), np.log(cells.m)]
+        self.X = np.column_stack(cols)[select]
+        self.free = [0] + [j for j in (1, 2, 3) if np.ptp(self.X[:, j]) > 0]
+        if curve is not None:
+            arccos = self.solve(np.log(curve[select])[:, None])[:, 0]
+            self.theory = {"first_order": {"C": 1.0, "ratio": 1.0, "L": 0.0, "m": 0.0},
+                           "arccos": {p: _num(v) for p, v in zip(self.params, arccos)}}
+
+    def solve(self, y):
+        coef = np.full((4, y.shape[1]), np.nan)
+        coef[self.free] = lstsq(self.X[:, self.free], y)
+        coef[0] = np.exp(coef[0])
+        return coef
+
+    def predict(self, coef):
+        c = np.where(np.isnan(coef), 0.0, coef)
+        return np.log(c[0]) + self.X[:, 1:] @ c[1:]
+
+
+class Attenuation(Model):
+    """log gmean = log C + a log r - log(1 + beta (L - i) r), by nonlinear least squares.
+
+    Theory (arc-cosine kernel, closed form): C = 1, a = 1, beta = 1 / (3 pi).
+    """
+
+    params = ("C", "ratio", "beta")
+
+    def __init__(self, cells, select, stat="gmean", theory_values=None):
+        super().__init__(cells, select, stat, theory_values)
+        self.logr = np.log(cells.ratio[select])
+        self.dr = (cells.depth_after * cells.ratio)[select]
+        self.x0 = np.array([0.0, 1.0, theory.ATTENUATION_BETA])
+        top = self.dr.max()
+        self.lower = [-np.inf, -np.inf, -0.99 / top if top > 0 else -np.inf]
+
+    def _curve(self, p):
+        return p[0] + p[1] * self.logr - np.log1p(p[2] * self.dr)
+
+    def _jac(self, p):
+        """Jacobian of the residual y - curve(p)."""
+        return np.column_stack([-np.ones_like(self.logr), -self.logr, self.dr / (1.0 + p[2] * self.dr)])
+
+    def start_from(self, coef):
+        if np.all(np.isfinite(coef[:2])):
+            self.x0 = np.array([np.log(coef[0]), coef[1], np.nan_to_num(coef[2])])
+
+    def _solve_one(self, y: np.ndarray) -> np.ndarray:
+        # Levenberg-Marquardt (MINPACK) is fast; if it leaves the domain 1 + beta (L - i) r > 0,
+        # refit with the bound (trust region reflective).
+        fun = lambda p: y - self._curve(p)  # noqa: E731
+        with np.errstate(invalid="ignore"):
+            res = optimize.least_squares(fun, self.x0, jac=self._jac, method="lm")
+        if res.success and np.all(np.isfinite(res.fun)) and res.x[2] > self.lower[2]:
+            return res.x
+        return optimize.least_squares(fun, self.x0, jac=self._jac, bounds=(self.lower, np.inf), method="trf").x
+
+    def solve(self, y):
+        coef = np.full((3, y.shape[1]), np.nan)
+        for b in range(y.shape[1]):
+            coef[:, b] = self._solve_one(y[:, b])
+        if not np.any(self.dr > 0):  # beta is not identified without a layer after the perturbed one
+            coef[2] = np.nan
+        coef[0] = np.exp(coef[0])
+        return coef
+
+    def predict(self, coef):
+        c = np.array([np.log(coef[0]), coef[1], 0.0 if np.isnan(coef[2]) else coef[2]])
+        return self._curve(c)
+
+
+class Scale(Model):
+    """log stat = log s + log(theory curve): one scale factor s against a fixed prediction."""
+
+    params = ("scale",)
+
+    def __init__(self, cells, select, stat, curve: np.ndarray, theory_values=None):
+        super().__init__(cells, select, stat, theory_values)
+        self.log_curve = np.log(curve[select])
+
+    def solve(self, y):
+        return np.exp(lstsq(np.ones((y.shape[0], 1)), y - self.log_curve[:, None]))
+
+    def predict(self, coef):
+        return np.log(coef[0]) + self.log_curve
+
+
+class LogVariance(Model):
+    """Var log R = slope (L - i) / m + intercept; theory: slope 2, intercept 1 / k."""
+
+    params = ("slope", "intercept")
+
+    def __init__(self, cells, select, stat="log_var", theory_values=None):
+        super().__init__(cells, select, stat, theory_values)
+        self.X = np.column_stack([(cells.depth_after / cells.m)[select], np.ones(select.sum())])
+
+    def response(self, stats):
+        return self.cells.take(stats[self.stat])[self.select]
+
+    def solve(self, y):
+        if np.ptp(self.X[:, 0]) == 0:
+            coef = np.full((2, y.shape[1]), np.nan)
+            coef[1] = y.mean(axis=0)
+            return coef
+        return lstsq(self.X, y)
+
+    def predict(self, coef):
+        return np.nan_to_num(coef[0]) * self.X[:, 0] + coef[1]
+
+
+def _num(x) -> float | None:
+    """A float for JSON: NaN and infinities become None."""
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _param(value: float, boot: np.ndarray) -> dict:
+    if not np.isfinite(value):
+        return {"value": None, "ci95": [None, None]}
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5]) if boot.size else (np.nan, np.nan)
+    return {"value": float(value), "ci95": [float(lo), float(hi)]}
+
+
+# --- the fit --------------------------------------------------------------------------
+
+def models(sample: Sample, cells: Cells, has_var: np.ndarray) -> dict[str, Model]:
+    """Every model of the fit, keyed as in the JSON output; ``has_var``: cells with a log variance."""
+    small = cells.ratio <= SMALL_R * (1 + 1e-9)
+    everything = np.ones(cells.L.size, bool)
+    att = theory.attenuation(cells.ratio, cells.depth_after.astype(int))
+    mean_curve = att * theory.mean_over_median(cells.depth_after, cells.m, sample.k)
+    out: dict[str, Model] = {
+        "power_law": PowerLaw(cells, everything, curve=mean_curve),
+        "power_law_small_r": PowerLaw(cells, small, curve=mean_curve),
+    }
+    for pos in POSITIONS:
+        sel = cells.position == pos
+        if sel.sum() >= 2:
+            out[f"by_position/{pos}"] = PowerLaw(cells, sel, curve=mean_curve)
+    out["attenuation"] = Attenuation(cells, everything,
+                                     theory_values={"C": 1.0, "ratio": 1.0, "beta": theory.ATTENUATION_BETA})
+    out["attenuation/scale_gmean"] = Scale(cells, everything, "gmean", att, {"scale": 1.0})
+    out["attenuation/scale_mean"] = Scale(cells, everything, "mean", mean_curve, {"scale": 1.0})
+    out["log_variance"] = LogVariance(cells, has_var, theory_values={"slope": 2.0, "intercept": 1.0 / sample.k})
+    return {name: mdl for name, mdl in out.items() if mdl.select.sum() >= 2}
+
+
+def fit(sample: Sample, n_boot: int = 1000, seed: int = 0, progress: bool = True,
+        with_cells: bool = False) -> dict:
+    """Fit every model to a sample, with bootstrap intervals over networks.
+
+    Args:
+        sample: from :func:`load`.
+        n_boot: bootstrap resamples (0: no intervals).
+        seed: seed of the resampling, so a fit is reproducible.
+        progress: show a progress bar on stderr when the bootstrap takes a while.
+        with_cells: add ``cells``, a per-cell table of statistics, fits and residuals.
+
+    Returns:
+        The JSON-ready result (see docs/analysis.md).
+    """
+    point_stats = cell_stats(sample.net, sample.present[None].astype(float), sample.draws)
+    valid = sample.net["mean"].notnull().any("seed").transpose(*CELL).values
+    cells = Cells.from_grid(sample.net, valid)
+    mdls = models(sample, cells, np.isfinite(cells.take(point_stats["log_var"])[:, 0]))
+    ys = {name: mdl.response(point_stats) for name, mdl in mdls.items()}
+    points = {name: mdl.solve(ys[name]) for name, mdl in mdls.items()}
+    for name, mdl in mdls.items():
+        mdl.start_from(points[name][:, 0])
+    boots = _bootstrap(sample, mdls, n_boot, seed, progress)
+    summaries = {name: mdl.summary(ys[name][:, 0], points[name][:, 0], boots[name])
+                 for name, mdl in mdls.items()}
+    out = {"store": sample.path, **sample.coverage, "k": sample.k, "n_bootstrap": n_boot,
+           "bootstrap_seed": seed, "networks_per_L_m": _networks(sample)}
+    out.update(_nest(summaries))
+    out.setdefault("power_law_small_r", None)
+    if with_cells:
+        out["cells"] = _cell_table(cells, point_stats, mdls, points)
+    return out
+
+
+def _bootstrap(sample: Sample, mdls: dict[str, Model], n_boot: int, seed: int, progress: bool) -> dict:
+    rng = np.random.default_rng(seed)
+    boots = {name: [] for name in mdls}
+    bar = tqdm(total=n_boot, desc="bootstrap", unit="resample", file=sys.stderr, delay=2.0,
+               disable=not progress or n_boot == 0)
+    with bar:
+        for start in range(0, n_boot, BATCH):
+            b = min(BATCH, n_boot - start)
+            stats = cell_stats(sample.net, bootstrap_weights(sample.present, b, rng), sample.draws)
+            for name, mdl in mdls.items():
+                boots[name].append(mdl.solve(mdl.response(stats)))
+            bar.update(b)
+    return {name: np.concatenate(v, axis=1) if v else np.empty((len(mdls[name].params), 0))
+            for name, v in boots.items()}
+
+
+def _nest(summaries: dict) -> dict:
+    out: dict = {}
+    for name, s in summaries.items():
+        head, _, tail = name.partition("/")
+        if tail:
+            out.setdefault(head, {})[tail] = s
+        else:
+            out.setdefault(head, {}).update(s)
+    return out
+
+
+def _networks(sample: Sample) -> dict:
+    counts = sample.present.sum(axis=2)
+    return {"min": int(counts.min()), "max": int(counts.max())}
+
+
+def _cell_table(cells: Cells, stats: dict, mdls: dict, points: dict) -> list[dict]:
+    rows = {name: cells.take(stats[name])[:, 0] for name in ("mean", "rms", "gmean", "log_var")}
+    law = mdls["power_law"]
+    fitted = np.exp(law.predict(points["power_law"][:, 0]))
+    att = theory.attenuation(cells.ratio, cells.depth_after.astype(int))
+    return [{"L": int(cells.L[j]), "m": int(cells.m[j]), "ratio": float(cells.ratio[j]),
+             "layer": int(cells.layer[j]), **{k: float(v[j]) for k, v in rows.items()},
+             "power_law": float(fitted[j]), "residual_log": float(np.log(rows["mean"][j] / fitted[j])),
+             "theory_attenuation": float(att[j])} for j in range(cells.L.size)]
