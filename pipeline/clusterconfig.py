@@ -34,7 +34,8 @@ KUBE_KEYS = {"name", "namespace", "image", "n_workers", "resources", "env", "wor
              "port_forward_cluster_ip", "create_mode", "shutdown_on_close", "idle_timeout",
              "resource_timeout", "scheduler_service_type", "custom_cluster_spec",
              "scheduler_forward_port", "jupyter", "quiet"}
-BACKENDS = ("local", "slurm", "pbs", "kubernetes")
+SCHEDULER_KEYS = {"address", "timeout", "name", "direct_to_workers", "heartbeat_interval"}
+BACKENDS = ("local", "scheduler", "slurm", "pbs", "kubernetes")
 TLS_KEYS = {"ca_file", "cert", "key", "require_encryption"}
 ADAPT_KEYS = {"minimum_jobs", "maximum_jobs", "minimum", "maximum", "interval", "wait_count"}
 
@@ -57,6 +58,8 @@ def allowed_keys(backend: str) -> set[str]:
         return LOCAL_KEYS
     if backend == "kubernetes":
         return KUBE_KEYS
+    if backend == "scheduler":
+        return SCHEDULER_KEYS
     return _jobqueue_keys(backend)
 
 
@@ -94,8 +97,11 @@ class ClusterConfig:
             raise fail(f"cluster.{bad[0]}: not an argument of the {backend} cluster's constructor; "
                        f"allowed: {', '.join(sorted(allowed))}.")
         adapt = raw.get("adapt")
+        if backend == "scheduler" and not options.get("address"):
+            raise fail("cluster.address: missing; the scheduler backend needs the address of a running "
+                       "scheduler, e.g. tls://scheduler.example.org:8786.")
         if adapt is not None:
-            if backend == "local" or not isinstance(adapt, dict) or set(adapt) - ADAPT_KEYS:
+            if backend in ("local", "scheduler") or not isinstance(adapt, dict) or set(adapt) - ADAPT_KEYS:
                 raise fail(f"adapt: {adapt!r} is not allowed; expected, for slurm, pbs or kubernetes, a "
                            f"mapping with keys among {', '.join(sorted(ADAPT_KEYS))}.")
         tls = raw.get("tls")

@@ -265,8 +265,10 @@ def run(spec: Spec, store: str | None = None, scheduler: str | None = None, work
     Raises:
         UserError: the store cannot be used for this spec, or the scheduler is unreachable.
     """
-    if scheduler and cluster and cluster.backend != "local":
-        raise UserError("--scheduler and --cluster both say where to run; give one of them.")
+    if scheduler and cluster and cluster.backend != "scheduler":
+        raise UserError(f"--scheduler and --cluster {cluster.source} (backend {cluster.backend}) both say "
+                        "where to run; give one of them (a scheduler-backend file may be combined with "
+                        "--scheduler, which overrides its address).")
     options = storage_options if storage_options is not None else dict(spec.execution.storage_options)
     loc = as_location(store or default_store_path(spec), options)
     if seeds_per_block is not None:
@@ -277,8 +279,10 @@ def run(spec: Spec, store: str | None = None, scheduler: str | None = None, work
         raise UserError(f"store {loc.url!r} holds {resumed_spec.execution.seeds_per_block} seeds per block; "
                         f"--seeds-per-block {seeds_per_block} cannot change an existing store's layout. "
                         "Omit the option to resume, or pass a new --store. Nothing was written.")
-    if scheduler:
-        cm = connect(scheduler, tls=cluster.tls if cluster else None)
+    if scheduler or cluster and cluster.backend == "scheduler":
+        opts = cluster.options if cluster else {}
+        cm = connect(scheduler or opts["address"], timeout=float(opts.get("timeout", 10)),
+                     tls=cluster.tls if cluster else None)
     elif cluster:
         cm = start_cluster(cluster)
     else:

@@ -361,8 +361,9 @@ def _num(x) -> float | None:
 def _param(value: float, boot: np.ndarray) -> dict:
     if not np.isfinite(value):
         return {"value": None, "ci95": [None, None]}
-    lo, hi = np.nanpercentile(boot, [2.5, 97.5]) if boot.size else (np.nan, np.nan)
-    return {"value": float(value), "ci95": [float(lo), float(hi)]}
+    finite = boot[np.isfinite(boot)]
+    lo, hi = np.percentile(finite, [2.5, 97.5]) if finite.size else (None, None)
+    return {"value": float(value), "ci95": [_num(lo), _num(hi)]}
 
 
 # --- the fit --------------------------------------------------------------------------
@@ -461,6 +462,76 @@ def _cell_table(cells: Cells, stats: dict, mdls: dict, points: dict) -> list[dic
     fitted = np.exp(law.predict(points["power_law"][:, 0]))
     att = theory.attenuation(cells.ratio, cells.depth_after.astype(int))
     return [{"L": int(cells.L[j]), "m": int(cells.m[j]), "ratio": float(cells.ratio[j]),
-             "layer": int(cells.layer[j]), **{k: float(v[j]) for k, v in rows.items()},
-             "power_law": float(fitted[j]), "residual_log": float(np.log(rows["mean"][j] / fitted[j])),
-             "theory_attenuation": float(att[j])} for j in range(cells.L.size)]
+             "layer": int(cells.layer[j]), **{k: _num(v[j]) for k, v in rows.items()},
+             "power_law": _num(fitted[j]), "residual_log": _num(np.log(rows["mean"][j] / fitted[j])),
+             "theory_attenuation": _num(att[j])} for j in range(cells.L.size)]
+
+
+# --- text output ----------------------------------------------------------------------
+
+def _p(p: dict | None) -> str:
+    if not p or p["value"] is None:
+        return "-"
+    lo, hi = p["ci95"]
+    ci = f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else ""
+    return f"{p['value']:.4g}{ci}"
+
+
+def _law(s: dict) -> str:
+    r2 = f"{s['r2']:.4f}" if s["r2"] is not None else "-"
+    return (f"C = {_p(s['C'])}  a = {_p(s['ratio'])}  b = {_p(s['L'])}  c = {_p(s['m'])}  "
+            f"R^2 = {r2}, {s['n_cells']} cells")
+
+
+def missing_text(result: dict) -> str:
+    """One line saying which (L, m) and seeds are missing, or that nothing is."""
+    miss = result["missing"]
+    if not miss["blocks"]:
+        return f"all {result['blocks_total']} blocks done"
+    parts = [f"L={g['L']} m={g['m']} seeds {_ranges(g['seeds'])}" for g in miss["by_L_m"]]
+    return (f"{result['blocks_done']} of {result['blocks_total']} blocks done; fitted on what is there. "
+            f"Missing {miss['blocks']} blocks ({miss['networks']} networks): " + "; ".join(parts))
+
+
+def _ranges(seeds: list[int]) -> str:
+    runs, start = [], None
+    for j, s in enumerate(seeds):
+        if start is None:
+            start = s
+        if j + 1 == len(seeds) or seeds[j + 1] != s + 1:
+            runs.append(f"{start}" if start == s else f"{start}..{s}")
+            start = None
+    return ",".join(runs)
+
+
+def to_text(result: dict) -> str:
+    """The fit as a few readable lines (the JSON holds everything)."""
+    n = result["networks_per_L_m"]
+    nets = f"{n['min']}" if n["min"] == n["max"] else f"{n['min']}..{n['max']}"
+    lines = [f"store {result['store']}: {missing_text(result)}",
+             f"{nets} networks per (L, m), k = {result['k']}; 95% intervals from {result['n_bootstrap']} "
+             "bootstrap resamples of the networks",
+             "E R = C r^a L^b m^c, least squares on the log of cell means (cell = L, m, ratio, layer):"]
+    rows = [("all cells", result.get("power_law")), (f"ratio <= {SMALL_R:g}", result.get("power_law_small_r"))]
+    rows += [(f"{pos} layer{'s' if pos == 'middle' else ''}", result.get("by_position", {}).get(pos))
+             for pos in POSITIONS]
+    for name, s in rows:
+        if s:
+            th = s.get("theory", {}).get("arccos", {})
+            extra = f"   (arc-cosine theory on these cells: a = {th['ratio']:.4g})" if th.get("ratio") else ""
+            lines.append(f"  {name:<15} {_law(s)}{extra}")
+    a = result.get("attenuation")
+    if a:
+        lines.append("Depth attenuation, exp(E log R) = C r^a / (1 + beta (L - i) r): "
+                     f"C = {_p(a['C'])}  a = {_p(a['ratio'])}  beta = {_p(a['beta'])}  "
+                     f"(theory 1, 1, {theory.ATTENUATION_BETA:.4g}); R^2 = {a['r2']:.4f}")
+        sg, sm = a.get("scale_gmean"), a.get("scale_mean")
+        if sg and sm:
+            lines.append(f"  against the arc-cosine curve A(r, L - i): exp(E log R) = {_p(sg['scale'])} x A, "
+                         f"E R = {_p(sm['scale'])} x A exp(s^2 / 2)   (theory: 1 and 1)")
+    v = result.get("log_variance")
+    if v:
+        lines.append(f"Var log R = slope (L - i) / m + intercept: slope = {_p(v['slope'])} (theory 2), "
+                     f"intercept = {_p(v['intercept'])} (theory 1/k = {1 / result['k']:.4g}); "
+                     f"R^2 = {v['r2']:.4f}" if v["r2"] is not None else "")
+    return "\n".join(lines)

@@ -66,10 +66,34 @@ def mean_over_median(depth_after, m, k):
     return np.exp(log_variance(depth_after, m, k) / 2.0)
 
 
+
 # beta in the closed form r / (1 + beta (L - i) r) of the depth attenuation
 ATTENUATION_BETA = 1.0 / (3.0 * np.pi)
 
 
-def bound_looseness(L):
-    """At He init the worst-case bound exceeds ||v - v*|| by about 2^((3L - 1) / 2)."""
-    return 2.0 ** ((3.0 * np.asarray(L, dtype=float) - 1.0) / 2.0)
+def he_spectral_norm(n_out, n_in):
+    """||W||_2 of a large n_out x n_in matrix with N(0, 2 / n_in) entries: sqrt(2 / n_in) (sqrt n_out + sqrt n_in)."""
+    return np.sqrt(2.0 / np.asarray(n_in, dtype=float)) * (np.sqrt(n_out) + np.sqrt(n_in))
+
+
+def bound_looseness(L, m, d, k, layer, norm="frobenius"):
+    """How far the worst-case bound sits above E||v - v*|| at He init, small r.
+
+    bound / (r ||v||) with ||v|| ~= sqrt(2 k / d) ||x*||, the spectral norms of
+    :func:`he_spectral_norm`, and ||eta||_2 = r ||W_i||_2 (spectral scaling) or
+    at most r ||W_i||_F = r sqrt(2 n_out) (Frobenius scaling). For d = m = k and
+    spectral scaling it is 2^((3L - 1) / 2), the figure in DESIGN.md.
+
+    >>> round(float(bound_looseness(3, 64, 64, 64, 2, "spectral")), 6) == round(2 ** 4, 6)
+    True
+    """
+    shapes = [(m, m)] * L
+    shapes[0] = (m if L > 1 else k, d)
+    if L > 1:
+        shapes[-1] = (k, m)
+    spectral = np.array([he_spectral_norm(o, i) for o, i in shapes])
+    frob = np.array([np.sqrt(2.0 * o) for o, _ in shapes])
+    idx = np.asarray(layer, dtype=int) - 1
+    eta = spectral[idx] if norm == "spectral" else frob[idx]
+    others = np.prod(spectral) / spectral[idx]
+    return eta * others / np.sqrt(2.0 * k / d)

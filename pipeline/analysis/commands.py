@@ -1,0 +1,70 @@
+"""The ``nnsweep fit`` and ``nnsweep report`` commands: parse options and call the analysis API.
+
+Registered on the main group in pipeline/cli.py with ``main.add_command``; a
+UserError raised here becomes a one-paragraph message and exit status 2 there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+_bootstrap = click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000, show_default=True,
+                          help="Bootstrap resamples of the networks for the 95% intervals (0: no intervals).")
+_seed = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of the bootstrap resampling (the fit is reproducible).")
+_progress = click.option("--progress/--no-progress", default=True, show_default=True,
+                         help="Show progress on stderr when reading or resampling takes a while.")
+
+
+@click.command("fit")
+@click.argument("store", type=str)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON object to FILE, with a per-cell table of statistics and residuals.")
+@_bootstrap
+@_seed
+@_progress
+def fit_command(store, as_json, out, n_boot, seed, progress):
+    """Fit scaling laws of the relative output change to STORE, with 95% intervals over networks.
+
+    Example: nnsweep fit results/quickstart.zarr --json
+    """
+    from .fit import fit, load, to_text
+
+    result = fit(load(store, progress), n_boot=n_boot, seed=seed, progress=progress,
+                 with_cells=out is not None)
+    if out is not None:
+        _write(Path(out), json.dumps(result, indent=2, allow_nan=False))
+        result.pop("cells")
+    click.echo(json.dumps(result, indent=2, allow_nan=False) if as_json else to_text(result))
+
+
+@click.command("report")
+@click.argument("store", type=str)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the PNG plots and index.md (created if missing; files are overwritten).")
+@_bootstrap
+@_seed
+@_progress
+def report_command(store, out_dir, n_boot, seed, progress):
+    """Write plots and DIR/index.md answering the question for the settings in STORE.
+
+    Example: nnsweep report results/quickstart.zarr --out report/
+    """
+    from .report import make_report
+
+    index = make_report(store, out_dir, n_boot=n_boot, seed=seed, progress=progress)
+    click.echo(f"report: {index}")
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text + "\n")
+    except OSError as e:
+        raise UserError(f"--out {str(path)!r}: cannot write the file ({e.strerror}); "
+                        "pass a file path in an existing, writable directory.") from None
