@@ -140,7 +140,7 @@ def estimate(L, m, d, k, ratio, layer, seeds, draws, init, bias_std, noise, norm
     rows = [(str(i), s) for i, s in result.get("by_layer", {}).items()]
     rows.append(("all" if rows else str(layer), result))
     for name, s in rows:
-        lo, hi = s["ci95"]
+        lo, hi = s["ci95"] or (float("nan"), float("nan"))
         theory = s.get("theory_attenuation", s["theory_first_order"])
         click.echo(f"{name:>6} {s['mean_abs_change']:11.4g} {s['mean_rel_change']:9.4g} "
                    f"[{lo:9.4g}, {hi:9.4g}] {s['median_rel_change']:9.4g} {theory:9.4g} {s['bound']:10.4g}")
@@ -251,3 +251,13 @@ def cluster_show(cluster_file):
     from .execute import job_script
 
     click.echo(job_script(load_cluster_config(cluster_file)))
+
+
+def _register_analysis() -> None:
+    from .analysis.commands import fit_command, report_command
+
+    main.add_command(fit_command)
+    main.add_command(report_command)
+
+
+_register_analysis()

@@ -21,14 +21,14 @@ def summarise(delta: np.ndarray, output_norm: np.ndarray, bound: np.ndarray, rat
     per_net = rel.mean(axis=1)
     n = len(per_net)
     mean = float(per_net.mean())
+    ci95 = None  # undefined for one network: JSON null, not NaN
     if n > 1 and per_net.std() > 0:
         lo, hi = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(per_net))
-    else:
-        lo = hi = float("nan")
+        ci95 = [float(lo), float(hi)]
     out = {
         "mean_abs_change": float(delta.mean()),
         "mean_rel_change": mean,
-        "ci95": [float(lo), float(hi)],
+        "ci95": ci95,
         "median_rel_change": float(np.median(rel)),
         "rms_rel_change": float(np.sqrt(np.mean(rel**2))),
         "bound": float(bound.mean()),

@@ -237,6 +237,9 @@ class _Validator:
         noise = self.noise(raw.get("noise"))
         execution = self.execution(raw.get("execution"))
         if network.init_is_file:
+            if network.bias_std:
+                raise self.fail("network.bias_std", network.bias_std,
+                                "0 with an .npz network (its biases, if any, come from the file as b1..bL)")
             self.check_weight_file(network, grid)
         return Spec(name, description, random_seed, network, grid, noise, execution, self.source)
 

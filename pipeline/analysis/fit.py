@@ -138,19 +138,21 @@ def cell_stats(net: xr.Dataset, weights: np.ndarray, draws: int) -> dict[str, np
     """Cell statistics (b, L, m, ratio, layer) for seed weights (b, L, m, seed).
 
     ``weights`` are 0/1 for the sample itself and resampling counts for a
-    bootstrap; a cell with weight 0 on every seed is NaN.
+    bootstrap; a cell without data (layer > L, or weight 0 on every seed
+    that has data) is NaN.
     """
-    n = weights.sum(axis=-1)[..., None, None]
     b, nL, nm, ns = weights.shape
+    w = weights.transpose(1, 2, 0, 3)  # (L, m, b, seed): one matrix product per (L, m)
 
-    def wmean(name: str) -> np.ndarray:
-        x = np.nan_to_num(net[name].transpose("L", "m", "seed", "ratio", "layer").values)
+    def wsum(x: np.ndarray) -> np.ndarray:
         nr, ni = x.shape[3:]
-        s = np.matmul(weights.transpose(1, 2, 0, 3), x.reshape(nL, nm, ns, nr * ni))  # (L, m, b, r*i)
+        s = np.matmul(w, x.reshape(nL, nm, ns, nr * ni))  # (L, m, b, ratio * layer)
         return s.transpose(2, 0, 1, 3).reshape(b, nL, nm, nr, ni)
 
+    values = {v: net[v].transpose("L", "m", "seed", "ratio", "layer").values for v in ("mean", "sq", "log", "log2")}
+    n = wsum(np.isfinite(values["mean"]).astype(float))
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean, sq, log, log2 = (wmean(v) / n for v in ("mean", "sq", "log", "log2"))
+        mean, sq, log, log2 = (np.where(n > 0, wsum(np.nan_to_num(x)) / n, np.nan) for x in values.values())
         pooled = n * draws
         log_var = (log2 - log**2) * pooled / (pooled - 1)
         return {"mean": mean, "rms": np.sqrt(sq), "gmean": np.exp(log), "log_var": log_var}
@@ -267,6 +269,9 @@ class Attenuation(Model):
     """log gmean = log C + a log r - log(1 + beta (L - i) r), by nonlinear least squares.
 
     Theory (arc-cosine kernel, closed form): C = 1, a = 1, beta = 1 / (3 pi).
+    A parameter the cells cannot identify (a with a single ratio, beta
+    without a layer after the perturbed one) is held at its theory value and
+    reported as None.
     """
 
     params = ("C", "ratio", "beta")
@@ -277,7 +282,12 @@ class Attenuation(Model):
         self.dr = (cells.depth_after * cells.ratio)[select]
         self.x0 = np.array([0.0, 1.0, theory.ATTENUATION_BETA])
         top = self.dr.max()
-        self.lower = [-np.inf, -np.inf, -0.99 / top if top > 0 else -np.inf]
+        self.lower = np.array([-np.inf, -np.inf, -0.99 / top if top > 0 else -np.inf])
+        jac = self._jac(self.x0)
+        self.free: list[int] = []
+        for j in range(3):  # keep the columns that add to the rank of the Jacobian
+            if np.linalg.matrix_rank(jac[:, self.free + [j]]) == len(self.free) + 1:
+                self.free.append(j)
 
     def _curve(self, p):
         return p[0] + p[1] * self.logr - np.log1p(p[2] * self.dr)
@@ -287,31 +297,37 @@ class Attenuation(Model):
         return np.column_stack([-np.ones_like(self.logr), -self.logr, self.dr / (1.0 + p[2] * self.dr)])
 
     def start_from(self, coef):
-        if np.all(np.isfinite(coef[:2])):
-            self.x0 = np.array([np.log(coef[0]), coef[1], np.nan_to_num(coef[2])])
+        start = np.array([np.log(coef[0]), coef[1], coef[2]])
+        self.x0 = np.where(np.isfinite(start), start, self.x0)
 
     def _solve_one(self, y: np.ndarray) -> np.ndarray:
         # Levenberg-Marquardt (MINPACK) is fast; if it leaves the domain 1 + beta (L - i) r > 0,
         # refit with the bound (trust region reflective).
-        fun = lambda p: y - self._curve(p)  # noqa: E731
+        free, x = self.free, self.x0.copy()
+
+        def full(q):
+            x[free] = q
+            return x
+
+        fun = lambda q: y - self._curve(full(q))  # noqa: E731
+        jac = lambda q: self._jac(full(q))[:, free]  # noqa: E731
         with np.errstate(invalid="ignore"):
-            res = optimize.least_squares(fun, self.x0, jac=self._jac, method="lm")
-        if res.success and np.all(np.isfinite(res.fun)) and res.x[2] > self.lower[2]:
-            return res.x
-        return optimize.least_squares(fun, self.x0, jac=self._jac, bounds=(self.lower, np.inf), method="trf").x
+            res = optimize.least_squares(fun, self.x0[free], jac=jac, method="lm")
+        if not (res.success and np.all(np.isfinite(res.fun)) and full(res.x)[2] > self.lower[2]):
+            res = optimize.least_squares(fun, self.x0[free], jac=jac, bounds=(self.lower[free], np.inf),
+                                         method="trf")
+        out = np.full(3, np.nan)
+        out[free] = res.x
+        return out
 
     def solve(self, y):
-        coef = np.full((3, y.shape[1]), np.nan)
-        for b in range(y.shape[1]):
-            coef[:, b] = self._solve_one(y[:, b])
-        if not np.any(self.dr > 0):  # beta is not identified without a layer after the perturbed one
-            coef[2] = np.nan
+        coef = np.column_stack([self._solve_one(y[:, b]) for b in range(y.shape[1])])
         coef[0] = np.exp(coef[0])
         return coef
 
     def predict(self, coef):
-        c = np.array([np.log(coef[0]), coef[1], 0.0 if np.isnan(coef[2]) else coef[2]])
-        return self._curve(c)
+        c = np.array([np.log(coef[0]), coef[1], coef[2]])
+        return self._curve(np.where(np.isfinite(c), c, self.x0))
 
 
 class Scale(Model):
@@ -369,25 +385,27 @@ def _param(value: float, boot: np.ndarray) -> dict:
 # --- the fit --------------------------------------------------------------------------
 
 def models(sample: Sample, cells: Cells, has_var: np.ndarray) -> dict[str, Model]:
-    """Every model of the fit, keyed as in the JSON output; ``has_var``: cells with a log variance."""
+    """Every model of the fit, keyed as in the JSON output; ``has_var``: cells with a log variance.
+
+    A model whose selection holds fewer than two cells is left out.
+    """
     small = cells.ratio <= SMALL_R * (1 + 1e-9)
     everything = np.ones(cells.L.size, bool)
     att = theory.attenuation(cells.ratio, cells.depth_after.astype(int))
     mean_curve = att * theory.mean_over_median(cells.depth_after, cells.m, sample.k)
-    out: dict[str, Model] = {
-        "power_law": PowerLaw(cells, everything, curve=mean_curve),
-        "power_law_small_r": PowerLaw(cells, small, curve=mean_curve),
+    candidates = {
+        "power_law": (everything, lambda sel: PowerLaw(cells, sel, curve=mean_curve)),
+        "power_law_small_r": (small, lambda sel: PowerLaw(cells, sel, curve=mean_curve)),
+        **{f"by_position/{pos}": (cells.position == pos, lambda sel: PowerLaw(cells, sel, curve=mean_curve))
+           for pos in POSITIONS},
+        "attenuation": (everything, lambda sel: Attenuation(
+            cells, sel, theory_values={"C": 1.0, "ratio": 1.0, "beta": theory.ATTENUATION_BETA})),
+        "attenuation/scale_gmean": (everything, lambda sel: Scale(cells, sel, "gmean", att, {"scale": 1.0})),
+        "attenuation/scale_mean": (everything, lambda sel: Scale(cells, sel, "mean", mean_curve, {"scale": 1.0})),
+        "log_variance": (has_var, lambda sel: LogVariance(
+            cells, sel, theory_values={"slope": 2.0, "intercept": 1.0 / sample.k})),
     }
-    for pos in POSITIONS:
-        sel = cells.position == pos
-        if sel.sum() >= 2:
-            out[f"by_position/{pos}"] = PowerLaw(cells, sel, curve=mean_curve)
-    out["attenuation"] = Attenuation(cells, everything,
-                                     theory_values={"C": 1.0, "ratio": 1.0, "beta": theory.ATTENUATION_BETA})
-    out["attenuation/scale_gmean"] = Scale(cells, everything, "gmean", att, {"scale": 1.0})
-    out["attenuation/scale_mean"] = Scale(cells, everything, "mean", mean_curve, {"scale": 1.0})
-    out["log_variance"] = LogVariance(cells, has_var, theory_values={"slope": 2.0, "intercept": 1.0 / sample.k})
-    return {name: mdl for name, mdl in out.items() if mdl.select.sum() >= 2}
+    return {name: make(sel) for name, (sel, make) in candidates.items() if sel.sum() >= 2}
 
 
 def fit(sample: Sample, n_boot: int = 1000, seed: int = 0, progress: bool = True,
@@ -405,7 +423,7 @@ def fit(sample: Sample, n_boot: int = 1000, seed: int = 0, progress: bool = True
         The JSON-ready result (see docs/analysis.md).
     """
     point_stats = cell_stats(sample.net, sample.present[None].astype(float), sample.draws)
-    valid = sample.net["mean"].notnull().any("seed").transpose(*CELL).values
+    valid = np.isfinite(point_stats["mean"][0])
     cells = Cells.from_grid(sample.net, valid)
     mdls = models(sample, cells, np.isfinite(cells.take(point_stats["log_var"])[:, 0]))
     ys = {name: mdl.response(point_stats) for name, mdl in mdls.items()}

@@ -28,7 +28,11 @@ def arccos_map(theta):
     """One random ReLU layer maps the angle between two inputs (Cho and Saul 2009)."""
     theta = np.asarray(theta, dtype=float)
     c = (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / np.pi
-    return np.arccos(np.clip(c, -1.0, 1.0))
+    # Near c = 1, arccos(c) loses small angles to rounding; 2 arcsin(sqrt((1 - c) / 2)) with 1 - c
+    # computed without cancellation keeps them.
+    one_minus_c = (2.0 * np.pi * np.sin(theta / 2) ** 2 + theta * np.cos(theta) - np.sin(theta)) / np.pi
+    small = 2.0 * np.arcsin(np.sqrt(np.clip(one_minus_c, 0.0, 2.0) / 2.0))
+    return np.where(c > 0.5, small, np.arccos(np.clip(c, -1.0, 1.0)))[()]
 
 
 def attenuation(ratio, depth_after):
@@ -36,7 +40,8 @@ def attenuation(ratio, depth_after):
 
     The clean and perturbed pre-activations start at angle arctan(r) with norm
     ratio rho = sqrt(1 + r^2); each ReLU layer applies :func:`arccos_map` and
-    keeps rho, so R = sqrt(1 + rho^2 - 2 rho cos theta_{L-i}).
+    keeps rho, so R = sqrt(1 + rho^2 - 2 rho cos theta_{L-i}), evaluated as
+    sqrt((rho - 1)^2 + 4 rho sin^2(theta / 2)) so that tiny r keeps its digits.
     """
     r, n = np.broadcast_arrays(np.asarray(ratio, dtype=float), np.asarray(depth_after, dtype=int))
     theta = np.arctan(r)
@@ -46,7 +51,8 @@ def attenuation(ratio, depth_after):
         for _ in range(int(n[idx])):
             t = arccos_map(t)
         rho = np.sqrt(1.0 + r[idx] ** 2)
-        out[idx] = np.sqrt(max(1.0 + rho**2 - 2.0 * rho * np.cos(t), 0.0))
+        rho_minus_1 = r[idx] ** 2 / (1.0 + rho)
+        out[idx] = np.sqrt(rho_minus_1**2 + 4.0 * rho * np.sin(t / 2) ** 2)
     return out[()] if out.ndim == 0 else out
 
 
