@@ -44,6 +44,11 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]
               ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Push pre-activation perturbations through the rest of the network.
 
+    Columns are laid out by origin layer, so at layer j the columns perturbed
+    at layers i < j form a prefix that goes through W_j as one GEMM; the
+    columns of origin j are then appended after it. Two preallocated buffers
+    alternate as input and output.
+
     Args:
         net: the network.
         fwd: its clean forward pass.
@@ -53,24 +58,42 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]
         layer i -> (||v' - v|| per column, number of hidden units whose ReLU
         state differs from the clean pass, per column).
     """
-    origins, h = [], None
-    flips = np.zeros(0, dtype=np.int64)
-    for j in range(1, net.depth + 1):
+    origins = sorted(perturbations)
+    if not origins:
+        return {}
+    sizes = [perturbations[i].shape[1] for i in origins]
+    total = sum(sizes)
+    rows = max(w.shape[0] for w in net.weights)
+    buf_in, buf_out = np.empty((rows, total)), np.empty((rows, total))
+    flips = np.zeros(total, dtype=np.int64)
+    differs = np.empty((rows, total), dtype=bool)
+    active = 0  # columns in use, a prefix
+    for j in range(origins[0], net.depth + 1):
         z = fwd.pre[j - 1]
-        zp = net.layer(j, h) if h is not None else np.empty((z.shape[0], 0))
+        n = z.shape[0]
+        out = buf_out[:n]
+        if active:
+            np.matmul(net.weights[j - 1], buf_in[:net.weights[j - 1].shape[1], :active], out=out[:, :active])
+            if net.biases is not None:
+                out[:, :active] += net.biases[j - 1][:, None]
         if j in perturbations:
-            origins.append((j, perturbations[j].shape[1]))
-            zp = np.concatenate([zp, z[:, None] + perturbations[j]], axis=1)
-            flips = np.concatenate([flips, np.zeros(perturbations[j].shape[1], dtype=np.int64)])
+            c = perturbations[j].shape[1]
+            np.add(z[:, None], perturbations[j], out=out[:, active:active + c])
+            active += c
         if j < net.depth:
-            flips += np.count_nonzero((zp > 0) != (z > 0)[:, None], axis=0)
-            h = np.maximum(zp, 0.0, out=zp)
-    delta = np.linalg.norm(zp - z[:, None], axis=0)
-    out, start = {}, 0
-    for i, n in origins:
-        out[i] = (delta[start:start + n], flips[start:start + n])
-        start += n
-    return out
+            d = differs[:n, :active]
+            np.greater(out[:, :active], 0.0, out=d)
+            np.not_equal(d, (z > 0)[:, None], out=d)
+            flips[:active] += d.sum(axis=0)
+            np.maximum(out[:, :active], 0.0, out=out[:, :active])
+            buf_in, buf_out = buf_out, buf_in
+    out[:, :active] -= z[:, None]
+    delta = np.linalg.norm(out[:, :active], axis=0)
+    result, start = {}, 0
+    for i, c in zip(origins, sizes):
+        result[i] = (delta[start:start + c], flips[start:start + c])
+        start += c
+    return result
 
 
 def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, norm: str) -> float:
@@ -89,11 +112,14 @@ def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, norm
 
 
 def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tuple[int, ...],
-                    draws: int, distribution: str, norm: str, rng_for_layer) -> NetworkResult:
+                    draws: int, distribution: str, norm: str, rng_for_layer,
+                    with_bound: bool = True) -> NetworkResult:
     """Measure one network at every (ratio, layer, draw).
 
     Layers beyond the network's depth are NaN. ``rng_for_layer(i)`` gives the
-    noise stream of layer i; the same draws serve every ratio.
+    noise stream of layer i; the same draws serve every ratio. The bound needs
+    the spectral norm of every matrix; ``with_bound=False`` skips it (NaN),
+    which lets the benchmark time the perturbation kernel alone.
     """
     ratios = np.asarray(ratios, dtype=np.float64)
     R, D = len(ratios), draws
@@ -114,7 +140,8 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             d, f = moved[i]
             delta[:, col] = d.reshape(R, D)
             flips[:, col] = f.reshape(R, D) / hidden if hidden else 0.0
-            bound[:, col] = ratios * worst_case_bound(net, fwd, x, i, norm)
+            if with_bound:
+                bound[:, col] = ratios * worst_case_bound(net, fwd, x, i, norm)
     return NetworkResult(delta, flips, bound, float(np.linalg.norm(fwd.output)))
 
 

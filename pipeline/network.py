@@ -70,13 +70,19 @@ class Network:
 
 
 def spectral_norm(w: np.ndarray) -> float:
-    """Largest singular value; Lanczos (ARPACK) for large matrices, a full SVD otherwise."""
+    """Largest singular value; Lanczos (ARPACK) for large matrices, a full SVD otherwise.
+
+    ARPACK starts from a fixed random vector (reproducible, and never
+    orthogonal to the top singular vector in practice).
+    """
     if min(w.shape) < 128:
         return float(np.linalg.norm(w, 2))
+    if not np.any(w):
+        return 0.0
     from scipy.sparse.linalg import svds
 
-    v0 = np.ones(min(w.shape)) / np.sqrt(min(w.shape))
-    return float(svds(w, k=1, tol=1e-12, v0=v0, return_singular_vectors=False)[0])
+    v0 = np.random.default_rng(0).standard_normal(min(w.shape))
+    return float(svds(w, k=1, tol=1e-8, v0=v0, return_singular_vectors=False)[0])
 
 
 def layer_shapes(L: int, m: int, d: int, k: int) -> list[tuple[int, int]]:
@@ -115,7 +121,11 @@ def build_network(spec: Spec, L: int, m: int, seed: int) -> Network:
         if net.bias_std > 0:
             biases = tuple(net.bias_std * rng.standard_normal(s[0]) for s in shapes)
     if net.weight_norm_bound is not None:
-        weights = tuple(w * (net.weight_norm_bound / spectral_norm(w)) for w in weights)
+        norms = [spectral_norm(w) for w in weights]
+        if not all(norms):
+            raise SpecError(f"network.weight_norm_bound: W{norms.index(0.0) + 1} is all zeros and cannot be "
+                            "rescaled to a spectral norm; use weight_norm_bound: null for this network.")
+        weights = tuple(w * (net.weight_norm_bound / s) for w, s in zip(weights, norms))
     return Network(weights, biases)
 
 
