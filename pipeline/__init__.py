@@ -1,25 +1,39 @@
 """nnsweep: weight-noise sensitivity sweeps of ReLU networks.
 
-The public API: load a spec, measure, run a sweep, read the results.
+The public API: load a spec, measure, run a sweep, read the results. Names are
+imported on first use, so ``nnsweep --help`` does not load dask, xarray or zarr.
+
+>>> import pipeline
+>>> pipeline.load_spec.__module__
+'pipeline.spec'
 """
 
-from .errors import BlockFailed, SpecError, StoreError, UserError
-from .estimate import estimate
-from .measure import BlockResult, measure_block, measure_network
-from .network import Network, build_network, make_input
-from .plan import BlockKey, all_blocks, pending_blocks
-from .spec import Spec, load_spec
-from .store import open_results
+from __future__ import annotations
 
-__all__ = [
-    "BlockFailed", "BlockKey", "BlockResult", "Network", "Spec", "SpecError", "StoreError", "UserError",
-    "all_blocks", "build_network", "estimate", "load_spec", "make_input", "measure_block",
-    "measure_network", "open_results", "pending_blocks", "run",
-]
+import importlib
+
+_EXPORTS = {
+    "BlockFailed": "errors", "ClusterLost": "errors", "SpecError": "errors", "StoreError": "errors",
+    "UserError": "errors",
+    "Spec": "spec", "load_spec": "spec",
+    "Network": "network", "build_network": "network", "make_input": "network",
+    "BlockResult": "measure", "measure_block": "measure", "measure_network": "measure",
+    "BlockKey": "plan", "all_blocks": "plan", "pending_blocks": "plan",
+    "open_results": "store",
+    "estimate": "estimation",
+    "run": "execute",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def run(*args, **kwargs):
-    """Run or resume a sweep; see :func:`pipeline.execute.run` (imports dask.distributed)."""
-    from .execute import run as _run
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
-    return _run(*args, **kwargs)
+
+def __dir__() -> list[str]:
+    return __all__

@@ -116,7 +116,7 @@ def estimate(L, m, d, k, ratio, layer, seeds, draws, init, bias_std, noise, norm
 
     Example: nnsweep estimate --L 8 --m 256 --d 784 --k 10 --ratio 0.1 --layer 3
     """
-    from .estimate import estimate as run_estimate
+    from .estimation import estimate as run_estimate
     from .spec import Spec
 
     if layer != "all" and layer > L:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from pipeline.analysis.theory import attenuation
 from pipeline.cli import main
-from pipeline.estimate import estimate
+from pipeline.estimation import estimate
 from pipeline.measure import measure_block
 from pipeline.spec import Spec
 
