@@ -5,9 +5,9 @@ linear read-out W_L is k x m (for L = 1, W_1 is k x d). Hidden layers apply
 ReLU; the read-out does not.
 
 >>> import numpy as np
->>> net = Network((np.eye(2), -np.eye(2)))
+>>> net = Network((np.eye(2), 2 * np.eye(2)))
 >>> net.forward(np.array([1.0, -1.0])).output
-array([-1., -0.])
+array([2., 0.])
 """
 
 from __future__ import annotations
