@@ -162,12 +162,21 @@ def estimate(L, m, d, k, ratio, layer, seeds, draws, init, bias_std, noise, norm
               help="A cluster file (cluster/slurm.yaml, pbs.yaml, kubernetes.yaml, local.yaml) to start and run on.")
 @_storage_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def run(spec_path, store, scheduler, workers, seeds_per_block, cluster_file, storage_options, progress):
+@click.option("-v", "--verbose", is_flag=True, help="Show Dask's own log messages (reconnects, worker events).")
+def run(spec_path, store, scheduler, workers, seeds_per_block, cluster_file, storage_options, progress, verbose):
     """Run the sweep in SPEC, or resume it: blocks already done are skipped.
 
     Example: nnsweep run sweeps/quickstart.yaml
     """
+    import logging
+
     from .clusterconfig import load_cluster_config
+
+    if not verbose:  # our own summary reports failures; Dask's reconnect tracebacks would bury it
+        import distributed  # noqa: F401  (configures its loggers, which we then quieten)
+
+        for name in [n for n in logging.root.manager.loggerDict if n.startswith("distributed")] + ["distributed"]:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     from .execute import run as run_sweep
     from .spec import load_spec
 

@@ -78,7 +78,12 @@ def query(path, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str 
     ds = open_results(path)
     if var not in ds.data_vars:
         raise UserError(f"--var {var!r} is not allowed; expected one of {', '.join(sorted(ds.data_vars))}.")
-    da = ds[var].sel(_parse_sel(ds, sel))
+    selection = _parse_sel(ds, sel)
+    lacking = [d for d in selection if d not in ds[var].dims]
+    if lacking:
+        raise UserError(f"--sel {lacking[0]}=...: {var} has no {lacking[0]} dimension; it has "
+                        f"{', '.join(ds[var].dims)}. Drop that --sel or choose another --var.")
+    da = ds[var].sel(selection)
     if reduce is None:
         if over:
             raise UserError("--over needs --reduce, e.g. --reduce mean --over seed,draw.")
@@ -101,6 +106,6 @@ def to_text(da: xr.DataArray, fmt: str) -> str:
         return json.dumps({name: value}) if fmt == "json" else f"{name}\n{value}"
     if fmt == "csv":
         return df.to_csv()
-    if fmt == "json":
-        return df.reset_index().to_json(orient="records")
+    if fmt == "json":  # json.dumps keeps every digit (pandas' to_json rounds to 10)
+        return json.dumps(df.reset_index().to_dict(orient="records"), default=lambda v: v.item())
     return df.to_string()

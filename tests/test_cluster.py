@@ -149,8 +149,7 @@ def test_sigkill_worker_mid_sweep_completes_identical(procs, fault_spec, tmp_pat
 
 def test_sigkill_scheduler_then_rerun_on_new_scheduler(procs, fault_spec, tmp_path):
     sched, address = procs.scheduler()
-    procs.worker(address, "w1", "--no-nanny", "--death-timeout", "5")
-    procs.worker(address, "w2", "--no-nanny", "--death-timeout", "5")
+    old_workers = [procs.worker(address, f"w{i}", "--no-nanny", "--death-timeout", "5") for i in (1, 2)]
     procs.wait_workers(address, 2)
     out = tmp_path / "run.zarr"
     client = nnsweep_run(procs, fault_spec, out, address, "client")
@@ -160,6 +159,10 @@ def test_sigkill_scheduler_then_rerun_on_new_scheduler(procs, fault_spec, tmp_pa
     log = (tmp_path / "client.log").read_text()
     assert rc != 0, log
     assert "lost the scheduler" in log and "Traceback" not in log, log
+    # the old workers may still finish the blocks they hold; once they are gone the store is still
+    for w in old_workers:
+        os.kill(w.pid, signal.SIGKILL)
+        w.wait(timeout=30)
     done_before = n_done(out)
     assert 0 < done_before < 48
 
