@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import CancelledError
 from urllib.parse import urlsplit
 
+import dask
 from distributed import Client, LocalCluster, Security, as_completed
 from distributed.scheduler import KilledWorker
 from tqdm.auto import tqdm
@@ -93,7 +94,14 @@ def local_cluster(workers: int | None = None, memory_limit: str | None = "auto",
                   host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
                   env=BLAS_ENV, silence_logs=logging.ERROR)
     kwargs.update(options)
-    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+    # The nanny's default MALLOC_TRIM_THRESHOLD_ turns every large numpy temporary
+    # into a fresh mmap; the kernel allocates many, and ran 10-30% slower with it
+    # (benchmarks/bench_pipeline.py). The nanny also copies it into our own environ.
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+            LocalCluster(**kwargs) as cluster, Client(cluster) as client:
         yield client
 
 

@@ -57,7 +57,9 @@ def _parse_sel(ds: xr.Dataset, sel: tuple[str, ...]) -> dict:
         if match.size == 0:
             raise UserError(f"--sel {item!r}: {raw} is not a value of {dim}; the store holds "
                             f"{dim} = {', '.join(map(str, coord.tolist()))}.")
-        out.setdefault(dim, []).append(coord[match[0]].item())
+        values = out.setdefault(dim, [])
+        if coord[match[0]].item() not in values:
+            values.append(coord[match[0]].item())
     return out
 
 
