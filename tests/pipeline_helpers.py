@@ -104,6 +104,16 @@ def fill_in_process(spec: Spec, path, skip: int = 0) -> tuple[Spec, list[plan.Bl
     return spec, blocks[len(keep):]
 
 
+def build_store(path, raw: dict, skip=lambda key: False) -> str:
+    """Create a store from a raw spec and write, in this process, every block for which
+    ``skip(key)`` is false; return its path."""
+    spec, _ = store.create_or_resume(Spec.from_dict(raw), str(path))
+    for key in plan.all_blocks(spec):
+        if not skip(key):
+            store.write_block(str(path), key, measure_block(spec, key.L, key.m, key.seeds), 0.0)
+    return str(path)
+
+
 def n_done_seeds(path) -> int:
     """Seeds marked done, or -1 while the store (or its done array) does not exist yet."""
     try:

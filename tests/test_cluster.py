@@ -19,9 +19,8 @@ import xarray as xr
 import yaml
 import zarr
 
-from pipeline import plan, store
-from pipeline.measure import measure_block
 from pipeline.spec import load_spec
+from pipeline_helpers import fill_in_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -98,9 +97,7 @@ def fault_spec(tmp_path) -> Path:
 
 def reference_store(spec_path: Path, path: Path) -> xr.Dataset:
     """The same spec computed block by block in this process: no Dask at all."""
-    spec, _ = store.create_or_resume(load_spec(spec_path), str(path))
-    for key in plan.all_blocks(spec):
-        store.write_block(str(path), key, measure_block(spec, key.L, key.m, key.seeds), 0.0)
+    fill_in_process(load_spec(spec_path), path)
     return xr.open_zarr(path, consolidated=False)
 
 

@@ -8,25 +8,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import plan, store
 from pipeline.analysis import report
 from pipeline.analysis.commands import fit_command, report_command
 from pipeline.cli import _Cli
-from pipeline.measure import measure_block
-from pipeline.spec import Spec
+from pipeline_helpers import build_store
 
 SPEC = {"network": {"input_dim": 8, "output_dim": 4, "init": "he"},
         "grid": {"L": [2, 4], "m": [16, 32], "ratio": [0.03, 0.12, 0.3], "seeds": 6},
         "noise": {"draws": 4}, "execution": {"seeds_per_block": 3}, "random_seed": 3}
-
-
-def build_store(path, raw: dict, skip=lambda key: False) -> str:
-    """Create a store and write every block for which ``skip(key)`` is false."""
-    spec, _ = store.create_or_resume(Spec.from_dict(raw), str(path))
-    for key in plan.all_blocks(spec):
-        if not skip(key):
-            store.write_block(str(path), key, measure_block(spec, key.L, key.m, key.seeds), 0.0)
-    return str(path)
 
 
 def cli():

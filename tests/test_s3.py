@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from pipeline import open_results
+from pipeline.spec import load_spec
 from pipeline.store import as_location, done_mask
+from pipeline_helpers import fill_in_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -78,13 +80,7 @@ def s3_run(s3_server, tmp_path_factory):
 
 def reference(spec_path, path):
     """The same spec computed in this process, block by block, into a local store."""
-    from pipeline import plan, store
-    from pipeline.measure import measure_block
-    from pipeline.spec import load_spec
-
-    spec, _ = store.create_or_resume(load_spec(spec_path), str(path))
-    for key in plan.all_blocks(spec):
-        store.write_block(str(path), key, measure_block(spec, key.L, key.m, key.seeds), 0.0)
+    fill_in_process(load_spec(spec_path), path)
     return open_results(path)
 
 
