@@ -7,6 +7,7 @@ import math
 
 import click
 
+from .cliopts import storage_option as _storage_option
 from .errors import ClusterLost, UserError
 
 
@@ -36,29 +37,6 @@ class _Ratio(click.ParamType):
         if not math.isfinite(r) or r <= 0:
             self.fail(f"{value!r} is not allowed; expected a finite number > 0, e.g. 0.1.", param, ctx)
         return r
-
-
-class _KeyValue(click.ParamType):
-    """KEY=VALUE, the value read as YAML (so numbers, booleans and {a: b} work)."""
-
-    name = "KEY=VALUE"
-
-    def convert(self, value, param, ctx):
-        import yaml
-
-        key, sep, raw = value.partition("=")
-        if not sep or not key:
-            self.fail(f"{value!r} is not allowed; expected KEY=VALUE, e.g. endpoint_url=http://127.0.0.1:9000.",
-                      param, ctx)
-        try:
-            return key, yaml.safe_load(raw)
-        except yaml.YAMLError:
-            return key, raw
-
-
-_storage_option = click.option(
-    "--storage-option", "storage_options", type=_KeyValue(), multiple=True,
-    help="fsspec option for a store URL (s3://...), repeatable: --storage-option endpoint_url=http://...")
 
 
 class _Layer(click.ParamType):

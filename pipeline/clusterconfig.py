@@ -100,6 +100,10 @@ class ClusterConfig:
         if backend == "scheduler" and not options.get("address"):
             raise fail("cluster.address: missing; the scheduler backend needs the address of a running "
                        "scheduler, e.g. tls://scheduler.example.org:8786.")
+        timeout = options.get("timeout", 10)
+        if backend == "scheduler" and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                       or timeout <= 0):
+            raise fail(f"cluster.timeout: {timeout!r} is not allowed; expected seconds, a number > 0.")
         if adapt is not None:
             if backend in ("local", "scheduler") or not isinstance(adapt, dict) or set(adapt) - ADAPT_KEYS:
                 raise fail(f"adapt: {adapt!r} is not allowed; expected, for slurm, pbs or kubernetes, a "

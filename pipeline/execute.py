@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import ipaddress
 import logging
 import os
@@ -92,7 +93,7 @@ def local_cluster(workers: int | None = None, memory_limit: str | None = "auto",
     """
     kwargs = dict(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
                   host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
-                  env=BLAS_ENV, silence_logs=logging.ERROR)
+                  env=BLAS_ENV, silence_logs=logging.CRITICAL)
     kwargs.update(options)
     # The nanny's default MALLOC_TRIM_THRESHOLD_ turns every large numpy temporary
     # into a fresh mmap; the kernel allocates many, and ran 10-30% slower with it
@@ -124,14 +125,14 @@ def _is_loopback(address: str) -> bool:
 
 
 @contextlib.contextmanager
-def connect(scheduler: str, timeout: float = 10.0, tls: dict | None = None) -> Iterator[Client]:
+def connect(scheduler: str, timeout: float = 10.0, tls: dict | None = None, **client_kwargs) -> Iterator[Client]:
     """A client of an existing scheduler; fails within ``timeout`` seconds if it is unreachable."""
     if not scheduler.startswith("tls://") and not _is_loopback(scheduler):
         print(f"warning: connecting to {scheduler} without TLS: the traffic is unencrypted and anyone "
               "who can reach the scheduler can run code on its workers. Use a tls:// address with "
               "certificates (see cluster/README.md).", file=sys.stderr)
     try:
-        client = Client(scheduler, timeout=timeout, security=security(tls))
+        client = Client(scheduler, timeout=timeout, security=security(tls), **client_kwargs)
     except (OSError, TimeoutError, ValueError) as e:
         raise UserError(f"could not reach the scheduler at {scheduler!r} within {timeout:.0f} s "
                         f"({type(e).__name__}: {e}); check the address (tcp://HOST:PORT) and that "
@@ -199,7 +200,7 @@ def run_sweep(spec: Spec, path: str | StoreLocation, client: Client, progress: b
         path: the store; created from the spec if missing, else checked against it.
         client: a client of the cluster to run on.
         progress: show a progress bar on stderr.
-        window: most blocks in flight at once (default: 2 per worker thread, at least 4).
+        window: most blocks in flight at once (default: 2 per worker thread, at least 64).
 
     Returns:
         The run's summary; ``summary.ok`` is False if any block failed.
@@ -212,20 +213,25 @@ def run_sweep(spec: Spec, path: str | StoreLocation, client: Client, progress: b
     summary = RunSummary(store=str(path), total=len(blocks), skipped=len(blocks) - len(todo))
     if existed:
         log.info("resuming %s: %d of %d blocks already done", path, summary.skipped, summary.total)
-    window = window or max(4, 2 * sum(client.nthreads().values()))
     pending = iter(todo)
     submitted: dict = {}
+    # the store is part of a task's key: the same spec run into two stores on one
+    # scheduler must not be merged into one task
+    prefix = f"block-{spec.hash[:8]}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
 
-    def submit_next(ac: as_completed) -> None:
-        key = next(pending, None)
-        if key is not None:
-            fut = client.submit(run_block, spec, path, key, key=f"block-{spec.hash[:8]}-{key}", pure=False)
+    def top_up(ac: as_completed) -> None:
+        # bounded, but following the cluster as workers join (jobqueue, adapt, remote)
+        limit = window or max(64, 2 * sum(client.nthreads().values()))
+        while len(submitted) < limit:
+            key = next(pending, None)
+            if key is None:
+                return
+            fut = client.submit(run_block, spec, path, key, key=f"{prefix}-{key}", pure=False)
             submitted[fut.key] = key
             ac.add(fut)
 
     ac = as_completed()
-    for _ in range(window):
-        submit_next(ac)
+    top_up(ac)
     with tqdm(total=len(todo), unit="block", desc="sweep", disable=not progress, file=sys.stderr) as bar:
         for fut in ac:
             key = submitted.pop(fut.key)
@@ -250,7 +256,7 @@ def run_sweep(spec: Spec, path: str | StoreLocation, client: Client, progress: b
                 summary.failed.append((str(key), f"{type(e).__name__}: {e}"))
             fut.release()
             bar.update()
-            submit_next(ac)
+            top_up(ac)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -288,10 +294,13 @@ def run(spec: Spec, store: str | None = None, scheduler: str | None = None, work
                         f"--seeds-per-block {seeds_per_block} cannot change an existing store's layout. "
                         "Omit the option to resume, or pass a new --store. Nothing was written.")
     if scheduler or cluster and cluster.backend == "scheduler":
-        opts = cluster.options if cluster else {}
-        cm = connect(scheduler or opts["address"], timeout=float(opts.get("timeout", 10)),
-                     tls=cluster.tls if cluster else None)
+        opts = dict(cluster.options) if cluster else {}
+        address = scheduler or opts.pop("address")
+        opts.pop("address", None)
+        cm = connect(address, timeout=float(opts.pop("timeout", 10)), tls=cluster.tls if cluster else None, **opts)
     elif cluster:
+        if workers is not None and cluster.backend == "local":
+            cluster = dataclasses.replace(cluster, options={**cluster.options, "n_workers": workers})
         cm = start_cluster(cluster)
     else:
         cm = local_cluster(workers)

@@ -254,10 +254,12 @@ class _Validator:
         if bound is not None:
             bound = self.float_(bound, "network.weight_norm_bound", positive=True)
         inp = raw.get("input", d.input)
+        input_dim = self.int_(raw.get("input_dim", d.input_dim), "network.input_dim", 1)
         if inp != "gaussian":
             inp = self.path(inp, "network.input", ".npy", "gaussian or the path of a .npy vector")
+            self.check_input_file(inp, input_dim)
         return NetworkSpec(
-            input_dim=self.int_(raw.get("input_dim", d.input_dim), "network.input_dim", 1),
+            input_dim=input_dim,
             output_dim=self.int_(raw.get("output_dim", d.output_dim), "network.output_dim", 1),
             init=init,
             bias_std=self.float_(raw.get("bias_std", d.bias_std), "network.bias_std", nonneg=True),
@@ -310,6 +312,18 @@ class _Validator:
             seeds_per_block=self.int_(raw.get("seeds_per_block", d.seeds_per_block),
                                       "execution.seeds_per_block", 1),
             storage_options=tuple(sorted(opts.items())))
+
+    def check_input_file(self, path: str, input_dim: int) -> None:
+        import numpy as np
+
+        try:
+            x = np.load(path, allow_pickle=False)
+        except Exception as e:  # not an .npy, pickled objects, truncated
+            raise self.fail("network.input", path, f"a .npy file holding one numeric vector ({type(e).__name__}: "
+                            f"{e})") from None
+        if x.shape != (input_dim,) or x.dtype.kind not in "fiu" or not np.all(np.isfinite(x)):
+            raise self.fail("network.input", path, f"a finite numeric vector of length input_dim = {input_dim}; "
+                            f"the file holds shape {x.shape}, dtype {x.dtype}")
 
     def check_weight_file(self, net: NetworkSpec, grid: GridSpec) -> None:
         from .network import load_weight_file  # local: network imports spec

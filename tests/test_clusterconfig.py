@@ -183,3 +183,14 @@ def test_tls_scheduler_from_cluster_file(tmp_path):
         for p in procs:
             p.kill()
             p.wait(timeout=10)
+
+
+@pytest.mark.parametrize("timeout", ["2s", 0, -1, True])
+def test_scheduler_timeout_must_be_positive_seconds(tmp_path, timeout):
+    cfile = tmp_path / "c.yaml"
+    cfile.write_text(yaml.safe_dump({"backend": "scheduler", "cluster": {"address": "tcp://127.0.0.1:9",
+                                                                          "timeout": timeout}}))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    r = invoke("run", spec, "--cluster", cfile, "--store", tmp_path / "s.zarr")
+    assert r.exit_code == 2 and "cluster.timeout" in r.output and "Traceback" not in r.output

@@ -152,3 +152,28 @@ def test_run_sweep_matches_measure_block_for_a_weight_file_network(tmp_path, clu
     got = read_arrays(path)
     assert np.array_equal(got["delta_norm"][0, 0], r.delta_norm)
     assert np.array_equal(got["output_norm"][0, 0], r.output_norm)
+
+
+def test_same_spec_into_two_stores_on_one_scheduler_writes_both(tmp_path):
+    """Task keys include the store: two concurrent runs of one spec are not merged."""
+    import threading
+
+    from pipeline.spec import Spec
+    from pipeline.store import done_mask
+
+    spec = Spec.from_dict({"network": {"input_dim": 8, "output_dim": 3},
+                           "grid": {"L": [2, 3], "m": [8], "ratio": [0.1], "seeds": 6},
+                           "noise": {"draws": 2}, "execution": {"seeds_per_block": 2}})
+    paths = [str(tmp_path / "A.zarr"), str(tmp_path / "B.zarr")]
+    summaries = {}
+    with local_cluster(2) as client:
+        threads = [threading.Thread(target=lambda p=p: summaries.__setitem__(p, run_sweep(spec, p, client,
+                                                                                          progress=False)))
+                   for p in paths]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    for p in paths:
+        assert summaries[p].ok and summaries[p].done == 6
+        assert done_mask(p).all(), p

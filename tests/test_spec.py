@@ -314,3 +314,12 @@ def test_hash_is_stable(L, m, ratio, seeds, random_seed, distribution, norm, shu
     # a different ratio list is a different sweep
     changed = dict(raw, grid=dict(raw["grid"], ratio=[*ratio, max(ratio) * 2]))
     assert Spec.from_dict(changed).hash != spec.hash
+
+
+@pytest.mark.parametrize("array", [np.ones((3, 3)), np.ones(5), np.array([1.0, np.nan, 0, 0]),
+                                   np.array(["a", "b", "c", "d"])])
+def test_input_file_must_be_a_finite_vector_of_input_dim(tmp_path, array):
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(SpecError, match="network.input"):
+        Spec.from_dict({"network": {"input_dim": 4, "input": "x.npy"},
+                        "grid": {"L": [2], "m": [4], "ratio": [0.1]}}, base_dir=tmp_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from ..cliopts import storage_option
 from ..errors import UserError
 
 _bootstrap = click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -29,14 +30,16 @@ _progress = click.option("--progress/--no-progress", default=True, show_default=
 @_bootstrap
 @_seed
 @_progress
-def fit_command(store, as_json, out, n_boot, seed, progress):
+@storage_option
+def fit_command(store, as_json, out, n_boot, seed, progress, storage_options):
     """Fit scaling laws of the relative output change to STORE, with 95% intervals over networks.
 
     Example: nnsweep fit results/quickstart.zarr --json
     """
+    from ..store import as_location
     from .fit import fit, load, to_text
 
-    result = fit(load(store, progress), n_boot=n_boot, seed=seed, progress=progress,
+    result = fit(load(as_location(store, dict(storage_options)), progress), n_boot=n_boot, seed=seed, progress=progress,
                  with_cells=out is not None)
     if out is not None:
         _write(Path(out), json.dumps(result, indent=2, allow_nan=False))
@@ -51,14 +54,16 @@ def fit_command(store, as_json, out, n_boot, seed, progress):
 @_bootstrap
 @_seed
 @_progress
-def report_command(store, out_dir, n_boot, seed, progress):
+@storage_option
+def report_command(store, out_dir, n_boot, seed, progress, storage_options):
     """Write plots and DIR/index.md answering the question for the settings in STORE.
 
     Example: nnsweep report results/quickstart.zarr --out report/
     """
+    from ..store import as_location
     from .report import make_report
 
-    index = make_report(store, out_dir, n_boot=n_boot, seed=seed, progress=progress)
+    index = make_report(as_location(store, dict(storage_options)), out_dir, n_boot=n_boot, seed=seed, progress=progress)
     click.echo(f"report: {index}")
 
 

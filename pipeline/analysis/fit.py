@@ -31,7 +31,7 @@ from scipy import optimize
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..store import open_results, read_attrs
+from ..store import as_location, open_results, read_attrs
 from . import theory
 
 SMALL_R = 0.1  # the "small r" fits use ratio <= SMALL_R
@@ -98,9 +98,10 @@ def load(path: str, progress: bool = True) -> Sample:
     Raises:
         UserError: the path is not a results store, or no block is done.
     """
-    path = str(path)
-    attrs = read_attrs(path)
-    ds = open_results(path)
+    loc = as_location(path)
+    path = str(loc)
+    attrs = read_attrs(loc)
+    ds = open_results(loc)
     done = ds["done"].values.astype(bool)
     cov = coverage(done, ds.L.values, ds.m.values, ds.seed.values, int(attrs["seeds_per_block"]))
     if cov["blocks_done"] == 0:
