@@ -34,8 +34,6 @@ from .clusterconfig import ClusterConfig
 from .spec import Spec
 from .store import StoreLocation, as_location, check_store, create_or_resume, done_mask, write_block
 
-log = logging.getLogger(__name__)
-
 # One single-threaded worker per core: BLAS must not spawn threads of its own.
 BLAS_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")}
@@ -212,7 +210,8 @@ def run_sweep(spec: Spec, path: str | StoreLocation, client: Client, progress: b
     todo = pending_blocks(spec, done_mask(path))
     summary = RunSummary(store=str(path), total=len(blocks), skipped=len(blocks) - len(todo))
     if existed:
-        log.info("resuming %s: %d of %d blocks already done", path, summary.skipped, summary.total)
+        print(f"resuming {path}: {summary.skipped} of {summary.total} blocks already done, "
+              f"{len(todo)} to compute", file=sys.stderr)
     pending = iter(todo)
     submitted: dict = {}
     # the store is part of a task's key: the same spec run into two stores on one
@@ -306,11 +305,6 @@ def run(spec: Spec, store: str | None = None, scheduler: str | None = None, work
         cm = local_cluster(workers)
     with cm as client:
         print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
-        if existed:
-            total = len(all_blocks(resumed_spec))
-            todo = len(pending_blocks(resumed_spec, done_mask(loc)))
-            print(f"resuming {loc}: {total - todo} of {total} blocks already done, "
-                  f"{todo} to compute", file=sys.stderr)
         return run_sweep(resumed_spec, loc, client, progress=progress)
 
 

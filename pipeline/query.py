@@ -8,15 +8,15 @@ import numpy as np
 import xarray as xr
 
 from .errors import UserError
-from .store import open_results, read_attrs
+from .store import open_results
 
 REDUCERS = ("mean", "median", "std", "min", "max", "count")
 
 
 def status(path) -> dict:
     """Spec summary, blocks done of total, and provenance of a store (a path or StoreLocation)."""
-    attrs = read_attrs(path)
-    ds = open_results(path)
+    ds = open_results(path)  # checks that it is a results store
+    attrs = ds.attrs
     done = ds["done"].values.astype(bool)
     spb = int(attrs["seeds_per_block"])
     n_seed = done.shape[2]

@@ -120,12 +120,11 @@ def as_location(where: str | os.PathLike | StoreLocation, storage_options: dict 
     """Accept a path, a URL or a StoreLocation at the edge; return a StoreLocation."""
     if isinstance(where, StoreLocation):
         return where
-    opts = tuple(sorted((storage_options or {}).items()))
-    url = os.fspath(where)
-    if opts and ("://" not in url or url.startswith("file://")):
-        raise StoreError(f"storage options {dict(opts)} were given for the local path {url!r}; they apply "
+    loc = StoreLocation(os.fspath(where), tuple(sorted((storage_options or {}).items())))
+    if loc.storage_options and loc.is_local:
+        raise StoreError(f"storage options {loc.options} were given for the local path {loc.url!r}; they apply "
                          "only to fsspec URLs such as s3://bucket/store.zarr.")
-    return StoreLocation(url, opts)
+    return loc
 
 
 def _kind(loc: StoreLocation) -> str:

@@ -130,6 +130,14 @@ def chunk_path(path, var: str, key: plan.BlockKey, spec: Spec) -> Path:
     return Path(path, var, "c", *(str(index.get(d, 0)) for d in dims))
 
 
+def block_chunk_dir(path, key: plan.BlockKey, spec: Spec) -> Path:
+    """Put a plain file where the block's delta_norm chunk directory must go: a real write failure."""
+    blocker = chunk_path(path, "delta_norm", key, spec).parent
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("in the way")
+    return blocker
+
+
 def snapshot(path) -> dict[str, tuple]:
     """Every entry under ``path`` (or the file itself): relative name -> (kind, bytes)."""
     path = Path(path)

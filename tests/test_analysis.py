@@ -12,8 +12,7 @@ from scipy import optimize
 
 from pipeline import store
 from pipeline.analysis import fit, report, theory
-from pipeline.analysis.commands import fit_command, report_command
-from pipeline.cli import _Cli
+from pipeline.cli import main
 from pipeline.spec import Spec
 from pipeline_helpers import build_store
 
@@ -23,11 +22,6 @@ HE = {"network": {"input_dim": 32, "output_dim": 32, "init": "he"},
 SMALL = {"network": {"input_dim": 8, "output_dim": 4, "init": "he"},
          "grid": {"L": [2, 3], "m": [16, 32], "ratio": [0.01, 0.1, 0.3], "seeds": 6},
          "noise": {"draws": 4}, "execution": {"seeds_per_block": 3}, "random_seed": 1}
-
-
-def cli():
-    """The commands on a group with the real error handling of ``nnsweep``."""
-    return _Cli(name="nnsweep", commands={"fit": fit_command, "report": report_command})
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +161,7 @@ def test_missing_blocks_are_fitted_around_and_reported(tmp_path):
 
 def test_fit_command_json_and_out_file(small_store, tmp_path):
     out = tmp_path / "fit.json"
-    res = CliRunner().invoke(cli(), ["fit", small_store, "--json", "--bootstrap", "50", "--out", str(out),
+    res = CliRunner().invoke(main, ["fit", small_store, "--json", "--bootstrap", "50", "--out", str(out),
                                      "--no-progress"])
     assert res.exit_code == 0, res.output
     printed = json.loads(res.stdout)
@@ -180,7 +174,7 @@ def test_fit_command_json_and_out_file(small_store, tmp_path):
     assert (printed["blocks_done"], printed["blocks_total"], printed["missing"]["blocks"]) == (8, 8, 0)
     written = json.loads(out.read_text())
     assert written["power_law"] == printed["power_law"] and len(written["cells"]) == 3 * 2 * (2 + 3)
-    text = CliRunner().invoke(cli(), ["fit", small_store, "--bootstrap", "20"])
+    text = CliRunner().invoke(main, ["fit", small_store, "--bootstrap", "20"])
     assert text.exit_code == 0 and "E R = C r^a L^b m^c" in text.stdout
 
 
@@ -194,13 +188,13 @@ def test_empty_store_and_non_store_exit_2(tmp_path, command):
     cases = [(empty, "no finished block"), (not_store, "not a zarr store"), (tmp_path / "nope", "does not exist")]
     for path, message in cases:
         extra = ["--out", str(tmp_path / "rep")] if command == "report" else []
-        res = CliRunner().invoke(cli(), [command, str(path), *extra])
+        res = CliRunner().invoke(main, [command, str(path), *extra])
         assert res.exit_code == 2, (path, res.output)
         assert message in res.output and "Traceback" not in res.output
 
 
 def test_out_file_in_missing_directory_exits_2(small_store, tmp_path):
-    res = CliRunner().invoke(cli(), ["fit", small_store, "--bootstrap", "0", "--out", str(tmp_path / "no" / "f.json")])
+    res = CliRunner().invoke(main, ["fit", small_store, "--bootstrap", "0", "--out", str(tmp_path / "no" / "f.json")])
     assert res.exit_code == 2 and "cannot write" in res.output and "Traceback" not in res.output
 
 

@@ -18,7 +18,8 @@ from pipeline.execute import local_cluster, run_sweep
 from pipeline.measure import measure_block
 
 from pipeline_helpers import (
-    assert_bit_identical, chunk_path, fill_in_process, make_spec, read_arrays, reference_arrays, snapshot,
+    assert_bit_identical, block_chunk_dir, chunk_path, fill_in_process, make_spec, read_arrays, reference_arrays,
+    snapshot,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -108,9 +109,7 @@ def test_a_failing_block_is_reported_the_others_go_on_and_a_rerun_retries_it(tmp
     path = tmp_path / "fail.zarr"
     spec, _ = store.create_or_resume(make_spec(), str(path))
     bad = plan.all_blocks(spec)[5]
-    blocker = chunk_path(path, "delta_norm", bad, spec).parent
-    blocker.parent.mkdir(parents=True)
-    blocker.write_text("in the way")
+    blocker = block_chunk_dir(path, bad, spec)
     summary = run_sweep(spec, str(path), cluster2, progress=False)
     assert not summary.ok
     assert (summary.done, len(summary.failed), summary.total) == (15, 1, 16)

@@ -9,8 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.analysis import report
-from pipeline.analysis.commands import fit_command, report_command
-from pipeline.cli import _Cli
+from pipeline.cli import main
 from pipeline_helpers import build_store
 
 SPEC = {"network": {"input_dim": 8, "output_dim": 4, "init": "he"},
@@ -18,15 +17,11 @@ SPEC = {"network": {"input_dim": 8, "output_dim": 4, "init": "he"},
         "noise": {"draws": 4}, "execution": {"seeds_per_block": 3}, "random_seed": 3}
 
 
-def cli():
-    return _Cli(name="nnsweep", commands={"fit": fit_command, "report": report_command})
-
-
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
     path = build_store(base / "full.zarr", SPEC)
-    res = CliRunner().invoke(cli(), ["report", path, "--out", str(base / "out"), "--bootstrap", "50"])
+    res = CliRunner().invoke(main, ["report", path, "--out", str(base / "out"), "--bootstrap", "50"])
     assert res.exit_code == 0, res.output
     return base / "out"
 
@@ -56,7 +51,7 @@ def test_index_answers_the_question(full_report):
 def test_interrupted_store_report_says_what_is_missing(tmp_path):
     path = build_store(tmp_path / "part.zarr", SPEC, skip=lambda k: (k.L, k.m) == (4, 32) or k.seed_start == 3)
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli(), ["report", path, "--out", str(out), "--bootstrap", "20", "--no-progress"])
+    res = CliRunner().invoke(main, ["report", path, "--out", str(out), "--bootstrap", "20", "--no-progress"])
     assert res.exit_code == 0, res.output
     index = (out / "index.md").read_text()
     assert "3 of 8 blocks done" in index and "L=4 m=32 seeds 0..5" in index and "L=2 m=16 seeds 3..5" in index
@@ -68,7 +63,7 @@ def test_interrupted_store_report_says_what_is_missing(tmp_path):
 def test_out_is_a_file_exits_2(tmp_path, full_report):
     target = tmp_path / "file"
     target.write_text("x")
-    res = CliRunner().invoke(cli(), ["report", str(full_report.parent / "full.zarr"), "--out", str(target),
+    res = CliRunner().invoke(main, ["report", str(full_report.parent / "full.zarr"), "--out", str(target),
                                      "--bootstrap", "0"])
     assert res.exit_code == 2 and "Traceback" not in res.output
 

@@ -21,7 +21,8 @@ from pipeline.errors import StoreError
 from pipeline.measure import measure_block
 
 from pipeline_helpers import (
-    RESULT_VARS, assert_bit_identical, chunk_path, fill_in_process, make_spec, read_arrays, reference_arrays,
+    RESULT_VARS, assert_bit_identical, block_chunk_dir, chunk_path, fill_in_process, make_spec, read_arrays,
+    reference_arrays,
     snapshot,
 )
 
@@ -111,9 +112,7 @@ def test_failed_data_write_leaves_the_block_not_done(tmp_path):
     path = tmp_path / "f.zarr"
     spec, _ = store.create_or_resume(make_spec(), str(path))
     key = plan.all_blocks(spec)[0]
-    blocker = chunk_path(path, "delta_norm", key, spec).parent
-    blocker.parent.mkdir(parents=True)
-    blocker.write_text("not a directory")
+    block_chunk_dir(path, key, spec)
     with pytest.raises(OSError):
         store.write_block(str(path), key, measure_block(spec, key.L, key.m, key.seeds), 0.1)
     assert not store.done_mask(str(path)).any(), "done was marked although the data write failed"

@@ -31,7 +31,7 @@ from scipy import optimize
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..store import as_location, open_results, read_attrs
+from ..store import as_location, open_results
 from . import theory
 
 SMALL_R = 0.1  # the "small r" fits use ratio <= SMALL_R
@@ -100,8 +100,8 @@ def load(path: str, progress: bool = True) -> Sample:
     """
     loc = as_location(path)
     path = str(loc)
-    attrs = read_attrs(loc)
-    ds = open_results(loc)
+    ds = open_results(loc)  # checks that it is a results store
+    attrs = ds.attrs
     done = ds["done"].values.astype(bool)
     cov = coverage(done, ds.L.values, ds.m.values, ds.seed.values, int(attrs["seeds_per_block"]))
     if cov["blocks_done"] == 0:
