@@ -75,7 +75,7 @@ except ImportError:  # env vars alone
     threadpool_info = threadpool_limits = None
 
 from pipeline.measure import measure_network  # noqa: E402
-from pipeline.network import NOISE_STREAM, Network, build_network, make_input, stream  # noqa: E402
+from pipeline.network import NOISE_STREAM, Network, build_network, make_inputs, stream  # noqa: E402
 from pipeline.spec import Spec  # noqa: E402
 
 
@@ -228,7 +228,7 @@ def profile_kernel(spec: Spec, a, x) -> str:
 
 def main(a) -> dict:
     spec = make_spec(a)
-    x = make_input(spec)
+    x = make_inputs(spec)[0]  # one input, the question as asked
     limits = threadpool_limits(limits=a.threads, user_api="blas") if threadpool_limits else nullcontext()
     with limits:
         info = machine_info(a.threads)

@@ -182,7 +182,7 @@ def differences(a: str, b: str) -> dict[str, int]:
     import zarr
 
     out = {}
-    for v in ("delta_norm", "flip_fraction", "bound", "output_norm"):
+    for v in ("delta_norm", "hidden_flip_fraction", "bound", "output_norm"):
         x, y = zarr.open_array(a, path=v, mode="r")[...], zarr.open_array(b, path=v, mode="r")[...]
         out[v] = int(np.sum(~((x == y) | (np.isnan(x) & np.isnan(y)))))
     return out

@@ -16,7 +16,7 @@ _EXPORTS = {
     "BlockFailed": "errors", "ClusterLost": "errors", "SpecError": "errors", "StoreError": "errors",
     "UserError": "errors",
     "Spec": "spec", "load_spec": "spec",
-    "Network": "network", "build_network": "network", "make_input": "network",
+    "Network": "network", "build_network": "network", "make_inputs": "network", "make_labels": "network",
     "BlockResult": "measure", "measure_block": "measure", "measure_network": "measure",
     "BlockKey": "plan", "all_blocks": "plan", "pending_blocks": "plan",
     "open_results": "store",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import click
 
@@ -39,6 +40,17 @@ class _Ratio(click.ParamType):
         return r
 
 
+class _Ratios(click.ParamType):
+    """One ratio or several, comma-separated: 0.01,0.1,0.3."""
+
+    name = "RATIO[,RATIO...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        return tuple(_Ratio().convert(v.strip(), param, ctx) for v in str(value).split(","))
+
+
 class _Layer(click.ParamType):
     name = "LAYER|all"
 
@@ -64,22 +76,42 @@ def main():
     """
 
 
+# spec fields as `nnsweep estimate` names them, so its errors speak in options
+ESTIMATE_OPTIONS = {
+    "grid.L": "--L", "grid.m": "--m", "network.input_dim": "--d", "network.output_dim": "--k",
+    "grid.ratio": "--ratio", "grid.layer": "--layer", "grid.seeds": "--seeds", "noise.draws": "--draws",
+    "network.init": "--init", "network.bias_std": "--bias-std", "noise.distribution": "--noise",
+    "noise.norm": "--norm", "random_seed": "--random-seed", "network.input": "--input",
+    "network.n_inputs": "--n-inputs", "network.labels": "--labels",
+}
+
+
 @main.command()
-@click.option("--L", "L", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Number of weight layers (L - 1 hidden ReLU layers and a linear read-out).")
-@click.option("--m", "m", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Neurons per hidden layer.")
-@click.option("--d", "d", type=click.IntRange(min=1), default=784, show_default=True, help="Input dimension.")
-@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Output dimension.")
-@click.option("--ratio", type=_Ratio(), default=0.1, show_default=True, help="Noise ratio r = ||eta|| / ||W_i||.")
+@click.option("--L", "L", type=click.IntRange(min=1), default=None,
+              help="Number of weight layers (L - 1 hidden ReLU layers and a linear read-out). "
+                   "Default: 8, or read from a network file.")
+@click.option("--m", "m", type=click.IntRange(min=1), default=None,
+              help="Neurons per hidden layer. Default: 256, or read from a network file.")
+@click.option("--d", "d", type=click.IntRange(min=1), default=None,
+              help="Input dimension. Default: 784, or read from a network file.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=None,
+              help="Output dimension. Default: 10, or read from a network file.")
+@click.option("--ratio", "ratios", type=_Ratios(), multiple=True,
+              help="Noise ratio r = ||eta|| / ||W_i||; several as 0.01,0.1,0.3 or repeated --ratio. [default: 0.1]")
 @click.option("--layer", type=_Layer(), default="all", show_default=True,
               help="Perturbed layer i (1..L), or 'all' for one row per layer.")
-@click.option("--seeds", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Number of networks (independent weight draws).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Number of networks (independent weight draws). Default: 32; 1 with a network file.")
 @click.option("--draws", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Noise draws per network and layer.")
+              help="Noise draws per network and layer; each draw perturbs every input with the same eta.")
 @click.option("--init", default="he", show_default=True,
-              help="he, xavier, orthogonal, or the path of an .npz file of weights W1..WL.")
+              help="he, xavier, orthogonal, or a network file (.npz or .safetensors, e.g. a PyTorch "
+                   "state dict of Linear layers); L, m, d and k are then read from it.")
+@click.option("--input", "input_", default="gaussian", show_default=True,
+              help="gaussian, or a .npy of inputs x* of shape (n, d) or (d,), e.g. a test set.")
+@click.option("--n-inputs", type=click.IntRange(min=1), default=None,
+              help="Number of Gaussian inputs (with --input gaussian). [default: 1]")
+@click.option("--labels", default=None, help="A .npy of n class indices: adds accuracy to the output.")
 @click.option("--bias-std", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Standard deviation of the biases (0: no biases).")
 @click.option("--noise", type=click.Choice(["gaussian", "rademacher", "sphere"]), default="gaussian",
@@ -89,41 +121,87 @@ def main():
 @click.option("--random-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Root entropy of every random stream.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def estimate(L, m, d, k, ratio, layer, seeds, draws, init, bias_std, noise, norm, random_seed, as_json):
-    """Estimate E||v - v*|| for one configuration, with a 95% CI over networks.
+def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, labels, bias_std, noise, norm,
+             random_seed, as_json):
+    """Estimate E||v - v*|| for one configuration, with a 95% CI.
 
-    Example: nnsweep estimate --L 8 --m 256 --d 784 --k 10 --ratio 0.1 --layer 3
+    The CI is over networks, or over noise draws when there is one network
+    (a network file, or --seeds 1).
+
+    Examples:
+
+      nnsweep estimate --L 8 --m 256 --d 784 --k 10 --ratio 0.1 --layer 3
+
+      nnsweep estimate --init model.safetensors --input x_test.npy --labels y_test.npy --ratio 0.01,0.1
     """
     from .estimation import estimate as run_estimate
-    from .spec import Spec
+    from .spec import INITS, Spec
 
-    if layer != "all" and layer > L:
-        raise click.BadParameter(f"{layer} is beyond the network's depth; expected 'all' or 1..{L}.",
-                                 param_hint="'--layer'")
+    ratios = sorted({r for group in ratios for r in group}) or [0.1]
+    file_net = init not in INITS
+    given = {key: v for key, v in (("L", L), ("m", m), ("seeds", seeds)) if v is not None}
+    dims = {key: v for key, v in (("input_dim", d), ("output_dim", k)) if v is not None}
+    if not file_net:
+        given = {"L": 8, "m": 256, "seeds": 32, **given}
+        dims = {"input_dim": 784, "output_dim": 10, **dims}
+        if layer != "all" and layer > given["L"]:
+            raise click.BadParameter(f"{layer} is beyond the network's depth; expected 'all' or 1..{given['L']}.",
+                                     param_hint="'--layer'")
+    network = {**dims, "init": init, "bias_std": bias_std, "input": input_, "labels": labels}
+    if n_inputs is not None:
+        network["n_inputs"] = n_inputs
     spec = Spec.from_dict({
-        "network": {"input_dim": d, "output_dim": k, "init": init, "bias_std": bias_std},
-        "grid": {"L": [L], "m": [m], "ratio": [ratio], "layer": layer, "seeds": seeds},
+        "network": network,
+        "grid": {**given, "ratio": ratios, "layer": layer},
         "noise": {"distribution": noise, "norm": norm, "draws": draws},
         "random_seed": random_seed,
-    }, source="nnsweep estimate")
+    }, source="nnsweep estimate", names=ESTIMATE_OPTIONS)
+    if layer != "all" and layer > spec.grid.L[0]:
+        raise click.BadParameter(f"{layer} is beyond the network's depth; expected 'all' or 1..{spec.grid.L[0]}.",
+                                 param_hint="'--layer'")
     result = run_estimate(spec)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(result, indent=2, allow_nan=False))
         return
-    click.echo(f"L={L} m={m} d={d} k={k} r={ratio} init={init} noise={noise}/{norm}: "
-               f"{seeds} networks x {draws} draws")
-    header = f"{'layer':>6} {'E|v-v*|':>11} {'E R':>9} {'95% CI':>21} {'median R':>9} " \
-             f"{'theory R':>9} {'bound':>10}"
-    click.echo(header)
-    rows = [(str(i), s) for i, s in result.get("by_layer", {}).items()]
-    rows.append(("all" if rows else str(layer), result))
-    for name, s in rows:
+    for line in _estimate_table(spec, result):
+        click.echo(line)
+
+
+def _estimate_table(spec, result: dict) -> list[str]:
+    """The estimate as a table: one row per (ratio, layer), then the pooled row."""
+    net, g = spec.network, spec.grid
+    what = (f"1 network x {spec.noise.draws} draws" if result["n_networks"] == 1 and net.one_network
+            else f"{result['n_networks']} networks x {spec.noise.draws} draws")
+    lines = [f"L={g.L[0]} m={g.m[0]} d={net.input_dim} k={net.output_dim} r={','.join(map(str, g.ratio))} "
+             f"init={Path(net.init).name} noise={spec.noise.distribution}/{spec.noise.norm}: {what} x "
+             f"{net.n_inputs} input{'s' if net.n_inputs > 1 else ''}; 95% CI over {result['ci95_over']}"]
+    random_init = "theory_first_order" in result or "by_ratio" in result and not net.init_is_file
+    cols = [("E|v-v*|", "mean_abs_change", 11), ("E R", "mean_rel_change", 9), ("median R", "median_rel_change", 9)]
+    if random_init:
+        cols.append(("theory R", None, 9))
+    cols += [("bound", "bound", 10), ("pred chg", "pred_change_rate", 9)]
+    if "accuracy" in result:
+        cols.append(("accuracy", "accuracy", 9))
+    lines.append(f"{'ratio':>7} {'layer':>6} " + " ".join(f"{h:>{w}}" for h, _, w in cols[:2])
+                 + f" {'95% CI':>21} " + " ".join(f"{h:>{w}}" for h, _, w in cols[2:]))
+    by_ratio = result.get("by_ratio", {repr(g.ratio[0]): result})
+    rows = []
+    for r, sr in by_ratio.items():
+        rows += [(r, i, s) for i, s in sr.get("by_layer", {}).items()]
+        rows.append((r, "all" if "by_layer" in sr else str(g.layer[0]), sr))
+    if len(by_ratio) > 1:
+        rows.append(("all", "all" if len(g.layer) > 1 else str(g.layer[0]), result))
+    for r, i, s in rows:
         lo, hi = s["ci95"] or (float("nan"), float("nan"))
-        theory = s.get("theory_attenuation", s["theory_first_order"])
-        click.echo(f"{name:>6} {s['mean_abs_change']:11.4g} {s['mean_rel_change']:9.4g} "
-                   f"[{lo:9.4g}, {hi:9.4g}] {s['median_rel_change']:9.4g} {theory:9.4g} {s['bound']:10.4g}")
-    click.echo("R = ||v - v*|| / ||v||; theory R: infinite-width arc-cosine prediction (first order: r); "
-               "bound: worst-case Lipschitz bound on ||v - v*||.")
+        vals = []
+        for _, key, w in cols:
+            v = s.get(key) if key else s.get("theory_attenuation", s.get("theory_first_order"))
+            vals.append(f"{v:{w}.4g}" if v is not None else f"{'-':>{w}}")
+        lines.append(f"{r:>7} {i:>6} " + " ".join(vals[:2]) + f" [{lo:9.4g}, {hi:9.4g}] " + " ".join(vals[2:]))
+    lines.append("R = ||v - v*|| / ||v||; pred chg: share of (input, draw) whose predicted class changed; "
+                 "bound: worst-case Lipschitz bound on ||v - v*||"
+                 + ("; theory R: infinite-width arc-cosine prediction for random networks." if random_init else "."))
+    return lines
 
 
 @main.command()
@@ -200,7 +278,7 @@ def status(store, as_json, storage_options):
 @click.option("--sel", multiple=True, metavar="DIM=VALUE",
               help="Select a coordinate value; repeat for several (e.g. --sel ratio=0.1 --sel L=4).")
 @click.option("--var", default="rel_change", show_default=True,
-              help="Variable: rel_change, delta_norm, flip_fraction, bound, output_norm, ...")
+              help="Variable: rel_change, delta_norm, pred_changed, accuracy, hidden_flip_fraction, bound, output_norm, ...")
 @click.option("--reduce", type=click.Choice(["mean", "median", "std", "min", "max", "count"]), default=None,
               help="Reduce over --over (default: seed and draw).")
 @click.option("--over", default="", metavar="DIMS", help="Comma-separated dimensions to reduce over.")

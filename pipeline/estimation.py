@@ -1,64 +1,106 @@
 """Answer the question for one configuration: no store, no cluster.
 
-Statistics are over networks: each network's mean over draws is one sample,
-so the confidence interval reflects network-to-network variation.
+The statistical unit is what varies independently. With several networks
+(random init, or one file per seed) it is the network: each network's mean
+over inputs and draws is one sample, so the confidence interval reflects
+network-to-network variation. With one network (a single file, or one seed)
+it is the noise draw: each draw is one perturbed network applied to every
+input, so its mean over the inputs is one sample.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
-from .analysis.theory import attenuation
-from .measure import measure_block
+from .measure import BlockResult, measure_block
 from .spec import Spec
 
 
-def summarise(delta: np.ndarray, output_norm: np.ndarray, bound: np.ndarray, ratio: float,
-              depth_after: int | None) -> dict:
-    """Summary of one (ratio, layer): delta (seed, draw), output_norm (seed,), bound (seed,)."""
-    rel = delta / output_norm[:, None]
-    per_net = rel.mean(axis=1)
-    n = len(per_net)
-    mean = float(per_net.mean())
-    ci95 = None  # undefined for one network: JSON null, not NaN
-    if n > 1 and per_net.std() > 0:
-        lo, hi = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(per_net))
-        ci95 = [float(lo), float(hi)]
+def t_interval(samples: np.ndarray) -> list[float] | None:
+    """95% Student-t interval for the mean of independent samples; None when undefined."""
+    n = samples.size
+    if n < 2 or not np.std(samples) > 0:
+        return None  # JSON null, not NaN
+    from scipy import stats
+
+    lo, hi = stats.t.interval(0.95, n - 1, loc=samples.mean(), scale=stats.sem(samples))
+    return [float(lo), float(hi)]
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def summarise(block: BlockResult, ratio_index: list[int], layer_index: list[int], units: str) -> dict:
+    """Statistics of the cells (ratio, layer) given, pooled; ``units`` is ``networks`` or ``draws``.
+
+    Draws of different (ratio, layer) cells are independent samples of their
+    own cell; pooling them treats every cell as equally likely.
+    """
+    def cells(a: np.ndarray) -> np.ndarray:  # (ratio, layer, seed, ...) -> (seed, ..., cells)
+        sub = a[np.ix_(ratio_index, layer_index)].reshape(-1, *a.shape[2:])
+        return np.moveaxis(sub, 0, -1)
+
+    delta = cells(block.delta_norm)  # (seed, input, draw, cell)
+    rel = delta / block.output_norm[:, :, None, None]
+    per_draw = rel.mean(axis=1)  # (seed, draw, cell): one perturbed network each
+    per_unit = per_draw.mean(axis=(1, 2)) if units == "networks" else per_draw.ravel()
     out = {
-        "mean_abs_change": float(delta.mean()),
-        "mean_rel_change": mean,
-        "ci95": ci95,
-        "median_rel_change": float(np.median(rel)),
-        "rms_rel_change": float(np.sqrt(np.mean(rel**2))),
-        "bound": float(bound.mean()),
-        "theory_first_order": float(ratio),
-        "n_networks": n,
-        "n_draws": int(delta.shape[1]),
+        "mean_abs_change": _num(delta.mean()),
+        "mean_rel_change": _num(rel.mean()),
+        "ci95": t_interval(per_unit),
+        "ci95_over": units,
+        "median_rel_change": _num(np.median(rel)),
+        "rms_rel_change": _num(np.sqrt(np.mean(rel**2))),
+        "bound": _num(cells(block.bound).mean()),
+        "pred_change_rate": _num(cells(block.pred_changed).mean()),
     }
-    if depth_after is not None:
-        out["theory_attenuation"] = float(attenuation(ratio, depth_after))
+    accuracy = cells(block.accuracy)
+    if np.all(np.isfinite(accuracy)):
+        out["accuracy"] = _num(accuracy.mean())
+        out["accuracy_ci95"] = t_interval(accuracy.mean(axis=(1, 2)) if units == "networks" else accuracy.ravel())
+        out["clean_accuracy"] = _num(block.clean_accuracy.mean())
     return out
 
 
 def estimate(spec: Spec) -> dict:
-    """E||v - v*|| and E R for the single (L, m, ratio) of ``spec``, per layer and overall.
+    """E||v - v*||, E R and the prediction-change rate for the single (L, m) of ``spec``.
 
     Returns:
-        The summary of every listed layer together, with ``by_layer`` holding
-        one summary per layer when more than one layer is listed.
+        The summary of every listed ratio and layer together, with ``by_layer``
+        (when several layers are listed) and ``by_ratio`` (when several ratios
+        are) holding one summary each; ``by_ratio`` entries have their own
+        ``by_layer``. Random-init networks also get ``theory_first_order`` (r)
+        and ``theory_attenuation`` (the infinite-width arc-cosine prediction);
+        a given network gets no random-network theory.
     """
-    (L,), (m,), (ratio,) = spec.grid.L, spec.grid.m, spec.grid.ratio
+    (L,), (m,) = spec.grid.L, spec.grid.m
     block = measure_block(spec, L, m, spec.grid.seeds)
-    layers = spec.grid.layer
-    by_layer = {
-        str(i): summarise(block.delta_norm[0, c], block.output_norm, block.bound[0, c], ratio, L - i)
-        for c, i in enumerate(layers)
-    }
-    # every layer together: one sample per network, averaged over layers and draws
-    delta = block.delta_norm[0].transpose(1, 0, 2).reshape(len(spec.grid.seeds), -1)
-    overall = summarise(delta, block.output_norm, block.bound[0].mean(axis=0), ratio,
-                        L - layers[0] if len(layers) == 1 else None)
-    if len(layers) > 1:
-        overall["by_layer"] = by_layer
-    return overall
+    one_network = spec.network.one_network or len(spec.grid.seeds) == 1
+    units = "draws" if one_network else "networks"
+    counts = {"n_networks": 1 if spec.network.one_network else len(spec.grid.seeds),
+              "n_inputs": spec.network.n_inputs, "n_draws": spec.noise.draws}
+    ratios, layers = spec.grid.ratio, spec.grid.layer
+    random_init = not spec.network.init_is_file
+
+    def summary(ri: list[int], li: list[int]) -> dict:
+        out = {**summarise(block, ri, li, units), **counts}
+        if random_init and len(ri) == 1:
+            from .analysis.theory import attenuation
+
+            out["theory_first_order"] = ratios[ri[0]]
+            if len(li) == 1:
+                out["theory_attenuation"] = float(attenuation(ratios[ri[0]], L - layers[li[0]]))
+        return out
+
+    def with_layers(ri: list[int]) -> dict:
+        out = summary(ri, list(range(len(layers))))
+        if len(layers) > 1:
+            out["by_layer"] = {str(i): summary(ri, [c]) for c, i in enumerate(layers)}
+        return out
+
+    result = with_layers(list(range(len(ratios))))
+    if len(ratios) > 1:
+        result["by_ratio"] = {repr(r): with_layers([c]) for c, r in enumerate(ratios)}
+    return result

@@ -3,7 +3,7 @@
 Plain numpy, no Dask, no zarr. Layers before the perturbed one are not rerun:
 the clean pass is kept, the perturbation enters at layer i as z_i + eta @ h_{i-1},
 and from there the perturbed columns travel through the remaining layers as
-one matrix product. Columns perturbed at different layers share every later
+one matrix product. With n inputs, one eta per draw perturbs all of them. Columns perturbed at different layers share every later
 weight matrix, so at layer j the columns of all origins i < j go through W_j
 in a single GEMM.
 """
@@ -15,52 +15,81 @@ import dataclasses
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .network import NOISE_STREAM, Forward, Network, build_network, make_input, stream
+from .network import NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, stream
 from .noise import matrix_norm, pre_activation_noise
 from .spec import Spec
 
 
 @dataclasses.dataclass(frozen=True)
 class NetworkResult:
-    """Measurements on one network; axes (ratio, layer, draw) as in the store."""
+    """Measurements on one network; axes (ratio, layer, input, draw) as in the store."""
 
-    delta_norm: np.ndarray     # (ratio, layer, draw)
-    flip_fraction: np.ndarray  # (ratio, layer, draw)
-    bound: np.ndarray          # (ratio, layer)
-    output_norm: float
+    delta_norm: np.ndarray            # (ratio, layer, input, draw)
+    hidden_flip_fraction: np.ndarray  # (ratio, layer, input, draw)
+    pred_changed: np.ndarray          # (ratio, layer, input, draw), 0/1
+    accuracy: np.ndarray              # (ratio, layer, draw); NaN without labels
+    bound: np.ndarray                 # (ratio, layer, input)
+    output_norm: np.ndarray           # (input,)
+    margin: np.ndarray                # (input,); NaN for k = 1
+    clean_accuracy: float             # NaN without labels
+
+
+RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(NetworkResult))
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockResult:
-    """Measurements on a block of seeds, in store order (ratio, layer, seed, draw)."""
+    """Measurements on a block of seeds: each field of :class:`NetworkResult` with a seed
+    axis after (ratio, layer), or first for per-network fields, as in the store."""
 
-    delta_norm: np.ndarray     # (ratio, layer, seed, draw)
-    flip_fraction: np.ndarray  # (ratio, layer, seed, draw)
-    bound: np.ndarray          # (ratio, layer, seed)
-    output_norm: np.ndarray    # (seed,)
+    delta_norm: np.ndarray            # (ratio, layer, seed, input, draw)
+    hidden_flip_fraction: np.ndarray  # (ratio, layer, seed, input, draw)
+    pred_changed: np.ndarray          # (ratio, layer, seed, input, draw)
+    accuracy: np.ndarray              # (ratio, layer, seed, draw)
+    bound: np.ndarray                 # (ratio, layer, seed, input)
+    output_norm: np.ndarray           # (seed, input)
+    margin: np.ndarray                # (seed, input)
+    clean_accuracy: np.ndarray        # (seed,)
+
+    @classmethod
+    def stack(cls, results: list[NetworkResult]) -> BlockResult:
+        def seed_axis(name: str) -> int:
+            return 2 if name in ("delta_norm", "hidden_flip_fraction", "pred_changed", "accuracy", "bound") else 0
+        return cls(**{name: np.stack([np.asarray(getattr(r, name)) for r in results], axis=seed_axis(name))
+                      for name in RESULT_FIELDS})
 
 
-def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]
-              ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+@dataclasses.dataclass(frozen=True)
+class Moved:
+    """What the perturbed columns of one origin layer did, per column."""
+
+    delta: np.ndarray   # ||v' - v||
+    flips: np.ndarray   # hidden units whose ReLU state differs from the clean pass
+    argmax: np.ndarray  # the perturbed network's predicted class
+
+
+def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]) -> dict[int, Moved]:
     """Push pre-activation perturbations through the rest of the network.
 
-    Columns are laid out by origin layer, so at layer j the columns perturbed
-    at layers i < j form a prefix that goes through W_j as one GEMM; the
-    columns of origin j are then appended after it. Two preallocated buffers
-    alternate as input and output.
+    The clean pass holds n inputs (``fwd.pre[j]`` has n columns); perturbed
+    columns come in groups of n, input fastest, so column c is compared with
+    clean input c mod n. Columns are laid out by origin layer, so at layer j
+    the columns perturbed at layers i < j form a prefix that goes through W_j
+    as one GEMM; the columns of origin j are then appended after it. Two
+    preallocated buffers alternate as input and output.
 
     Args:
         net: the network.
-        fwd: its clean forward pass.
-        perturbations: layer i -> array (n_i, c) of perturbations added to z_i.
+        fwd: its clean forward pass over n inputs.
+        perturbations: layer i -> array (n_i, c) added to z_i, c a multiple of n.
 
     Returns:
-        layer i -> (||v' - v|| per column, number of hidden units whose ReLU
-        state differs from the clean pass, per column).
+        layer i -> :class:`Moved` with one entry per column.
     """
     origins = sorted(perturbations)
     if not origins:
         return {}
+    n = fwd.pre[0].shape[1] if fwd.pre[0].ndim == 2 else 1
     sizes = [perturbations[i].shape[1] for i in origins]
     total = sum(sizes)
     rows = max(w.shape[0] for w in net.weights)
@@ -68,81 +97,118 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]
     flips = np.zeros(total, dtype=np.int64)
     differs = np.empty((rows, total), dtype=bool)
     active = 0  # columns in use, a prefix
+
+    def by_input(a: np.ndarray) -> np.ndarray:  # (rows, c) -> (rows, c / n, n): a view
+        return a.reshape(a.shape[0], -1, n)
+
     for j in range(origins[0], net.depth + 1):
-        z = fwd.pre[j - 1]
-        n = z.shape[0]
-        out = buf_out[:n]
+        z = fwd.pre[j - 1].reshape(-1, n)
+        rows_j = z.shape[0]
+        out = buf_out[:rows_j]
         if active:
             np.matmul(net.weights[j - 1], buf_in[:net.weights[j - 1].shape[1], :active], out=out[:, :active])
             if net.biases is not None:
                 out[:, :active] += net.biases[j - 1][:, None]
         if j in perturbations:
             c = perturbations[j].shape[1]
-            np.add(z[:, None], perturbations[j], out=out[:, active:active + c])
+            np.add(z[:, None, :], by_input(perturbations[j]), out=by_input(out[:, active:active + c]))
             active += c
         if j < net.depth:
-            d = differs[:n, :active]
+            d = differs[:rows_j, :active]
             np.greater(out[:, :active], 0.0, out=d)
-            np.not_equal(d, (z > 0)[:, None], out=d)
+            np.not_equal(by_input(d), (z > 0)[:, None, :], out=by_input(d))
             flips[:active] += d.sum(axis=0)
             np.maximum(out[:, :active], 0.0, out=out[:, :active])
             buf_in, buf_out = buf_out, buf_in
-    out[:, :active] -= z[:, None]
-    delta = np.linalg.norm(out[:, :active], axis=0)
+    moved = out[:, :active]
+    argmax = moved.argmax(axis=0)
+    by_input(moved)[...] -= z[:, None, :]
+    delta = np.linalg.norm(moved, axis=0)
     result, start = {}, 0
     for i, c in zip(origins, sizes):
-        result[i] = (delta[start:start + c], flips[start:start + c])
+        cols = slice(start, start + c)
+        result[i] = Moved(delta[cols], flips[cols], argmax[cols])
         start += c
     return result
 
 
-def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, norm: str) -> float:
-    """The Lipschitz bound on ||v - v*|| for ratio 1 (it is linear in r).
+def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, norm: str) -> np.ndarray:
+    """The Lipschitz bound on ||v - v*|| for ratio 1 (it is linear in r), per input.
 
     ||eta||_2 * prod_{j != i} ||W_j||_2 * ||x*||, where ||eta||_2 is r ||W_i||_2
     for spectral scaling and at most r ||W_i||_F for Frobenius scaling. With
     biases, prod_{j < i} ||W_j||_2 ||x*|| is replaced by ||h_{i-1}||, which the
     product does not bound.
+
+    Args:
+        x: the inputs as columns, (d, n); ``fwd`` is the clean pass over them.
+
+    Returns:
+        The bound of each input, shape (n,).
     """
     s = net.spectral_norms
     eta = s[layer - 1] if norm == "spectral" else matrix_norm(net.weights[layer - 1], "frobenius")
-    before = np.prod(s[:layer - 1]) * np.linalg.norm(x) if net.biases is None \
-        else np.linalg.norm(fwd.post[layer - 1])
-    return float(eta * before * np.prod(s[layer:]))
+    before = np.prod(s[:layer - 1]) * np.linalg.norm(x, axis=0) if net.biases is None \
+        else np.linalg.norm(fwd.post[layer - 1], axis=0)
+    return eta * before * np.prod(s[layer:])
+
+
+def margins(v: np.ndarray) -> np.ndarray:
+    """Top-1 minus runner-up output per column of v (k, n); NaN when k = 1."""
+    if v.shape[0] < 2:
+        return np.full(v.shape[1], np.nan)
+    top = np.partition(v, v.shape[0] - 2, axis=0)[-2:]
+    return top[1] - top[0]
 
 
 def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tuple[int, ...],
                     draws: int, distribution: str, norm: str, rng_for_layer,
-                    with_bound: bool = True) -> NetworkResult:
-    """Measure one network at every (ratio, layer, draw).
+                    labels: np.ndarray | None = None, with_bound: bool = True) -> NetworkResult:
+    """Measure one network at every (ratio, layer, input, draw).
 
-    Layers beyond the network's depth are NaN. ``rng_for_layer(i)`` gives the
-    noise stream of layer i; the same draws serve every ratio. The bound needs
-    the spectral norm of every matrix; ``with_bound=False`` skips it (NaN),
-    which lets the benchmark time the perturbation kernel alone.
+    Every draw is one perturbed matrix applied to all inputs, so the
+    accuracy of draw d is that of one real perturbed network. Layers beyond
+    the network's depth are NaN. ``rng_for_layer(i)`` gives the noise stream
+    of layer i; the same draws serve every ratio. The bound needs the spectral
+    norm of every matrix; ``with_bound=False`` skips it (NaN), which lets the
+    benchmark time the perturbation kernel alone.
+
+    Args:
+        x: one input (d,) or n inputs (n, d).
+        labels: class index per input, or None.
     """
     ratios = np.asarray(ratios, dtype=np.float64)
-    R, D = len(ratios), draws
-    fwd = net.forward(x)
+    X = np.atleast_2d(x).T  # (d, n): inputs as columns
+    R, D, n = len(ratios), draws, X.shape[1]
+    fwd = net.forward(X)
+    clean_pred = fwd.output.argmax(axis=0)
     present = [i for i in layers if i <= net.depth]
     perturbations = {}
     for i in present:
         u = pre_activation_noise(rng_for_layer(i), net.weights[i - 1], fwd.post[i - 1], D,
-                                 distribution, norm)
-        perturbations[i] = (u[:, None, :] * ratios[None, :, None]).reshape(u.shape[0], R * D)
+                                 distribution, norm)  # (n_i, draw, input)
+        perturbations[i] = (u[:, None] * ratios[None, :, None, None]).reshape(u.shape[0], R * D * n)
     moved = propagate(net, fwd, perturbations)
     hidden = sum(w.shape[0] for w in net.weights[:-1])
-    delta = np.full((R, len(layers), D), np.nan)
-    flips = np.full((R, len(layers), D), np.nan)
-    bound = np.full((R, len(layers)), np.nan)
+    shape = (R, len(layers), n, D)
+    delta, flips, changed = (np.full(shape, np.nan) for _ in range(3))
+    accuracy = np.full((R, len(layers), D), np.nan)
+    bound = np.full((R, len(layers), n), np.nan)
     for col, i in enumerate(layers):
-        if i in moved:
-            d, f = moved[i]
-            delta[:, col] = d.reshape(R, D)
-            flips[:, col] = f.reshape(R, D) / hidden if hidden else 0.0
-            if with_bound:
-                bound[:, col] = ratios * worst_case_bound(net, fwd, x, i, norm)
-    return NetworkResult(delta, flips, bound, float(np.linalg.norm(fwd.output)))
+        if i not in moved:
+            continue
+        mv = moved[i]
+        delta[:, col] = mv.delta.reshape(R, D, n).transpose(0, 2, 1)
+        flips[:, col] = (mv.flips / hidden if hidden else 0 * mv.flips).reshape(R, D, n).transpose(0, 2, 1)
+        pred = mv.argmax.reshape(R, D, n)
+        changed[:, col] = (pred != clean_pred).transpose(0, 2, 1)
+        if labels is not None:
+            accuracy[:, col] = (pred == labels).mean(axis=2)
+        if with_bound:
+            bound[:, col] = ratios[:, None] * worst_case_bound(net, fwd, X, i, norm)[None, :]
+    clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
+    return NetworkResult(delta, flips, changed, accuracy, bound, np.linalg.norm(fwd.output, axis=0),
+                         margins(fwd.output), clean_accuracy)
 
 
 def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...]) -> BlockResult:
@@ -159,17 +225,12 @@ def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...]) -> BlockRe
 
 
 def _measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...]) -> BlockResult:
-    x = make_input(spec)
+    x, labels = make_inputs(spec), make_labels(spec)
     g, nz = spec.grid, spec.noise
     results = []
     for seed in seeds:
         net = build_network(spec, L, m, seed)
         results.append(measure_network(
             net, x, np.array(g.ratio), g.layer, nz.draws, nz.distribution, nz.norm,
-            lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i)))
-    return BlockResult(
-        delta_norm=np.stack([r.delta_norm for r in results], axis=2),
-        flip_fraction=np.stack([r.flip_fraction for r in results], axis=2),
-        bound=np.stack([r.bound for r in results], axis=2),
-        output_norm=np.array([r.output_norm for r in results]),
-    )
+            lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i), labels))
+    return BlockResult.stack(results)

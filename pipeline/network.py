@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import files
 from .errors import SpecError
-from .spec import Spec
+
+if TYPE_CHECKING:
+    from .spec import Spec
 
 # Tags that keep the random streams of different purposes apart.
 INPUT_STREAM, WEIGHT_STREAM, NOISE_STREAM = 0, 1, 2
@@ -98,23 +102,31 @@ def stream(spec: Spec, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(spec.random_seed, spawn_key=key))
 
 
-def make_input(spec: Spec) -> np.ndarray:
-    """The fixed input x*: standard normal from the random seed, or read from a .npy file."""
+def make_inputs(spec: Spec) -> np.ndarray:
+    """The fixed inputs, shape (n, d): standard normal from the random seed, or the spec's .npy file.
+
+    One Gaussian input is the first d numbers of the same stream as n of them.
+    """
     net = spec.network
     if net.input == "gaussian":
-        return stream(spec, INPUT_STREAM).standard_normal(net.input_dim)
-    x = np.load(net.input, allow_pickle=False)
-    if x.shape != (net.input_dim,) or x.dtype.kind not in "fiu":
-        raise SpecError(f"network.input: {net.input} holds an array of shape {x.shape} and dtype "
-                        f"{x.dtype}; expected a numeric vector of length input_dim = {net.input_dim}.")
-    return x.astype(np.float64)
+        return stream(spec, INPUT_STREAM).standard_normal((net.n_inputs, net.input_dim))
+    return files.load_inputs(*net.file("input"), net.input_dim)
+
+
+def make_labels(spec: Spec) -> np.ndarray | None:
+    """The class index of every input, or None without ``network.labels``."""
+    net = spec.network
+    if net.labels is None:
+        return None
+    return files.load_labels(*net.file("labels"), net.n_inputs, net.output_dim)
 
 
 def build_network(spec: Spec, L: int, m: int, seed: int) -> Network:
-    """The network of one grid cell, from the spec's init scheme, biases and norm bound."""
+    """The network of one grid cell, from the spec's init scheme or file, biases and norm bound."""
     net = spec.network
     if net.init_is_file:
-        weights, biases = load_weight_file(net.init)
+        arrays = files.load_network(*net.network_file(L, m, seed))
+        weights, biases = arrays.weights, arrays.biases
     else:
         rng = stream(spec, WEIGHT_STREAM, L, m, seed)
         shapes = layer_shapes(L, m, net.input_dim, net.output_dim)
@@ -123,12 +135,22 @@ def build_network(spec: Spec, L: int, m: int, seed: int) -> Network:
         if net.bias_std > 0:
             biases = tuple(net.bias_std * rng.standard_normal(s[0]) for s in shapes)
     if net.weight_norm_bound is not None:
-        norms = [spectral_norm(w) for w in weights]
-        if not all(norms):
-            raise SpecError(f"network.weight_norm_bound: W{norms.index(0.0) + 1} is all zeros and cannot be "
-                            "rescaled to a spectral norm; use weight_norm_bound: null for this network.")
-        weights = tuple(w * (net.weight_norm_bound / s) for w, s in zip(weights, norms))
+        weights = _rescale(weights, net.weight_norm_bound)
     return Network(weights, biases)
+
+
+def _rescale(weights: tuple[np.ndarray, ...], bound: float) -> tuple[np.ndarray, ...]:
+    """Every W_j rescaled to spectral norm ``bound``, refusing what float64 cannot hold."""
+    out = []
+    for j, w in enumerate(weights, 1):
+        s = spectral_norm(w)
+        scaled = w * (bound / s) if s > 0 else w
+        if s == 0 or not np.all(np.isfinite(scaled)) or not np.any(scaled):
+            raise SpecError(f"network.weight_norm_bound: {bound!r} cannot be applied to W{j} (spectral norm "
+                            f"{s:.3g}): {'it is all zeros' if s == 0 else 'the rescaled weights leave float64'}; "
+                            "use weight_norm_bound: null or a bound nearer the weights' own norms.")
+        out.append(scaled)
+    return tuple(out)
 
 
 def _init_matrix(scheme: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -142,39 +164,3 @@ def _init_matrix(scheme: str, shape: tuple[int, int], rng: np.random.Generator) 
     q, r = np.linalg.qr(a)
     q *= np.sign(np.diag(r))
     return np.sqrt(2.0) * (q if n_out >= n_in else q.T)
-
-
-def load_weight_file(path: str) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...] | None]:
-    """Read W1..WL (and optional b1..bL) from an .npz file, without pickle.
-
-    Raises:
-        SpecError: the file cannot be read, a key is missing or the shapes do not chain.
-    """
-    def bad(why: str) -> SpecError:
-        return SpecError(f"network.init: {path} {why}; expected an .npz file with 2-D float arrays "
-                         "W1..WL where W(j+1) has as many columns as Wj has rows, and optional "
-                         "bias vectors b1..bL of length rows(Wj).")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as e:  # zipfile, pickle refusal, truncated file: all one user error
-        raise bad(f"could not be read ({type(e).__name__}: {e})") from None
-    L = sum(1 for k in arrays if k.startswith("W"))
-    names = [f"W{j}" for j in range(1, L + 1)]
-    if L == 0 or set(k for k in arrays if k.startswith("W")) != set(names):
-        raise bad(f"has the arrays {sorted(arrays)}")
-    weights = tuple(np.asarray(arrays[n], dtype=np.float64) for n in names)
-    for j, w in enumerate(weights, 1):
-        if w.ndim != 2:
-            raise bad(f"has W{j} of shape {w.shape}")
-        if j > 1 and w.shape[1] != weights[j - 2].shape[0]:
-            raise bad(f"has W{j - 1} of shape {weights[j - 2].shape} and W{j} of shape {w.shape}, "
-                      "which do not chain")
-    if not any(k.startswith("b") for k in arrays):
-        return weights, None
-    biases = tuple(np.asarray(arrays.get(f"b{j}", np.zeros(w.shape[0])), dtype=np.float64)
-                   for j, w in enumerate(weights, 1))
-    for j, (w, b) in enumerate(zip(weights, biases), 1):
-        if b.shape != (w.shape[0],):
-            raise bad(f"has b{j} of shape {b.shape} for W{j} of shape {w.shape}")
-    return weights, biases

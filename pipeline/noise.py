@@ -1,11 +1,12 @@
 """Weight noise: sample eta @ h for many draws of eta, scaled to the size of W.
 
-Only eta @ h_{i-1} reaches the rest of the network, so that is all we sample.
-For Gaussian (or sphere) noise scaled by the Frobenius norm it is sampled
-exactly in O(n_out) per draw: with G standard normal, g = G h / ||h|| is a
-standard normal vector, independent of ||G||_F^2 - ||g||^2, which is
-chi-square with n_out * (n_in - 1) degrees of freedom. Other models
-materialise eta.
+Only eta @ H reaches the rest of the network (H = [h_1 .. h_n], the clean
+inputs of the perturbed layer for every input), so that is all we sample; one
+eta serves every input of a draw. For Gaussian (or sphere) noise scaled by the
+Frobenius norm it is sampled exactly in O(n_out n) per draw while n < n_in:
+with G standard normal and H = Q R, G Q is standard normal and independent of
+the rest of ||G||_F^2, a chi-square with n_out (n_in - q) degrees of freedom.
+For one input that is g = G h / ||h||. Other models materialise eta.
 
 The returned columns are for ratio 1 (||eta|| = ||W||); multiplying by r gives
 every ratio from the same draws (common random numbers).
@@ -48,29 +49,56 @@ def is_fast(distribution: str, norm: str) -> bool:
 
 def pre_activation_noise(rng: np.random.Generator, w: np.ndarray, h: np.ndarray, draws: int,
                          distribution: str, norm: str) -> np.ndarray:
-    """eta @ h for ``draws`` independent eta with ||eta||_norm = ||w||_norm.
+    """eta @ H for ``draws`` independent eta with ||eta||_norm = ||w||_norm, one eta for all inputs.
 
     Args:
         rng: the stream of this (network, layer); draws are taken in order.
         w: the weight matrix W_i being perturbed, shape (n_out, n_in).
-        h: its clean input h_{i-1}, shape (n_in,).
+        h: its clean inputs H = [h_1 .. h_n], shape (n_in, n) (or (n_in,) for one input).
         draws: number of independent noise matrices.
         distribution: gaussian, rademacher or sphere.
         norm: frobenius or spectral.
 
     Returns:
-        Array of shape (n_out, draws); column d is eta_d @ h.
+        Array of shape (n_out, draws, n); [:, d, j] is eta_d @ h_j.
     """
-    n_out, n_in = w.shape
+    h = h[:, None] if h.ndim == 1 else h
+    (n_out, n_in), n = w.shape, h.shape[1]
     if is_fast(distribution, norm):
-        g = rng.standard_normal((n_out, draws))
-        dof = n_out * (n_in - 1)
-        rest = rng.chisquare(dof, size=draws) if dof > 0 else np.zeros(draws)
-        scale = np.linalg.norm(w) * np.linalg.norm(h) / np.sqrt(np.einsum("ij,ij->j", g, g) + rest)
-        return g * scale
-    out = np.empty((n_out, draws))
+        return _uniform_direction_noise(rng, np.linalg.norm(w), n_out, h, draws)
+    out = np.empty((n_out, draws, n))
     w_norm = matrix_norm(w, norm)
     for d in range(draws):
         e = sample_matrix(rng, w.shape, distribution)
         out[:, d] = (e @ h) * (w_norm / matrix_norm(e, norm))
     return out
+
+
+def _uniform_direction_noise(rng: np.random.Generator, size: float, n_out: int, h: np.ndarray,
+                             draws: int) -> np.ndarray:
+    """eta @ H for eta = size * G / ||G||_F, G standard normal, without materialising G when n < n_in.
+
+    With H = Q R (thin QR, Q orthonormal n_in x q), G Q = Z is standard normal
+    (n_out x q) and G H = Z R, while ||G||_F^2 = ||Z||_F^2 plus an independent
+    chi-square with n_out (n_in - q) degrees of freedom. For one input this is
+    Q = h / ||h||, R = ||h||. Once n reaches n_in there is nothing to save, and
+    G itself is drawn.
+    """
+    n_in, n = h.shape
+    if n >= n_in:
+        out = np.empty((n_out, draws, n))
+        for d in range(draws):
+            g = rng.standard_normal((n_out, n_in))
+            out[:, d] = (g @ h) * (size / np.linalg.norm(g))
+        return out
+    if n == 1:
+        r = np.array([[np.linalg.norm(h)]])
+    else:
+        r = np.linalg.qr(h, mode="r")
+    q = r.shape[0]
+    z = rng.standard_normal((n_out, draws, q))
+    dof = n_out * (n_in - q)
+    rest = rng.chisquare(dof, size=draws) if dof > 0 else np.zeros(draws)
+    scale = size / np.sqrt(np.einsum("idq,idq->d", z, z) + rest)
+    gh = z.reshape(n_out * draws, q) @ r if n > 1 else z * r[0, 0]
+    return gh.reshape(n_out, draws, n) * scale[None, :, None]

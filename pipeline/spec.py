@@ -17,12 +17,14 @@ import dataclasses
 import hashlib
 import json
 import math
+import string
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import SpecError
+from .files import NETWORK_SUFFIXES, NetworkArrays, parse_inputs, parse_labels, parse_network, read_bytes, sha256
 
 INITS = ("he", "xavier", "orthogonal")
 DISTRIBUTIONS = ("gaussian", "rademacher", "sphere")
@@ -31,11 +33,16 @@ NORMS = ("frobenius", "spectral")
 
 @dataclasses.dataclass(frozen=True)
 class NetworkSpec:
-    """The networks: dimensions, initialisation, biases, norm bound and input.
+    """The networks and their inputs.
 
-    ``init`` is one of :data:`INITS` or the absolute path of an ``.npz`` file
-    holding ``W1..WL`` (and optionally ``b1..bL``); ``input`` is ``"gaussian"``
-    or the absolute path of a ``.npy`` vector.
+    ``init`` is one of :data:`INITS`, the absolute path of one network file
+    (``.npz`` or ``.safetensors``, see :mod:`pipeline.files`), or a path
+    template such as ``models/net_L{L}_m{m}_seed{seed}.safetensors`` that names
+    one file per grid cell. ``input`` is ``"gaussian"`` (``n_inputs`` standard
+    normal inputs from the random seed) or the absolute path of a ``.npy`` of
+    shape (n, d) or (d,); ``labels`` the path of a ``.npy`` of n class indices.
+    ``files`` holds (role, path, sha256) of every file read, in a fixed order:
+    workers refuse a file whose bytes no longer match.
     """
 
     input_dim: int = 784
@@ -44,10 +51,40 @@ class NetworkSpec:
     bias_std: float = 0.0
     weight_norm_bound: float | None = None
     input: str = "gaussian"
+    n_inputs: int = 1
+    labels: str | None = None
+    files: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def init_kind(self) -> str:
+        """``random``, ``file`` (one network for the whole grid) or ``template`` (one file per cell)."""
+        if self.init in INITS:
+            return "random"
+        return "template" if "{" in self.init else "file"
 
     @property
     def init_is_file(self) -> bool:
-        return self.init not in INITS
+        return self.init_kind != "random"
+
+    @property
+    def one_network(self) -> bool:
+        """True when every cell of the grid is the same network (a single file)."""
+        return self.init_kind == "file"
+
+    def file(self, role: str) -> tuple[str, str]:
+        """(path, sha256) of the file read for ``role`` (``init``, ``input``, ``labels``, or a cell)."""
+        for r, path, digest in self.files:
+            if r == role:
+                return path, digest
+        raise KeyError(role)
+
+    def network_file(self, L: int, m: int, seed: int) -> tuple[str, str]:
+        """(path, sha256) of the network file of one grid cell."""
+        return self.file("init" if self.init_kind == "file" else cell_role(L, m, seed))
+
+
+def cell_role(L: int, m: int, seed: int) -> str:
+    return f"init L={L} m={m} seed={seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,30 +129,35 @@ class Spec:
     source: str | None = None  # the file it was read from, for messages only
 
     @classmethod
-    def from_dict(cls, raw: Any, source: str | None = None, base_dir: Path | None = None) -> Spec:
-        """Validate a parsed spec. Relative file paths resolve against ``base_dir``."""
-        return _Validator(source, base_dir or Path.cwd()).spec(raw)
+    def from_dict(cls, raw: Any, source: str | None = None, base_dir: Path | None = None,
+                  names: dict[str, str] | None = None) -> Spec:
+        """Validate a parsed spec. Relative file paths resolve against ``base_dir``.
+
+        ``names`` renames fields in error messages (the CLI maps ``grid.L`` to ``--L``).
+        """
+        return _Validator(source, base_dir or Path.cwd(), names).spec(raw)
 
     def to_dict(self) -> dict:
         """The spec as plain data (what a store records as provenance)."""
         d = dataclasses.asdict(self)
         d.pop("source")
         d["grid"] = {k: list(v) for k, v in d["grid"].items()}
+        d["network"]["files"] = [list(f) for f in self.network.files]
         # option names only: values may be credentials and the dict is written to the store
         d["execution"]["storage_options"] = sorted(k for k, _ in self.execution.storage_options)
         return d
 
     @property
     def result_fields(self) -> dict:
-        """Everything that determines a number, with the content hash of any input file."""
+        """Everything that determines a number: files by content (sha256), never by path."""
         d = self.to_dict()
         for key in ("name", "description", "execution"):
             d.pop(key)
         net = d["network"]
-        if self.network.init_is_file:
-            net["init"] = {"sha256": _file_sha256(self.network.init)}
-        if self.network.input != "gaussian":
-            net["input"] = {"sha256": _file_sha256(self.network.input)}
+        net["init"] = self.network.init_kind if self.network.init_is_file else self.network.init
+        net["input"] = "gaussian" if self.network.input == "gaussian" else "file"
+        net["labels"] = self.network.labels is not None
+        net["files"] = {role: digest for role, _, digest in self.network.files}
         return d
 
     @property
@@ -159,22 +201,25 @@ def load_spec(path: str | Path) -> Spec:
     return spec
 
 
-def _file_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 class _Validator:
     """Turns raw YAML data into a Spec, or raises SpecError naming the field."""
 
     SECTIONS = {"name", "description", "random_seed", "network", "grid", "noise", "execution"}
 
-    def __init__(self, source: str | None, base_dir: Path):
+    def __init__(self, source: str | None, base_dir: Path, names: dict[str, str] | None = None):
         self.source = source
         self.base_dir = base_dir
+        self.names = names or {}
 
     def fail(self, field: str, value: Any, allowed: str) -> SpecError:
         where = f"{self.source}: " if self.source else ""
-        return SpecError(f"{where}{field}: {value!r} is not allowed; expected {allowed}.")
+        return SpecError(f"{where}{self.names.get(field, field)}: {value!r} is not allowed; expected {allowed}.")
+
+    def rename(self, e: SpecError) -> SpecError:
+        """A file error (which names a spec field first) in this validator's field names."""
+        field, sep, rest = str(e).partition(": ")
+        where = f"{self.source}: " if self.source else ""
+        return SpecError(f"{where}{self.names.get(field, field)}{sep}{rest}")
 
     def mapping(self, raw: Any, field: str, allowed_keys: set[str]) -> dict:
         if raw is None:
@@ -232,43 +277,128 @@ class _Validator:
         if not isinstance(description, str):
             raise self.fail("description", description, "a string")
         random_seed = self.int_(raw.get("random_seed", 0), "random_seed", 0)
-        network = self.network(raw.get("network"))
-        grid = self.grid(raw.get("grid"))
+        net_raw = self.mapping(raw.get("network"), "network", {f.name for f in dataclasses.fields(NetworkSpec)}
+                               - {"files"})
+        init = self.init(net_raw.get("init", NetworkSpec.init))
+        single = self.read_network(init, "init") if init not in INITS and "{" not in init else None
+        grid = self.grid(raw.get("grid"), single)
+        if "{" in init and "{seed}" not in init and len(grid.seeds) > 1:
+            raise self.fail("grid.seeds", len(grid.seeds), f"1, because the template {init} has no {{seed}}: "
+                            "every seed would be the same network")
+        network = self.network(net_raw, init, single, grid)
         noise = self.noise(raw.get("noise"))
         execution = self.execution(raw.get("execution"))
-        if network.init_is_file:
-            if network.bias_std:
-                raise self.fail("network.bias_std", network.bias_std,
-                                "0 with an .npz network (its biases, if any, come from the file as b1..bL)")
-            self.check_weight_file(network, grid)
         return Spec(name, description, random_seed, network, grid, noise, execution, self.source)
 
-    def network(self, raw: Any) -> NetworkSpec:
-        raw = self.mapping(raw, "network", {f.name for f in dataclasses.fields(NetworkSpec)})
+    def init(self, v: Any) -> str:
+        allowed = (f"{', '.join(INITS)}, the path of a network file ({' or '.join(NETWORK_SUFFIXES)}), "
+                   "or a path template with {L}, {m} and {seed}, e.g. models/net_L{L}_m{m}_seed{seed}.safetensors")
+        if v in INITS:
+            return v
+        if not isinstance(v, str) or not v.endswith(NETWORK_SUFFIXES):
+            raise self.fail("network.init", v, allowed)
+        try:
+            fields = {f for _, f, spec, conv in string.Formatter().parse(v) if f is not None}
+        except ValueError:
+            fields = {"?"}
+        if fields - {"L", "m", "seed"} or any(
+                spec or conv for _, f, spec, conv in string.Formatter().parse(v) if f is not None):
+            raise self.fail("network.init", v, allowed + " (no other placeholders or formats)")
+        return str((self.base_dir / v).resolve()) if fields else self.path(v, "network.init", NETWORK_SUFFIXES,
+                                                                         allowed)
+
+    def read_network(self, path: str, role: str, cell: str = "") -> tuple[NetworkArrays, tuple[str, str, str]]:
+        """Parse one network file on the client: (arrays, (role, path, sha256))."""
+        if not Path(path).is_file():
+            raise self.fail("network.init", path, f"an existing network file{cell}")
+        data = read_bytes(path, self.names.get("network.init", "network.init"))
+        try:
+            arrays = parse_network(data, path)
+        except SpecError as e:
+            raise self.rename(SpecError(f"{e}{cell}")) from None
+        return arrays, (role, path, sha256(data))
+
+    def network(self, raw: dict, init: str, single, grid: GridSpec) -> NetworkSpec:
         d = NetworkSpec()
-        init = raw.get("init", d.init)
-        if init not in INITS:
-            init = self.path(init, "network.init", ".npz",
-                             "he, xavier, orthogonal or the path of an .npz file of weights W1..WL")
+        files = []
+        if init in INITS:
+            dims = (raw.get("input_dim", d.input_dim), raw.get("output_dim", d.output_dim))
+        else:
+            cells = self.network_files(init, single, grid)
+            files = [f for _, f in cells]
+            dims = self.file_dims(raw, cells)
+        input_dim = self.int_(dims[0], "network.input_dim", 1)
+        output_dim = self.int_(dims[1], "network.output_dim", 1)
+        bias_std = self.float_(raw.get("bias_std", d.bias_std), "network.bias_std", nonneg=True)
+        if init not in INITS and bias_std:
+            raise self.fail("network.bias_std", bias_std,
+                            "0 with a network file (its biases, if any, come from the file)")
         bound = raw.get("weight_norm_bound", None)
         if bound is not None:
             bound = self.float_(bound, "network.weight_norm_bound", positive=True)
-        inp = raw.get("input", d.input)
-        input_dim = self.int_(raw.get("input_dim", d.input_dim), "network.input_dim", 1)
-        if inp != "gaussian":
-            inp = self.path(inp, "network.input", ".npy", "gaussian or the path of a .npy vector")
-            self.check_input_file(inp, input_dim)
-        return NetworkSpec(
-            input_dim=input_dim,
-            output_dim=self.int_(raw.get("output_dim", d.output_dim), "network.output_dim", 1),
-            init=init,
-            bias_std=self.float_(raw.get("bias_std", d.bias_std), "network.bias_std", nonneg=True),
-            weight_norm_bound=bound,
-            input=inp,
-        )
+        inp, n_inputs = self.inputs(raw, input_dim, files)
+        labels = raw.get("labels", None)
+        if labels is not None:
+            labels = self.path(labels, "network.labels", ".npy", "null or the path of a .npy of class indices")
+            data = read_bytes(labels, "network.labels")
+            try:
+                parse_labels(data, labels, n_inputs, output_dim)
+            except SpecError as e:
+                raise self.rename(e) from None
+            files.append(("labels", labels, sha256(data)))
+        return NetworkSpec(input_dim, output_dim, init, bias_std, bound, inp, n_inputs, labels, tuple(files))
 
-    def grid(self, raw: Any) -> GridSpec:
-        raw = self.mapping(raw, "grid", {"L", "m", "ratio", "layer", "seeds"})
+    def network_files(self, init: str, single, grid: GridSpec) -> list:
+        """(arrays, file entry) of every network file, checked against its grid cell."""
+        if single is not None:
+            return [single]
+        cells = []
+        for L in grid.L:
+            for m in grid.m:
+                for seed in grid.seeds:
+                    cell = f" (grid cell L={L}, m={m}, seed={seed})"
+                    path = init.format(L=L, m=m, seed=seed)
+                    arrays, entry = self.read_network(path, cell_role(L, m, seed), cell)
+                    if arrays.depth != L or L > 1 and set(arrays.hidden_widths) != {m}:
+                        raise self.fail("network.init", path, f"a network of L = {L} layers and hidden width "
+                                        f"m = {m}{cell}; the file has {arrays.depth} layers of widths "
+                                        f"{list(arrays.hidden_widths)}")
+                    cells.append((arrays, entry))
+        return cells
+
+    def file_dims(self, raw: dict, cells: list) -> tuple[int, int]:
+        """input_dim and output_dim: read from the files, and equal to the spec's where it gives them."""
+        (first, (_, path, _)), *_ = cells
+        for key, value, get in (("input_dim", first.input_dim, lambda a: a.input_dim),
+                                ("output_dim", first.output_dim, lambda a: a.output_dim)):
+            for arrays, (_, p, _) in cells:
+                if get(arrays) != value:
+                    raise self.fail("network.init", p, f"networks of one {key}; {path} has {value}, "
+                                    f"{p} has {get(arrays)}")
+            if key in raw and raw[key] != value:
+                raise self.fail(f"network.{key}", raw[key], f"{value}, the {key} of {path} (or leave it out)")
+        return first.input_dim, first.output_dim
+
+    def inputs(self, raw: dict, input_dim: int, files: list) -> tuple[str, int]:
+        inp = raw.get("input", NetworkSpec.input)
+        if inp == "gaussian":
+            return inp, self.int_(raw.get("n_inputs", 1), "network.n_inputs", 1)
+        inp = self.path(inp, "network.input", ".npy", "gaussian or the path of a .npy of inputs, shape (n, d) or (d,)")
+        if "n_inputs" in raw:
+            raise self.fail("network.n_inputs", raw["n_inputs"],
+                            "to be left out with an input file (its rows are the inputs)")
+        data = read_bytes(inp, "network.input")
+        try:
+            x = parse_inputs(data, inp, input_dim)
+        except SpecError as e:
+            raise self.rename(e) from None
+        files.append(("input", inp, sha256(data)))
+        return inp, x.shape[0]
+
+    def grid(self, raw: Any, single: tuple | None = None) -> GridSpec:
+        raw = dict(self.mapping(raw, "grid", {"L", "m", "ratio", "layer", "seeds"}))
+        if single is not None:
+            raw = {**self.single_network_grid(raw, *single), **raw}
         for key in ("L", "m", "ratio"):
             if key not in raw:
                 raise self.fail(f"grid.{key}", None, "a list of values (the key is required)")
@@ -288,7 +418,24 @@ class _Validator:
             seeds = self.axis(seeds_raw, "grid.seeds", lambda x, f: self.int_(x, f, 0))
         else:
             seeds = tuple(range(self.int_(seeds_raw, "grid.seeds", 1)))
+        if single is not None and len(seeds) > 1:
+            raise self.fail("grid.seeds", seeds_raw, "1 with a single network file: it is one network, so "
+                            "seeds would repeat it; use noise.draws for more noise samples, or a path "
+                            "template with {seed} for several trained networks")
         return GridSpec(L, m, ratio, layer, seeds)
+
+    def single_network_grid(self, raw: dict, net: NetworkArrays, entry: tuple[str, str, str]) -> dict:
+        """grid.L and grid.m of a single network file: read from it, or checked against it."""
+        widths = set(net.hidden_widths)
+        if len(widths) > 1:
+            raise self.fail("network.init", entry[1], f"a network with one hidden width m; its hidden "
+                            f"widths are {list(net.hidden_widths)}")
+        m = widths.pop() if widths else net.input_dim
+        for key, value, what in (("L", net.depth, "weight layers"), ("m", m, "hidden width")):
+            if key in raw and raw[key] not in (value, [value]):
+                raise self.fail(f"grid.{key}", raw[key], f"[{value}], the {what} of the network file "
+                                "(or leave it out)")
+        return {"L": [net.depth], "m": [m], "seeds": 1}
 
     def noise(self, raw: Any) -> NoiseSpec:
         raw = self.mapping(raw, "noise", {f.name for f in dataclasses.fields(NoiseSpec)})
@@ -312,33 +459,3 @@ class _Validator:
             seeds_per_block=self.int_(raw.get("seeds_per_block", d.seeds_per_block),
                                       "execution.seeds_per_block", 1),
             storage_options=tuple(sorted(opts.items())))
-
-    def check_input_file(self, path: str, input_dim: int) -> None:
-        import numpy as np
-
-        try:
-            x = np.load(path, allow_pickle=False)
-        except Exception as e:  # not an .npy, pickled objects, truncated
-            raise self.fail("network.input", path, f"a .npy file holding one numeric vector ({type(e).__name__}: "
-                            f"{e})") from None
-        if x.shape != (input_dim,) or x.dtype.kind not in "fiu" or not np.all(np.isfinite(x)):
-            raise self.fail("network.input", path, f"a finite numeric vector of length input_dim = {input_dim}; "
-                            f"the file holds shape {x.shape}, dtype {x.dtype}")
-
-    def check_weight_file(self, net: NetworkSpec, grid: GridSpec) -> None:
-        from .network import load_weight_file  # local: network imports spec
-
-        weights, _ = load_weight_file(net.init)
-        L, widths = len(weights), {w.shape[0] for w in weights[:-1]}
-        m = widths.pop() if len(widths) == 1 else None
-        if grid.L != (L,):
-            raise self.fail("grid.L", list(grid.L), f"[{L}], the number of matrices in {net.init}")
-        if L > 1 and (m is None or grid.m != (m,)):
-            raise self.fail("grid.m", list(grid.m), f"[{m}], the hidden width of {net.init}"
-                            if m else f"one hidden width, but {net.init} has several")
-        if weights[0].shape[1] != net.input_dim:
-            raise self.fail("network.input_dim", net.input_dim,
-                            f"{weights[0].shape[1]}, the input width of W1 in {net.init}")
-        if weights[-1].shape[0] != net.output_dim:
-            raise self.fail("network.output_dim", net.output_dim,
-                            f"{weights[-1].shape[0]}, the output width of W{L} in {net.init}")

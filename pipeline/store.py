@@ -26,21 +26,33 @@ from .measure import BlockResult
 from .plan import BlockKey
 from .spec import Spec
 
-SCHEMA_VERSION = 1
-FULL = ("L", "m", "ratio", "layer", "seed", "draw")
+SCHEMA_VERSION = 2  # 2: the input dimension, classifier metrics, flip_fraction -> hidden_flip_fraction
+FULL = ("L", "m", "ratio", "layer", "seed", "input", "draw")
+NET = ("L", "m", "seed")
 
 # name -> (dims, dtype, units, description)
 VARIABLES = {
     "delta_norm": (FULL, "f8", "output units",
                    "||v - v*||_2, the change of the output when W_layer is perturbed"),
-    "flip_fraction": (FULL, "f8", "1",
-                      "share of the network's hidden units whose ReLU on/off state differs from the clean pass"),
-    "bound": (("L", "m", "ratio", "layer", "seed"), "f8", "output units",
+    "hidden_flip_fraction": (FULL, "f8", "1",
+                             "share of the network's hidden ReLU units whose on/off state differs from the "
+                             "clean pass (units, not predictions; see pred_changed)"),
+    "pred_changed": (FULL, "f8", "1",
+                     "1 if the perturbed network's predicted class (argmax of the output) differs from the "
+                     "clean one, else 0 (always 0 for k = 1)"),
+    "accuracy": (("L", "m", "ratio", "layer", "seed", "draw"), "f8", "1",
+                 "accuracy over all inputs of the perturbed network of this draw (one eta for every input); "
+                 "NaN without network.labels"),
+    "bound": (("L", "m", "ratio", "layer", "seed", "input"), "f8", "output units",
               "worst-case Lipschitz bound on ||v - v*||: ||eta||_2 prod_{j != i} ||W_j||_2 ||x*||"),
-    "output_norm": (("L", "m", "seed"), "f8", "output units", "||v||_2, the norm of the clean output"),
-    "wall_time": (("L", "m", "seed"), "f8", "s", "wall time of the block that computed this seed"),
-    "done": (("L", "m", "seed"), "i1", "1", "1 once the block holding this seed is written completely"),
+    "output_norm": (("L", "m", "seed", "input"), "f8", "output units", "||v||_2, the norm of the clean output"),
+    "margin": (("L", "m", "seed", "input"), "f8", "output units",
+               "clean top-1 output minus the runner-up (NaN for k = 1)"),
+    "clean_accuracy": (NET, "f8", "1", "accuracy of the clean network over all inputs; NaN without labels"),
+    "wall_time": (NET, "f8", "s", "wall time of the block that computed this seed"),
+    "done": (NET, "i1", "1", "1 once the block holding this seed is written completely"),
 }
+RESULT_VARIABLES = tuple(v for v in VARIABLES if v not in ("wall_time", "done"))
 
 
 def _versions() -> dict[str, str]:
@@ -61,8 +73,9 @@ def template(spec: Spec) -> xr.Dataset:
         "m": ("m", np.array(g.m), {"description": "neurons per hidden layer"}),
         "ratio": ("ratio", np.array(g.ratio), {"description": "noise ratio r = ||eta|| / ||W_i||"}),
         "layer": ("layer", np.array(g.layer), {"description": "perturbed layer i (cells with i > L are NaN)"}),
-        "seed": ("seed", np.array(g.seeds), {"description": "network seed"}),
-        "draw": ("draw", np.arange(spec.noise.draws), {"description": "noise draw"}),
+        "seed": ("seed", np.array(g.seeds), {"description": "network seed (with one network file: always 0)"}),
+        "input": ("input", np.arange(spec.network.n_inputs), {"description": "input x* (row of network.input)"}),
+        "draw": ("draw", np.arange(spec.noise.draws), {"description": "noise draw (one eta for every input)"}),
     }
     sizes = {d: len(c[1]) for d, c in coords.items()}
     chunk = {"L": 1, "m": 1, "seed": spec.execution.seeds_per_block}
@@ -166,7 +179,16 @@ def read_attrs(where: str | StoreLocation) -> dict:
     if kind != "results":
         what = "does not exist" if kind == "missing" else f"is {kind}"
         raise StoreError(f"store {loc.url!r} {what}; expected a results store written by `nnsweep run`.")
-    return dict(zarr.open_group(loc.url, mode="r", **loc.zarr_kwargs).attrs)
+    attrs = dict(zarr.open_group(loc.url, mode="r", **loc.zarr_kwargs).attrs)
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        made_by = json.loads(attrs.get("versions", "{}")).get("nnsweep", "an older nnsweep")
+        raise StoreError(f"store {loc.url!r} has schema version {version}, written by nnsweep {made_by}; this "
+                         f"nnsweep reads version {SCHEMA_VERSION} (which added the input dimension and the "
+                         "classifier metrics, and renamed flip_fraction to hidden_flip_fraction). Rerun its spec "
+                         "into a new store (nnsweep run SPEC --store NEW.zarr), or read it with the nnsweep "
+                         "version that wrote it. Nothing was changed.")
+    return attrs
 
 
 def check_store(spec: Spec, where: str | StoreLocation) -> tuple[Spec, bool]:
@@ -228,13 +250,8 @@ def write_block(where: str | StoreLocation, key: BlockKey, result: BlockResult, 
     group = zarr.open_group(loc.url, mode="r+", **loc.zarr_kwargs)
     region = key.region()
     n = len(key.seeds)
-    values = {
-        "delta_norm": result.delta_norm,
-        "flip_fraction": result.flip_fraction,
-        "bound": result.bound,
-        "output_norm": result.output_norm,
-        "wall_time": np.full(n, wall_time),
-    }
+    values = {name: getattr(result, name) for name in RESULT_VARIABLES}
+    values["wall_time"] = np.full(n, wall_time)
     arrays = {name: group[name] for name in (*values, "done")}
     for name, arr in arrays.items():
         seed_axis = VARIABLES[name][0].index("seed")
