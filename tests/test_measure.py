@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.measure import measure_block, measure_network, propagate
+from pipeline.measure import RESULT_FIELDS, measure_block, measure_network, propagate
 from pipeline.network import Network
 from pipeline.spec import Spec
 
@@ -104,13 +104,13 @@ def test_propagate_equals_naive_rerun_for_the_same_eta(L, biases):
         alone = propagate(net, fwd, {i: perts[i]})
         assert list(alone) == [i]
         want = np.array([naive_perturbed(net.weights, net.biases, x, i, e) for e in etas[i]])
-        for delta, flips in (alone[i], together[i]):
+        for delta, flips in ((alone[i].delta, alone[i].flips), (together[i].delta, together[i].flips)):
             assert delta.shape == flips.shape == (n_eta,)
             np.testing.assert_allclose(delta, want[:, 0], rtol=1e-9, atol=0)
             np.testing.assert_array_equal(flips, want[:, 1])
         total_flips += want[:, 1].sum()
         if i == L:  # nothing after the read-out can flip
-            assert np.all(together[i][1] == 0)
+            assert np.all(together[i].flips == 0)
     if L > 1:
         assert total_flips > 0  # the comparison of flip counts was not vacuous
 
@@ -122,24 +122,25 @@ def test_propagate_with_no_perturbation_and_single_columns():
     fwd = net.forward(x)
     assert propagate(net, fwd, {}) == {}
     eta = rng.standard_normal((5, 5))
-    (delta, flips), = propagate(net, fwd, {2: (eta @ fwd.post[1])[:, None]}).values()
+    moved, = propagate(net, fwd, {2: (eta @ fwd.post[1])[:, None]}).values()
+    delta, flips = moved.delta, moved.flips
     want = naive_perturbed(net.weights, net.biases, x, 2, eta)
     assert delta[0] == pytest.approx(want[0], rel=1e-9) and flips[0] == want[1]
 
 
 @pytest.mark.parametrize("biases", [False, True])
 def test_measure_network_reported_units(biases):
-    """flip_fraction is the flip count over the hidden units; output_norm is ||v||."""
+    """hidden_flip_fraction is the flip count over the hidden units; output_norm is ||v||."""
     rng = np.random.default_rng(4)
     net = random_net(rng, 3, 4, 6, 2, biases)
     x = rng.standard_normal(4)
     res = measure_network(net, x, np.array([0.5]), (1, 2, 3, 4), 50, "gaussian", "frobenius", layer_rng(1))
-    assert res.delta_norm.shape == res.flip_fraction.shape == (1, 4, 50)
-    assert res.bound.shape == (1, 4)
-    assert res.output_norm == pytest.approx(np.linalg.norm(naive_forward(net.weights, net.biases, x)[-1]))
+    assert res.delta_norm.shape == res.hidden_flip_fraction.shape == res.pred_changed.shape == (1, 4, 1, 50)
+    assert res.bound.shape == (1, 4, 1) and res.accuracy.shape == (1, 4, 50)
+    assert res.output_norm[0] == pytest.approx(np.linalg.norm(naive_forward(net.weights, net.biases, x)[-1]))
     assert np.all(np.isnan(res.delta_norm[:, 3])) and np.all(np.isnan(res.bound[:, 3]))
-    f = res.flip_fraction[:, :3]
-    assert np.all((f >= 0) & (f <= 1)) and np.all(res.flip_fraction[:, 2] == 0)
+    f = res.hidden_flip_fraction[:, :3]
+    assert np.all((f >= 0) & (f <= 1)) and np.all(res.hidden_flip_fraction[:, 2] == 0)
     np.testing.assert_allclose(f * 12, np.round(f * 12), atol=1e-12)  # counts over 6 + 6 units
     assert f[:, :2].max() > 0
 
@@ -161,7 +162,7 @@ def test_kernel_matches_naive_in_distribution(distribution, norm):
     for col, i in enumerate((1, 2, 3)):
         delta, flips = naive_measure(net.weights, net.biases, x, i, n_naive, ratio, distribution, norm,
                                      naive_rng)
-        for a, b in ((res.delta_norm[0, col], delta), (res.flip_fraction[0, col], flips / hidden)):
+        for a, b in ((res.delta_norm[0, col, 0], delta), (res.hidden_flip_fraction[0, col, 0], flips / hidden)):
             se = np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
             assert abs(a.mean() - b.mean()) <= 4.5 * se + 1e-12, (i, a.mean(), b.mean(), se)
         assert delta.mean() > 0
@@ -178,14 +179,14 @@ def test_readout_second_moment_is_exact(distribution):
     h = net.forward(x).post[-1]
     ratio, draws = 0.2, 20000 if distribution != "rademacher" else 4000
     res = measure_network(net, x, np.array([ratio]), (2,), draws, distribution, "frobenius", layer_rng(2))
-    sq = res.delta_norm[0, 0] ** 2
+    sq = res.delta_norm[0, 0, 0] ** 2
     want = ratio**2 * np.sum(net.weights[1] ** 2) * np.sum(h**2) / 3
     assert abs(sq.mean() - want) <= 4.5 * sq.std() / np.sqrt(draws) + 1e-12 * want
     # and the first layer of a wide-input network (the fast path's chi-square with n_out (n_in - 1) dof)
     net = random_net(rng, 1, 2, 1, 3)
     x = rng.standard_normal(2)
     res = measure_network(net, x, np.array([ratio]), (1,), draws, distribution, "frobenius", layer_rng(3))
-    sq = res.delta_norm[0, 0] ** 2
+    sq = res.delta_norm[0, 0, 0] ** 2
     want = ratio**2 * np.sum(net.weights[0] ** 2) * np.sum(x**2) / 2
     assert abs(sq.mean() - want) <= 4.5 * sq.std() / np.sqrt(draws) + 1e-12 * want
 
@@ -225,7 +226,8 @@ def test_relative_change_is_scale_invariant_without_biases(netx, model, which, c
     scaled = measure_network(net2, x2, ratios, layers, 3, *model, layer_rng(seed))
     np.testing.assert_allclose(scaled.delta_norm / scaled.output_norm, base.delta_norm / base.output_norm,
                                rtol=1e-9, atol=1e-14)
-    np.testing.assert_array_equal(scaled.flip_fraction, base.flip_fraction)
+    np.testing.assert_array_equal(scaled.hidden_flip_fraction, base.hidden_flip_fraction)
+    np.testing.assert_array_equal(scaled.pred_changed, base.pred_changed)
     np.testing.assert_allclose(scaled.bound / scaled.output_norm, base.bound / base.output_norm, rtol=1e-9)
 
 
@@ -239,7 +241,7 @@ def test_delta_never_exceeds_the_bound(netx, model, ratios, seed):
     assert np.all(np.isfinite(res.delta_norm)) and np.all(np.isfinite(res.bound))
     # rounding allowed: a layer whose clean input is 0 has bound 0, and the batched pass
     # differs from the clean one in the last bits (as for ratio 0)
-    assert np.all(res.delta_norm <= res.bound[:, :, None] * (1 + 1e-9) + 1e-12 * res.output_norm)
+    assert np.all(res.delta_norm <= res.bound[..., None] * (1 + 1e-9) + 1e-12 * res.output_norm[:, None])
 
 
 @settings(max_examples=40, deadline=None)
@@ -249,7 +251,7 @@ def test_ratio_zero_changes_nothing(netx, model, seed):
     res = measure_network(net, x, np.array([0.0, 0.5]), tuple(range(1, net.depth + 1)), 3, *model,
                           layer_rng(seed))
     assert np.all(res.delta_norm[0] <= 1e-12 * res.output_norm)
-    assert np.all(res.flip_fraction[0] == 0)
+    assert np.all(res.hidden_flip_fraction[0] == 0) and np.all(res.pred_changed[0] == 0)
     assert np.all(res.bound[0] == 0)
 
 
@@ -263,15 +265,15 @@ def test_block_composition_and_reruns_do_not_change_a_number(tiny_spec, distribu
                      network={"bias_std": 0.2})
     full = measure_block(spec, 3, 5, (0, 1, 2, 3))
     again = measure_block(spec, 3, 5, (0, 1, 2, 3))
-    for name in ("delta_norm", "flip_fraction", "bound", "output_norm"):
+    for name in RESULT_FIELDS:
         np.testing.assert_array_equal(getattr(full, name), getattr(again, name))
     for part in [(2,), (3, 1), (0, 1)]:
         sub = measure_block(spec, 3, 5, part)
         np.testing.assert_array_equal(sub.delta_norm, full.delta_norm[:, :, list(part)])
-        np.testing.assert_array_equal(sub.flip_fraction, full.flip_fraction[:, :, list(part)])
+        np.testing.assert_array_equal(sub.hidden_flip_fraction, full.hidden_flip_fraction[:, :, list(part)])
         np.testing.assert_array_equal(sub.bound, full.bound[:, :, list(part)])
         np.testing.assert_array_equal(sub.output_norm, full.output_norm[list(part)])
-    assert full.delta_norm.shape == (2, 3, 4, 5)
+    assert full.delta_norm.shape == (2, 3, 4, 1, 5)
     assert np.all(np.isfinite(full.delta_norm))
     # the L = 2 networks have no layer 3
     short = measure_block(spec, 2, 5, (0, 1))
@@ -309,7 +311,7 @@ def test_first_order_theory_at_he_init():
                                "grid": {"L": [L], "m": [m], "ratio": [r], "seeds": seeds},
                                "noise": {"draws": draws}})
         block = measure_block(spec, L, m, spec.grid.seeds)
-        rel2 = (block.delta_norm[0] / block.output_norm[None, :, None]) ** 2  # (layer, seed, draw)
+        rel2 = (block.delta_norm[0, :, :, 0] / block.output_norm[None, :, :]) ** 2  # (layer, seed, draw)
         per_net = rel2.mean(axis=2)
         rms = np.sqrt(per_net.mean(axis=1))
         se = per_net.std(axis=1, ddof=1) / np.sqrt(seeds) / per_net.mean(axis=1) / 2  # of rms, relative

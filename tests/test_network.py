@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 
 from pipeline.errors import SpecError
-from pipeline.network import (Network, build_network, layer_shapes, load_weight_file, make_input,
-                              spectral_norm)
+from pipeline.files import parse_network
+from pipeline.network import Network, build_network, layer_shapes, make_inputs, spectral_norm
 from pipeline.spec import Spec
+
+
+def load_weight_file(path: str):
+    arrays = parse_network(open(path, "rb").read(), path)
+    return arrays.weights, arrays.biases
 
 
 def _spec(init="he", d=256, k=10, bias_std=0.0, bound=None, **grid):
@@ -176,10 +181,9 @@ def test_npz_without_biases_and_partial_biases(tmp_path):
     weights, biases = load_weight_file(str(tmp_path / "a.npz"))
     assert biases is None and weights[1].dtype == np.float64
     np.testing.assert_array_equal(weights[1], w2.astype(np.float64))
-    np.savez(tmp_path / "b.npz", W1=w1, W2=w2, b2=np.ones(1))
-    _, biases = load_weight_file(str(tmp_path / "b.npz"))
-    np.testing.assert_array_equal(biases[0], np.zeros(4))
-    np.testing.assert_array_equal(biases[1], np.ones(1))
+    np.savez(tmp_path / "b.npz", W1=w1, W2=w2, b2=np.ones(1))  # biases for some layers only: refused
+    with pytest.raises(SpecError, match=r"b2.*only 1 of its 2 layers"):
+        load_weight_file(str(tmp_path / "b.npz"))
 
 
 def test_npz_norm_bound_rescales_file_weights(tmp_path):
@@ -194,7 +198,12 @@ def test_npz_norm_bound_rescales_file_weights(tmp_path):
 
 @pytest.mark.parametrize("arrays, words", [
     ({"W1": np.ones((5, 6)), "W2": np.ones((3, 4))}, ["W1", "W2", "chain"]),
-    ({"W1": np.ones((5, 6)), "W2": np.ones((3, 5)), "b1": np.ones(4)}, ["b1"]),
+    ({"W1": np.ones((5, 6)), "W2": np.ones((3, 5)), "b1": np.ones(4), "b2": np.ones(3)}, ["b1", "(4,)"]),
+    ({"W1": np.ones((5, 6)), "W2": np.ones((3, 5)), "extra": np.ones(4)}, ["extra"]),
+    ({"W1": np.ones((5, 6)), "W2": np.full((3, 5), np.inf)}, ["W2", "non-finite"]),
+    ({"W1": np.ones((5, 6)), "W2": np.ones((3, 5)), "b1": np.full(5, np.nan), "b2": np.ones(3)}, ["b1", "non-finite"]),
+    ({"W1": np.ones((5, 6)) + 1j, "W2": np.ones((3, 5))}, ["W1", "complex"]),
+    ({"W1": np.array([["a"] * 6] * 5), "W2": np.ones((3, 5))}, ["W1", "dtype"]),
     ({"W1": np.ones(5)}, ["W1"]),
     ({"V1": np.ones((5, 6))}, ["V1"]),
 ])
@@ -210,19 +219,22 @@ def test_npz_bad_contents(tmp_path, arrays, words):
 def test_npz_refuses_pickles(tmp_path):
     path = tmp_path / "w.npz"
     np.savez(path, W1=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(SpecError, match="could not be read"):
+    with pytest.raises(SpecError, match="not a readable .npz"):
         load_weight_file(str(path))
 
 
 def test_input_gaussian_and_from_file(tmp_path, tiny_spec):
-    x = make_input(tiny_spec())
-    assert x.shape == (6,)
-    np.testing.assert_array_equal(x, make_input(tiny_spec(grid={"L": [5]})))  # one x* for the sweep
-    assert not np.array_equal(x, make_input(tiny_spec(random_seed=8)))
-    np.save(tmp_path / "x.npy", np.arange(6))
-    x = make_input(tiny_spec(network={"input": str(tmp_path / "x.npy")}))
+    x = make_inputs(tiny_spec())
+    assert x.shape == (1, 6)
+    np.testing.assert_array_equal(x, make_inputs(tiny_spec(grid={"L": [5]})))  # one x* for the sweep
+    assert not np.array_equal(x, make_inputs(tiny_spec(random_seed=8)))
+    many = make_inputs(tiny_spec(network={"n_inputs": 4}))
+    assert many.shape == (4, 6)
+    np.testing.assert_array_equal(many[0], x[0])  # the first input does not depend on how many there are
+    np.save(tmp_path / "x.npy", np.arange(1, 7))
+    x = make_inputs(tiny_spec(network={"input": str(tmp_path / "x.npy")}))
     assert x.dtype == np.float64
-    np.testing.assert_array_equal(x, np.arange(6.0))
+    np.testing.assert_array_equal(x, np.arange(1.0, 7.0)[None])
     np.save(tmp_path / "y.npy", np.ones(5))
     with pytest.raises(SpecError, match="network.input"):
-        make_input(tiny_spec(network={"input": str(tmp_path / "y.npy")}))
+        make_inputs(tiny_spec(network={"input": str(tmp_path / "y.npy")}))

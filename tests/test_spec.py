@@ -193,7 +193,7 @@ def test_npz_garbage(tmp_path):
     path = tmp_path / "w.npz"
     path.write_bytes(b"not a zip file at all" * 10)
     msg = _error(_file_raw(path))
-    assert "network.init" in msg and "could not be read" in msg
+    assert "network.init" in msg and "not a readable .npz" in msg
 
 
 def test_npz_missing_matrix(tmp_path):
@@ -266,10 +266,15 @@ def test_hash_follows_file_content_not_path(tmp_path):
     c = _weights_npz(tmp_path / "c.npz", [(5, 6), (5, 5), (3, 5)], seed=2)
     ha, hb, hc = (Spec.from_dict(_file_raw(p)).hash for p in (a, b, c))
     assert ha == hb != hc
-    # rewriting a file changes the hash of a spec that points to it
+    # the hash is taken when the spec is loaded: a rewritten file gives a new hash when loaded again,
+    # and the spec loaded before refuses to build a network from the new bytes
     spec = Spec.from_dict(_file_raw(a))
     _weights_npz(a, [(5, 6), (5, 5), (3, 5)], seed=3)
-    assert spec.hash != ha
+    assert spec.hash == ha != Spec.from_dict(_file_raw(a)).hash
+    from pipeline.network import build_network
+
+    with pytest.raises(SpecError, match="changed after the sweep started"):
+        build_network(spec, 3, 5, 0)
 
 
 def _shuffled(obj, rnd: random.Random):
