@@ -247,12 +247,14 @@ def write_block(where: str | StoreLocation, key: BlockKey, result: BlockResult, 
     its metadata (benchmarks/bench_pipeline.py).
     """
     loc = as_location(where)
-    group = zarr.open_group(loc.url, mode="r+", **loc.zarr_kwargs)
+    # write every chunk, even an all-NaN one (accuracy without labels): a done block has all its chunks
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        group = zarr.open_group(loc.url, mode="r+", **loc.zarr_kwargs)
+        arrays = {name: group[name] for name in (*RESULT_VARIABLES, "wall_time", "done")}
     region = key.region()
     n = len(key.seeds)
     values = {name: getattr(result, name) for name in RESULT_VARIABLES}
     values["wall_time"] = np.full(n, wall_time)
-    arrays = {name: group[name] for name in (*values, "done")}
     for name, arr in arrays.items():
         seed_axis = VARIABLES[name][0].index("seed")
         chunk = arr.chunks[seed_axis]

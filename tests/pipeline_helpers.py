@@ -19,7 +19,7 @@ from pipeline import plan, store
 from pipeline.measure import measure_block
 from pipeline.spec import Spec
 
-RESULT_VARS = ("delta_norm", "flip_fraction", "bound", "output_norm")
+RESULT_VARS = store.RESULT_VARIABLES
 
 # Small enough to run in about a second on two workers, yet every axis has at
 # least two values, L differs (so some cells are layer > L) and the seed count
@@ -62,18 +62,15 @@ def reference_arrays(spec: Spec) -> dict[str, np.ndarray]:
     a different chunking from any block size a store uses.
     """
     g = spec.grid
-    nl, nm, nr, ni, ns, nd = len(g.L), len(g.m), len(g.ratio), len(g.layer), len(g.seeds), spec.noise.draws
-    out = {
-        "delta_norm": np.full((nl, nm, nr, ni, ns, nd), np.nan),
-        "flip_fraction": np.full((nl, nm, nr, ni, ns, nd), np.nan),
-        "bound": np.full((nl, nm, nr, ni, ns), np.nan),
-        "output_norm": np.full((nl, nm, ns), np.nan),
-    }
+    out = {}
     for li, L in enumerate(g.L):
         for mi, m in enumerate(g.m):
             r = measure_block(spec, L, m, g.seeds)
             for name in RESULT_VARS:
-                out[name][li, mi] = getattr(r, name)
+                value = getattr(r, name)
+                if name not in out:
+                    out[name] = np.full((len(g.L), len(g.m)) + value.shape, np.nan)
+                out[name][li, mi] = value
     return out
 
 

@@ -331,15 +331,15 @@ def test_query_count_skips_missing_and_absent_cells(partial_store, direct):
     assert got.tolist() == want.tolist()
 
 
-def test_query_table_max_of_flip_fraction(partial_store, direct):
+def test_query_table_max_of_hidden_flip_fraction(partial_store, direct):
     _, path = partial_store
-    result = invoke("query", path, "--var", "flip_fraction", "--sel", "L=3", "--sel", "ratio=0.3",
-                    "--reduce", "max", "--over", "seed,draw")
+    result = invoke("query", path, "--var", "hidden_flip_fraction", "--sel", "L=3", "--sel", "ratio=0.3",
+                    "--reduce", "max", "--over", "seed,input,draw")
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.output.splitlines()]
     values = [float(r[-1]) for r in rows if r and re.fullmatch(r"[0-9.e+-]+", r[-1]) and len(r) >= 2
               and r[-2] in {"1", "2", "3"}]
-    want = direct["flip_fraction"].sel(L=3, ratio=0.3).max(["seed", "draw"]).transpose("m", "layer").values
+    want = direct["hidden_flip_fraction"].sel(L=3, ratio=0.3).max(["seed", "input", "draw"]).transpose("m", "layer").values
     assert len(values) == want.size == 6
     np.testing.assert_allclose(values, want.ravel(), rtol=1e-5)
 

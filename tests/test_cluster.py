@@ -104,7 +104,7 @@ def reference_store(spec_path: Path, path: Path) -> xr.Dataset:
 def assert_same_results(a: Path, b: xr.Dataset) -> None:
     ds = xr.open_zarr(a, consolidated=False)
     assert ds["done"].values.all()
-    for var in ("delta_norm", "flip_fraction", "bound", "output_norm"):
+    for var in ("delta_norm", "hidden_flip_fraction", "bound", "output_norm"):
         np.testing.assert_array_equal(ds[var].values, b[var].values, err_msg=var)
 
 

@@ -13,6 +13,7 @@ from pipeline.cli import main
 from pipeline.estimation import estimate
 from pipeline.measure import measure_block
 from pipeline.spec import Spec
+from scipy import stats
 
 SMALL = ["--L", "3", "--m", "16", "--d", "8", "--k", "4", "--seeds", "3", "--draws", "4"]
 KEYS = {"mean_abs_change", "mean_rel_change", "ci95", "median_rel_change", "bound"}
@@ -68,12 +69,18 @@ def test_json_numbers_are_the_kernel_numbers():
         "noise": {"distribution": "rademacher", "norm": "spectral", "draws": 4},
     })
     block = measure_block(spec, 3, 16, (0, 1, 2))
-    rel = block.delta_norm[0] / block.output_norm[None, :, None]  # (layer, seed, draw)
+    delta = block.delta_norm[0, :, :, 0]  # (layer, seed, draw): one input
+    rel = delta / block.output_norm[None, :, :]
     for c, s in enumerate(out["by_layer"].values()):
-        assert s["mean_abs_change"] == pytest.approx(block.delta_norm[0, c].mean(), rel=1e-12)
+        assert s["mean_abs_change"] == pytest.approx(delta[c].mean(), rel=1e-12)
         assert s["mean_rel_change"] == pytest.approx(rel[c].mean(), rel=1e-12)
         assert s["median_rel_change"] == pytest.approx(np.median(rel[c]), rel=1e-12)
         assert s["bound"] == pytest.approx(block.bound[0, c].mean(), rel=1e-12)
+        assert s["pred_change_rate"] == pytest.approx(block.pred_changed[0, c].mean(), rel=1e-12)
+        # over networks: each network's mean over draws is one sample (scipy's t-interval)
+        per_net = rel[c].mean(axis=1)
+        want = stats.t.interval(0.95, 2, loc=per_net.mean(), scale=stats.sem(per_net))
+        assert s["ci95"] == pytest.approx(list(want), rel=1e-12) and s["ci95_over"] == "networks"
     assert estimate(spec) == out
 
 
@@ -89,21 +96,29 @@ def test_table_output():
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert "L=3 m=16" in lines[0]
-    rows = [ln.split()[0] for ln in lines[2:] if ln.split() and ln.split()[0] in {"1", "2", "3", "all"}]
-    assert rows == ["1", "2", "3", "all"]
+    rows = [ln.split()[:2] for ln in lines[2:] if len(ln.split()) > 2 and ln.split()[0] == "0.1"]
+    assert rows == [["0.1", "1"], ["0.1", "2"], ["0.1", "3"], ["0.1", "all"]]
+    assert "95% CI over networks" in lines[0]
 
 
-def test_json_is_strict_json_with_one_network():
-    """With one network there is no confidence interval; --json must still print
-    standard JSON (null, not the non-standard NaN token)."""
-    res = run(*SMALL[:-4], "--seeds", "1", "--draws", "3", "--layer", "1", "--json")
+def refuse(token):
+    raise ValueError(f"non-standard JSON token {token}")
+
+
+def test_one_network_gets_an_interval_over_draws():
+    """With one network the draws are the samples: the CI is scipy's t-interval of the per-draw means,
+    and --json is standard JSON."""
+    res = run(*SMALL[:-4], "--seeds", "1", "--draws", "30", "--layer", "1", "--json")
     assert res.exit_code == 0, res.output
-
-    def refuse(token):
-        raise ValueError(f"non-standard JSON token {token}")
-
     out = json.loads(res.output, parse_constant=refuse)
-    assert out["n_networks"] == 1
+    assert out["n_networks"] == 1 and out["ci95_over"] == "draws"
+    spec = Spec.from_dict({"network": {"input_dim": 8, "output_dim": 4},
+                           "grid": {"L": [3], "m": [16], "ratio": [0.1], "layer": [1], "seeds": 1},
+                           "noise": {"draws": 30}})
+    block = measure_block(spec, 3, 16, (0,))
+    per_draw = block.delta_norm[0, 0, 0, 0] / block.output_norm[0, 0]
+    want = stats.t.interval(0.95, 29, loc=per_draw.mean(), scale=stats.sem(per_draw))
+    assert out["ci95"] == pytest.approx(list(want), rel=1e-12)
 
 
 def _weights(path, shapes, seed=0):
@@ -113,21 +128,18 @@ def _weights(path, shapes, seed=0):
 
 
 def test_weight_file_init(tmp_path):
+    """L, m, d and k come from the file; it is one network, so the CI is over draws."""
     path = _weights(tmp_path / "w.npz", [(16, 8), (16, 16), (4, 16)])
-    out = run_json("--init", path, "--layer", "all")
+    res = run("--init", path, "--draws", "6", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output, parse_constant=refuse)
     check_summary(out)
-    # every "network" is the same file, so the clean output norm is the same for all seeds
-    assert len({round(s["mean_abs_change"] / s["mean_rel_change"], 9) for s in out["by_layer"].values()}) == 1
-
-
-def _garbage(tmp_path):
-    p = tmp_path / "garbage.npz"
-    p.write_bytes(bytes(range(256)) * 4)
-    return str(p)
-
-
-def _unchained(tmp_path):
-    return _weights(tmp_path / "unchained.npz", [(16, 8), (16, 12), (4, 16)])
+    assert set(out["by_layer"]) == {"1", "2", "3"}
+    assert out["n_networks"] == 1 and out["ci95_over"] == "draws"
+    assert "theory_first_order" not in out and "theory_attenuation" not in out  # no random-network theory
+    table = run("--init", path, "--draws", "6").output
+    assert "1 network x 6 draws" in table and "networks" not in table.splitlines()[0].split(";")[0]
+    assert "theory R" not in table
 
 
 @pytest.mark.parametrize("args, words", [
@@ -143,14 +155,13 @@ def _unchained(tmp_path):
     (["--layer", "first"], ["--layer", "first"]),
     (["--noise", "cauchy"], ["--noise", "cauchy"]),
     (["--bias-std", "-1"], ["--bias-std", "-1"]),
-    (["--init", "missing.npz"], ["network.init", "missing.npz"]),
-    (["--init", "kaiming"], ["network.init", "kaiming"]),
-    (_garbage, ["network.init", "garbage.npz"]),
-    (_unchained, ["network.init", "unchained.npz", "chain"]),
+    (["--init", "missing.npz"], ["--init", "missing.npz"]),
+    (["--init", "kaiming"], ["--init", "kaiming"]),
+    (["--input", "missing.npy"], ["--input", "missing.npy"]),
+    (["--labels", "missing.npy"], ["--labels", "missing.npy"]),
+    (["--ratio", "0.1,x"], ["--ratio", "x"]),
 ])
 def test_bad_input_exits_2_with_a_message(tmp_path, args, words):
-    if callable(args):
-        args = ["--init", args(tmp_path)]
     res = run(*SMALL, *args)
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output
@@ -159,16 +170,89 @@ def test_bad_input_exits_2_with_a_message(tmp_path, args, words):
         assert w in res.output, (w, res.output)
 
 
-@pytest.mark.parametrize("flag, value, field", [
-    ("--L", "2", "grid.L"),
-    ("--m", "8", "grid.m"),
-    ("--d", "5", "network.input_dim"),
-    ("--k", "3", "network.output_dim"),
+@pytest.mark.parametrize("args, words", [
+    (["--L", "2"], ["--L", "2", "[3]"]),
+    (["--m", "8"], ["--m", "8", "[16]"]),
+    (["--d", "5"], ["--d", "5", "8"]),
+    (["--k", "3"], ["--k", "3", "4"]),
+    (["--seeds", "2"], ["--seeds", "2", "one network"]),
+    (["--layer", "4"], ["--layer", "4"]),
+    (["--bias-std", "0.5"], ["--bias-std"]),
 ])
-def test_weight_file_must_match_the_dimensions(tmp_path, flag, value, field):
+def test_weight_file_options_that_conflict_name_the_option(tmp_path, args, words):
     path = _weights(tmp_path / "w.npz", [(16, 8), (16, 16), (4, 16)])
-    args = dict(zip(SMALL[::2], SMALL[1::2]))
-    args[flag] = value
-    res = run(*[t for kv in args.items() for t in kv], "--init", path)
+    res = run("--init", path, "--draws", "2", *args)
     assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output and field in res.output
+    assert "Traceback" not in res.output and "grid." not in res.output and "network." not in res.output
+    for w in words:
+        assert w in res.output, (w, res.output)
+    # the same values as the file are accepted
+    assert run("--init", path, "--draws", "2", "--L", "3", "--m", "16", "--d", "8", "--k", "4").exit_code == 0
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda d: _weights(d / "garbage.npz", []) and (d / "garbage.npz").write_bytes(b"x" * 99), ["--init", "garbage.npz"]),
+    (lambda d: _weights(d / "unchained.npz", [(16, 8), (16, 12), (4, 16)]), ["--init", "unchained.npz", "chain"]),
+    (lambda d: np.savez(d / "nan.npz", W1=np.full((4, 8), np.nan), W2=np.ones((4, 4))), ["--init", "nan.npz", "NaN"]),
+])
+def test_bad_weight_files_exit_2(tmp_path, make, words):
+    make(tmp_path)
+    name = words[1]
+    res = run("--init", str(tmp_path / name), "--draws", "2")
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    for w in words:
+        assert w in res.output, (w, res.output)
+
+
+def test_inputs_labels_and_several_ratios(tmp_path, digits_zoo):
+    """A trained network, the test set and its labels: prediction changes and accuracy, overall,
+    by layer and by ratio, equal to the kernel's numbers; the clean accuracy is scikit-learn's."""
+    model = str(digits_zoo["models"] / "digits_L3_m16_seed0.safetensors")
+    x, y = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(x, digits_zoo["x"][:50])
+    np.save(y, digits_zoo["y"][:50])
+    res = run("--init", model, "--input", str(x), "--labels", str(y), "--ratio", "0.1,1.0", "--draws", "20",
+              "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output, parse_constant=refuse)
+    assert set(out["by_ratio"]) == {"0.1", "1.0"} and out["n_inputs"] == 50 and out["n_networks"] == 1
+    spec = Spec.from_dict({"network": {"init": model, "input": str(x), "labels": str(y)},
+                           "grid": {"ratio": [0.1, 1.0]}, "noise": {"draws": 20}})
+    block = measure_block(spec, 3, 16, (0,))
+    for c, (r, s) in enumerate(out["by_ratio"].items()):
+        assert s["pred_change_rate"] == pytest.approx(block.pred_changed[c].mean(), rel=1e-12)
+        assert s["accuracy"] == pytest.approx(block.accuracy[c].mean(), rel=1e-12)
+        for i, sl in s["by_layer"].items():
+            assert sl["pred_change_rate"] == pytest.approx(block.pred_changed[c, int(i) - 1].mean(), rel=1e-12)
+            assert sl["accuracy"] == pytest.approx(block.accuracy[c, int(i) - 1].mean(), rel=1e-12)
+    big, small = out["by_ratio"]["1.0"], out["by_ratio"]["0.1"]
+    assert big["pred_change_rate"] > small["pred_change_rate"] and big["accuracy"] < out["clean_accuracy"]
+    net = np.load(y)  # the clean network's accuracy, computed directly with the file's weights
+    from pipeline.files import parse_network
+
+    arrays = parse_network(open(model, "rb").read(), model)
+    h = digits_zoo["x"][:50].T
+    for j, (w, b) in enumerate(zip(arrays.weights, arrays.biases)):
+        h = w @ h + b[:, None]
+        h = np.maximum(h, 0) if j < len(arrays.weights) - 1 else h
+    assert out["clean_accuracy"] == pytest.approx(np.mean(h.argmax(axis=0) == net))
+    table = run("--init", model, "--input", str(x), "--labels", str(y), "--ratio", "0.1,1.0", "--draws", "5").output
+    assert "accuracy" in table and "pred chg" in table and "50 inputs" in table
+
+
+@pytest.mark.parametrize("make, option, words", [
+    (lambda d: np.save(d / "a.npy", np.ones((3, 7))), "--input", ["--input", "a.npy", "(3, 7)"]),
+    (lambda d: np.save(d / "a.npy", np.array([[np.nan] * 8])), "--input", ["--input", "non-finite"]),
+    (lambda d: np.save(d / "a.npy", np.zeros((2, 8))), "--input", ["--input", "all-zero"]),
+    (lambda d: np.save(d / "a.npy", np.array([0, 1, 2])), "--labels", ["--labels", "(3,)", "1 integer"]),
+    (lambda d: np.save(d / "a.npy", np.array([7])), "--labels", ["--labels", "7", "0..3"]),
+    (lambda d: np.save(d / "a.npy", np.array([0.5])), "--labels", ["--labels", "float"]),
+])
+def test_bad_inputs_and_labels_exit_2(tmp_path, make, option, words):
+    make(tmp_path)
+    res = run(*SMALL, option, str(tmp_path / "a.npy"))
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "network." not in res.output
+    for w in words:
+        assert w in res.output, (w, res.output)

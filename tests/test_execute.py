@@ -18,6 +18,7 @@ from pipeline.execute import local_cluster, run_sweep
 from pipeline.measure import measure_block
 
 from pipeline_helpers import (
+    RESULT_VARS,
     assert_bit_identical, block_chunk_dir, chunk_path, fill_in_process, make_spec, read_arrays, reference_arrays,
     snapshot,
 )
@@ -66,7 +67,7 @@ def test_results_do_not_depend_on_block_size_or_workers(request, tmp_path, refer
     assert summary.cells == cells(spec)
     assert f"{n_blocks} blocks computed, 0 already done, 0 failed, of {n_blocks}" in str(summary)
     assert_bit_identical(read_arrays(path), reference, f"{workers} workers, {spb} seeds per block")
-    assert zarr.open_array(str(path), path="delta_norm", mode="r").chunks == (1, 1, 3, 3, spb, 4)
+    assert zarr.open_array(str(path), path="delta_norm", mode="r").chunks == (1, 1, 3, 3, spb, 1, 4)
     assert store.done_mask(str(path)).all()
     wall = zarr.open_array(str(path), path="wall_time", mode="r")[...]
     assert np.all(np.isfinite(wall) & (wall > 0))
@@ -80,7 +81,7 @@ def test_resume_computes_only_missing_blocks_and_overwrites_a_torn_one(tmp_path,
     spec, left = fill_in_process(make_spec(), path, skip=5)  # done blocks have wall_time 0.25
     torn = left[0]
     r = torn.region()
-    for name in ("delta_norm", "flip_fraction"):
+    for name in ("delta_norm", "hidden_flip_fraction"):
         arr = zarr.open_array(str(path), path=name, mode="r+")
         arr[r["L"], r["m"], :, :, r["seed"], :] = 12345.0  # a stale chunk without a done mark
     assert chunk_path(path, "delta_norm", torn, spec).is_file()
@@ -136,21 +137,26 @@ def test_run_sweep_refuses_a_store_of_another_spec_untouched(tmp_path, cluster1)
     assert snapshot(path) == before
 
 
-def test_run_sweep_matches_measure_block_for_a_weight_file_network(tmp_path, cluster1):
-    """Inputs read from files (weights .npz, input .npy) are read on the workers the same way."""
+def test_run_sweep_matches_measure_block_for_a_zoo_of_weight_files(tmp_path, cluster1):
+    """Networks read from files (one per seed through a path template) and a set of inputs read from
+    a .npy are read on the workers the same way: the store equals the kernel run in this process."""
     rng = np.random.default_rng(5)
-    np.savez(tmp_path / "w.npz", W1=rng.standard_normal((8, 16)), W2=rng.standard_normal((8, 8)),
-             W3=rng.standard_normal((4, 8)))
-    np.save(tmp_path / "x.npy", rng.standard_normal(16))
-    spec = make_spec(network={"init": str(tmp_path / "w.npz"), "input": str(tmp_path / "x.npy")},
+    for seed in range(3):
+        np.savez(tmp_path / f"w_seed{seed}.npz", W1=rng.standard_normal((8, 16)), W2=rng.standard_normal((8, 8)),
+                 W3=rng.standard_normal((4, 8)), b1=rng.standard_normal(8), b2=np.zeros(8), b3=np.zeros(4))
+    np.save(tmp_path / "x.npy", rng.standard_normal((5, 16)))
+    np.save(tmp_path / "y.npy", rng.integers(0, 4, size=5))
+    spec = make_spec(network={"init": str(tmp_path / "w_seed{seed}.npz"), "input": str(tmp_path / "x.npy"),
+                              "labels": str(tmp_path / "y.npy"), "input_dim": 16},
                      grid={"L": [3], "m": [8], "ratio": [0.1, 0.2], "layer": "all", "seeds": 3})
     path = tmp_path / "file.zarr"
     summary = run_sweep(spec, str(path), cluster1, progress=False)
     assert summary.ok and summary.done == 2
     r = measure_block(spec, 3, 8, (0, 1, 2))
     got = read_arrays(path)
-    assert np.array_equal(got["delta_norm"][0, 0], r.delta_norm)
-    assert np.array_equal(got["output_norm"][0, 0], r.output_norm)
+    for name in RESULT_VARS:
+        assert np.array_equal(got[name][0, 0], getattr(r, name)), name
+    assert got["delta_norm"].shape[-2:] == (5, spec.noise.draws) and np.isfinite(got["accuracy"]).all()
 
 
 def test_same_spec_into_two_stores_on_one_scheduler_writes_both(tmp_path):

@@ -91,7 +91,7 @@ def test_sweep_into_s3_store_matches_local(s3_server, s3_run, tmp_path):
     loc = as_location(url, s3_server)
     assert done_mask(loc).all()
     remote, here = open_results(loc), reference(spec, tmp_path / "ref.zarr")
-    for var in ("delta_norm", "flip_fraction", "bound", "output_norm"):
+    for var in ("delta_norm", "hidden_flip_fraction", "bound", "output_norm"):
         np.testing.assert_array_equal(remote[var].values, here[var].values, err_msg=var)
     assert remote.attrs["spec_hash"] == here.attrs["spec_hash"]
     r = run_cli(tmp_path, "status", url, "--json", *storage_args(s3_server))

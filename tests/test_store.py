@@ -71,16 +71,20 @@ def test_template_coordinates_hold_the_swept_values():
     assert ds["layer"].values.tolist() == [1, 2, 3]
     assert ds["seed"].values.tolist() == [4, 5, 9]
     assert ds["draw"].values.tolist() == list(range(spec.noise.draws))
-    assert ds["delta_norm"].dims == ("L", "m", "ratio", "layer", "seed", "draw")
-    assert ds["bound"].dims == ("L", "m", "ratio", "layer", "seed")
-    assert ds["output_norm"].dims == ds["done"].dims == ("L", "m", "seed")
+    assert ds["input"].values.tolist() == [0]
+    assert ds["delta_norm"].dims == ds["pred_changed"].dims == ("L", "m", "ratio", "layer", "seed", "input", "draw")
+    assert ds["accuracy"].dims == ("L", "m", "ratio", "layer", "seed", "draw")
+    assert ds["bound"].dims == ("L", "m", "ratio", "layer", "seed", "input")
+    assert ds["output_norm"].dims == ds["margin"].dims == ("L", "m", "seed", "input")
+    assert ds["done"].dims == ds["clean_accuracy"].dims == ("L", "m", "seed")
+    assert store.template(make_spec(network={"n_inputs": 5}))["input"].values.tolist() == list(range(5))
 
 
 @pytest.mark.parametrize("spb", [1, 3, 8])
 def test_each_block_is_exactly_one_chunk_of_every_variable(tmp_path, spb):
     path = tmp_path / "s.zarr"
     spec, _ = store.create_or_resume(make_spec(execution={"seeds_per_block": spb}), str(path))
-    sizes = {"L": 2, "m": 2, "ratio": 3, "layer": 3, "seed": 8, "draw": 4}
+    sizes = {"L": 2, "m": 2, "ratio": 3, "layer": 3, "seed": 8, "input": 1, "draw": 4}
     for name, (dims, *_) in store.VARIABLES.items():
         arr = zarr.open_array(str(path), path=name, mode="r")
         expected = tuple({"L": 1, "m": 1, "seed": spb}.get(d, sizes[d]) for d in dims)
@@ -126,7 +130,7 @@ def test_full_store_matches_the_kernel_and_layers_beyond_L_are_nan(full_store):
     g = spec.grid
     for li, L in enumerate(g.L):
         for col, layer in enumerate(g.layer):
-            for name in ("delta_norm", "flip_fraction", "bound"):
+            for name in ("delta_norm", "hidden_flip_fraction", "pred_changed", "bound"):
                 cells = got[name][li, :, :, col]
                 if layer > L:
                     assert np.isnan(cells).all(), (name, L, layer)
@@ -153,14 +157,14 @@ def test_open_results_is_lazy_and_rel_change_is_delta_over_output_norm(full_stor
     ds = store.open_results(path)
     for name in (*RESULT_VARS, "rel_change", "done"):
         assert isinstance(ds[name].data, dask.array.Array), f"{name} is not dask-backed"
-    assert ds["delta_norm"].data.chunksize == (1, 1, 3, 3, 3, 4)
+    assert ds["delta_norm"].data.chunksize == (1, 1, 3, 3, 3, 1, 4)
     assert ds["rel_change"].attrs["units"] and ds["rel_change"].attrs["description"]
     raw = read_arrays(path)
-    expected = raw["delta_norm"] / raw["output_norm"][:, :, None, None, :, None]
-    got = ds["rel_change"].transpose("L", "m", "ratio", "layer", "seed", "draw").values
+    expected = raw["delta_norm"] / raw["output_norm"][:, :, None, None, :, :, None]
+    got = ds["rel_change"].transpose("L", "m", "ratio", "layer", "seed", "input", "draw").values
     assert np.array_equal(got, expected, equal_nan=True)
     # the theory's scale: at He init the relative change is close to r on average
-    by_ratio = ds["rel_change"].mean(["L", "m", "layer", "seed", "draw"]).values
+    by_ratio = ds["rel_change"].mean(["L", "m", "layer", "seed", "input", "draw"]).values
     assert np.all(by_ratio / np.array(spec.grid.ratio) > 0.3)
     assert np.all(by_ratio / np.array(spec.grid.ratio) < 3)
 
