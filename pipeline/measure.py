@@ -71,9 +71,10 @@ class Moved:
 def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]) -> dict[int, Moved]:
     """Push pre-activation perturbations through the rest of the network.
 
-    The clean pass holds n inputs (``fwd.pre[j]`` has n columns); perturbed
-    columns come in groups of n, input fastest, so column c is compared with
-    clean input c mod n. Columns are laid out by origin layer, so at layer j
+    The clean pass holds n inputs (``fwd.pre[j]`` has n columns); the c
+    perturbed columns of an origin are n equal runs, one per input, so column
+    b of the run of input j is compared with clean input j (a run of columns
+    against one clean column keeps numpy's inner loops long). Columns are laid out by origin layer, so at layer j
     the columns perturbed at layers i < j form a prefix that goes through W_j
     as one GEMM; the columns of origin j are then appended after it. Two
     preallocated buffers alternate as input and output.
@@ -81,7 +82,7 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]) 
     Args:
         net: the network.
         fwd: its clean forward pass over n inputs.
-        perturbations: layer i -> array (n_i, c) added to z_i, c a multiple of n.
+        perturbations: layer i -> array (n_i, c) added to z_i; c is a multiple of n, input slowest.
 
     Returns:
         layer i -> :class:`Moved` with one entry per column.
@@ -91,45 +92,45 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]) 
         return {}
     n = fwd.pre[0].shape[1] if fwd.pre[0].ndim == 2 else 1
     sizes = [perturbations[i].shape[1] for i in origins]
-    total = sum(sizes)
+    starts = np.cumsum([0] + sizes)
+    total = starts[-1]
     rows = max(w.shape[0] for w in net.weights)
     buf_in, buf_out = np.empty((rows, total)), np.empty((rows, total))
     flips = np.zeros(total, dtype=np.int64)
     differs = np.empty((rows, total), dtype=bool)
-    active = 0  # columns in use, a prefix
+    active = 0  # columns in use, a prefix: the columns of origins <= j
 
-    def by_input(a: np.ndarray) -> np.ndarray:  # (rows, c) -> (rows, c / n, n): a view
-        return a.reshape(a.shape[0], -1, n)
+    def runs(a: np.ndarray):
+        """Each origin's columns in ``a`` (rows, active) as (rows, n, c / n) views, one run per input."""
+        return [a[:, starts[k]:starts[k + 1]].reshape(a.shape[0], n, -1)
+                for k in range(len(origins)) if starts[k + 1] <= a.shape[1]]
 
     for j in range(origins[0], net.depth + 1):
-        z = fwd.pre[j - 1].reshape(-1, n)
-        rows_j = z.shape[0]
-        out = buf_out[:rows_j]
+        z = fwd.pre[j - 1].reshape(-1, n)[:, :, None]  # (rows, n, 1): one clean column per input run
+        out = buf_out[:z.shape[0]]
         if active:
             np.matmul(net.weights[j - 1], buf_in[:net.weights[j - 1].shape[1], :active], out=out[:, :active])
             if net.biases is not None:
                 out[:, :active] += net.biases[j - 1][:, None]
         if j in perturbations:
             c = perturbations[j].shape[1]
-            np.add(z[:, None, :], by_input(perturbations[j]), out=by_input(out[:, active:active + c]))
+            np.add(z, perturbations[j].reshape(z.shape[0], n, -1), out=out[:, active:active + c].reshape(z.shape[0], n, -1))
             active += c
         if j < net.depth:
-            d = differs[:rows_j, :active]
+            d = differs[:z.shape[0], :active]
             np.greater(out[:, :active], 0.0, out=d)
-            np.not_equal(by_input(d), (z > 0)[:, None, :], out=by_input(d))
+            for run in runs(d):
+                np.not_equal(run, z > 0, out=run)
             flips[:active] += d.sum(axis=0)
             np.maximum(out[:, :active], 0.0, out=out[:, :active])
             buf_in, buf_out = buf_out, buf_in
     moved = out[:, :active]
     argmax = moved.argmax(axis=0)
-    by_input(moved)[...] -= z[:, None, :]
+    for run in runs(moved):
+        run -= z
     delta = np.linalg.norm(moved, axis=0)
-    result, start = {}, 0
-    for i, c in zip(origins, sizes):
-        cols = slice(start, start + c)
-        result[i] = Moved(delta[cols], flips[cols], argmax[cols])
-        start += c
-    return result
+    return {i: Moved(delta[starts[k]:starts[k + 1]], flips[starts[k]:starts[k + 1]], argmax[starts[k]:starts[k + 1]])
+            for k, i in enumerate(origins)}
 
 
 def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, norm: str) -> np.ndarray:
@@ -187,7 +188,8 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     for i in present:
         u = pre_activation_noise(rng_for_layer(i), net.weights[i - 1], fwd.post[i - 1], D,
                                  distribution, norm)  # (n_i, draw, input)
-        perturbations[i] = (u[:, None] * ratios[None, :, None, None]).reshape(u.shape[0], R * D * n)
+        # columns (input, ratio, draw): one run per input, as propagate wants
+        perturbations[i] = (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(-1, n * R * D)
     moved = propagate(net, fwd, perturbations)
     hidden = sum(w.shape[0] for w in net.weights[:-1])
     shape = (R, len(layers), n, D)
@@ -198,12 +200,12 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         if i not in moved:
             continue
         mv = moved[i]
-        delta[:, col] = mv.delta.reshape(R, D, n).transpose(0, 2, 1)
-        flips[:, col] = (mv.flips / hidden if hidden else 0 * mv.flips).reshape(R, D, n).transpose(0, 2, 1)
-        pred = mv.argmax.reshape(R, D, n)
-        changed[:, col] = (pred != clean_pred).transpose(0, 2, 1)
+        delta[:, col] = mv.delta.reshape(n, R, D).transpose(1, 0, 2)
+        flips[:, col] = (mv.flips / hidden if hidden else 0 * mv.flips).reshape(n, R, D).transpose(1, 0, 2)
+        pred = mv.argmax.reshape(n, R, D).transpose(1, 0, 2)  # (ratio, input, draw)
+        changed[:, col] = pred != clean_pred[:, None]
         if labels is not None:
-            accuracy[:, col] = (pred == labels).mean(axis=2)
+            accuracy[:, col] = (pred == labels[:, None]).mean(axis=1)
         if with_bound:
             bound[:, col] = ratios[:, None] * worst_case_bound(net, fwd, X, i, norm)[None, :]
     clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
