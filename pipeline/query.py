@@ -71,7 +71,7 @@ def query(path, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str 
         path: the store.
         sel: ``DIM=VALUE`` strings; a dimension given more than once keeps each value.
         var: a variable of the store (``rel_change`` is derived).
-        reduce: one of :data:`REDUCERS`, applied over ``over`` (default: seed and draw).
+        reduce: one of :data:`REDUCERS`, applied over ``over`` (default: seed, input and draw).
         over: dimensions to reduce over.
 
     Raises:
@@ -92,7 +92,7 @@ def query(path, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str 
         return da
     if reduce not in REDUCERS:
         raise UserError(f"--reduce {reduce!r} is not allowed; expected one of {', '.join(REDUCERS)}.")
-    dims = tuple(dict.fromkeys(over)) or tuple(d for d in ("seed", "draw") if d in da.dims)
+    dims = tuple(dict.fromkeys(over)) or tuple(d for d in ("seed", "input", "draw") if d in da.dims)
     bad = [d for d in dims if d not in da.dims]
     if bad:
         raise UserError(f"--over {bad[0]!r} is not allowed; {var} has the dimensions {', '.join(da.dims)}.")
