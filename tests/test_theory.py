@@ -110,9 +110,9 @@ def test_worst_case_bound_bounds_the_kernel():
     spec = Spec.from_dict({"random_seed": 1, "network": {"input_dim": 6, "output_dim": 3, "weight_norm_bound": M},
                            "grid": {"L": [L], "m": [8], "ratio": [r], "seeds": 2},
                            "noise": {"norm": "spectral", "draws": 8}})
-    from pipeline.network import make_input
+    from pipeline.network import make_inputs
 
-    x_norm = np.linalg.norm(make_input(spec))
+    x_norm = np.linalg.norm(make_inputs(spec)[0])
     block = measure_block(spec, L, 8, (0, 1))
     want = theory.worst_case_bound(r, M, L, x_norm)
     np.testing.assert_allclose(block.bound, want, rtol=1e-9)
