@@ -55,6 +55,10 @@ def summarise(block: BlockResult, ratio_index: list[int], layer_index: list[int]
         "rms_rel_change": _num(np.sqrt(np.mean(rel**2))),
         "bound": _num(cells(block.bound).mean()),
         "pred_change_rate": _num(cells(block.pred_changed).mean()),
+        # the network's own first-order answer: the small-r prediction of rms_rel_change, and the worst direction
+        "linear_rms_rel": _num(np.sqrt(np.mean((cells(block.linear_rms) / block.output_norm[:, :, None]) ** 2))),
+        "worst_linear_rel": _num(np.mean(cells(block.worst_linear) / block.output_norm[:, :, None])),
+        "worst_rel": _num(np.mean(cells(block.worst_realised) / block.output_norm[:, :, None])),
     }
     accuracy = cells(block.accuracy)
     if np.all(np.isfinite(accuracy)):

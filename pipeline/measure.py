@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .network import NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, stream
+from .network import NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, spectral_norm, stream
 from .noise import matrix_norm, pre_activation_noise
 from .spec import Spec
 
@@ -29,12 +29,17 @@ class NetworkResult:
     pred_changed: np.ndarray          # (ratio, layer, input, draw), 0/1
     accuracy: np.ndarray              # (ratio, layer, draw); NaN without labels
     bound: np.ndarray                 # (ratio, layer, input)
+    linear_rms: np.ndarray            # (ratio, layer, input); NaN for spectral scaling
+    worst_linear: np.ndarray          # (ratio, layer, input)
+    worst_realised: np.ndarray        # (ratio, layer, input)
     output_norm: np.ndarray           # (input,)
     margin: np.ndarray                # (input,); NaN for k = 1
     clean_accuracy: float             # NaN without labels
 
 
 RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(NetworkResult))
+PER_CELL = ("delta_norm", "hidden_flip_fraction", "pred_changed", "accuracy", "bound", "linear_rms",
+            "worst_linear", "worst_realised")  # fields with (ratio, layer) in front
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,15 +52,17 @@ class BlockResult:
     pred_changed: np.ndarray          # (ratio, layer, seed, input, draw)
     accuracy: np.ndarray              # (ratio, layer, seed, draw)
     bound: np.ndarray                 # (ratio, layer, seed, input)
+    linear_rms: np.ndarray            # (ratio, layer, seed, input)
+    worst_linear: np.ndarray          # (ratio, layer, seed, input)
+    worst_realised: np.ndarray        # (ratio, layer, seed, input)
     output_norm: np.ndarray           # (seed, input)
     margin: np.ndarray                # (seed, input)
     clean_accuracy: np.ndarray        # (seed,)
 
     @classmethod
     def stack(cls, results: list[NetworkResult]) -> BlockResult:
-        def seed_axis(name: str) -> int:
-            return 2 if name in ("delta_norm", "hidden_flip_fraction", "pred_changed", "accuracy", "bound") else 0
-        return cls(**{name: np.stack([np.asarray(getattr(r, name)) for r in results], axis=seed_axis(name))
+        return cls(**{name: np.stack([np.asarray(getattr(r, name)) for r in results],
+                                     axis=2 if name in PER_CELL else 0)
                       for name in RESULT_FIELDS})
 
 
@@ -154,6 +161,72 @@ def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, norm
     return eta * before * np.prod(s[layer:])
 
 
+@dataclasses.dataclass(frozen=True)
+class LinearAnswer:
+    """The first-order answer of one network at one layer i, per input (ratio 1, ||eta|| = ||W_i||).
+
+    ``rms`` is the exact root mean square of ||J_i eta h_{i-1}|| over random
+    eta (NaN where no closed form applies), ``worst`` the largest
+    ||J_i eta h_{i-1}|| over eta of the same size, reached by the rank-one
+    eta = size * u h_{i-1}^T / ||h_{i-1}|| whose pre-activation change
+    ``direction`` (n_i, n) is size * ||h_{i-1}|| * u, u the top right
+    singular vector of J_i.
+    """
+
+    rms: np.ndarray        # (n,)
+    worst: np.ndarray      # (n,)
+    direction: np.ndarray  # (n_i, n)
+
+
+def jacobians(net: Network, fwd: Forward, layers) -> dict[int, np.ndarray]:
+    """J_i = dv/dz_i of every input for the given layers, each (n, k, n_i).
+
+    One backward pass from the identity on the k outputs through W_j and the
+    clean ReLU masks, J_i = J_{i+1} W_{i+1} D_i with J_L = I_k: every input's
+    Jacobian in one GEMM per layer, O(n k m^2). Only the requested layers are
+    kept, so memory is one layer's worth.
+    """
+    n = fwd.output.shape[1]
+    k = fwd.output.shape[0]
+    J = np.broadcast_to(np.eye(k), (n, k, k)).copy()
+    out = {}
+    for i in range(net.depth, min(layers) - 1, -1):
+        if i < net.depth:
+            w = net.weights[i]  # W_{i+1}
+            J = (J.reshape(n * k, -1) @ w).reshape(n, k, w.shape[1])
+            J *= (fwd.pre[i - 1] > 0).T[:, None, :]
+        if i in layers:
+            out[i] = J
+    return out
+
+
+def linear_answer(J: np.ndarray, w: np.ndarray, h: np.ndarray, norm: str) -> LinearAnswer:
+    """First-order change of layer i's perturbation for each input: J (n, k, n_i), h = h_{i-1} (n_in, n).
+
+    For noise whose entries satisfy E[eta_ab eta_cd] = s^2 / (n_i n_{i-1}) [a=c][b=d]
+    (any Frobenius-scaled uniform direction, and Rademacher scaled by the
+    Frobenius norm, whose ||E||_F is the constant sqrt(n_i n_{i-1})),
+    E||J eta h||^2 = s^2 ||J||_F^2 ||h||^2 / (n_i n_{i-1}). Spectral scaling
+    divides by a random ||E||_2 that is not independent of E: no closed form,
+    NaN. The worst case over ||eta|| <= s (Frobenius or spectral: the optimum is
+    rank one, where both agree) is s ||J||_2 ||h||.
+    """
+    n_i, n_in = w.shape
+    size = float(np.linalg.norm(w)) if norm == "frobenius" else float(spectral_norm(w))
+    h_norm = np.linalg.norm(h, axis=0)
+    fro = np.sqrt(np.einsum("nki,nki->n", J, J))
+    rms = size * h_norm * fro / np.sqrt(n_i * n_in) if norm == "frobenius" else np.full(len(h_norm), np.nan)
+    # top singular pair from the small k x k Gram matrix of each input
+    vals, vecs = np.linalg.eigh(J @ J.transpose(0, 2, 1))
+    sigma = np.sqrt(np.maximum(vals[:, -1], 0.0))
+    u = np.einsum("nki,nk->ni", J, vecs[:, :, -1])  # J^T (left vector) = sigma * right vector
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = np.where(sigma[:, None] > 0, u / sigma[:, None], 0.0)
+    # a fixed sign: the largest entry of each direction is positive
+    u *= np.where(np.take_along_axis(u, np.abs(u).argmax(axis=1)[:, None], axis=1) < 0, -1.0, 1.0)
+    return LinearAnswer(rms, size * sigma * h_norm, (u * (size * h_norm)[:, None]).T)
+
+
 def margins(v: np.ndarray) -> np.ndarray:
     """Top-1 minus runner-up output per column of v (k, n); NaN when k = 1."""
     if v.shape[0] < 2:
@@ -184,33 +257,45 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     fwd = net.forward(X)
     clean_pred = fwd.output.argmax(axis=0)
     present = [i for i in layers if i <= net.depth]
+    linear = {i: linear_answer(J, net.weights[i - 1], fwd.post[i - 1], norm)
+              for i, J in (jacobians(net, fwd, present).items() if present else ())}
     perturbations = {}
     for i in present:
         u = pre_activation_noise(rng_for_layer(i), net.weights[i - 1], fwd.post[i - 1], D,
                                  distribution, norm)  # (n_i, draw, input)
+        # the worst direction rides along as one more draw, the last
+        u = np.concatenate([u, linear[i].direction[:, None, :]], axis=1)
         # columns (input, ratio, draw): one run per input, as propagate wants
-        perturbations[i] = (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(-1, n * R * D)
+        perturbations[i] = (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(
+            -1, n * R * (D + 1))
     moved = propagate(net, fwd, perturbations)
     hidden = sum(w.shape[0] for w in net.weights[:-1])
     shape = (R, len(layers), n, D)
     delta, flips, changed = (np.full(shape, np.nan) for _ in range(3))
     accuracy = np.full((R, len(layers), D), np.nan)
-    bound = np.full((R, len(layers), n), np.nan)
+    bound, linear_rms, worst_linear, worst_realised = (np.full((R, len(layers), n), np.nan) for _ in range(4))
     for col, i in enumerate(layers):
         if i not in moved:
             continue
         mv = moved[i]
-        delta[:, col] = mv.delta.reshape(n, R, D).transpose(1, 0, 2)
-        flips[:, col] = (mv.flips / hidden if hidden else 0 * mv.flips).reshape(n, R, D).transpose(1, 0, 2)
-        pred = mv.argmax.reshape(n, R, D).transpose(1, 0, 2)  # (ratio, input, draw)
+
+        def cells(a: np.ndarray) -> np.ndarray:  # columns (input, ratio, draw + worst) -> (ratio, input, draw)
+            return a.reshape(n, R, D + 1).transpose(1, 0, 2)[:, :, :D]
+
+        delta[:, col] = cells(mv.delta)
+        worst_realised[:, col] = mv.delta.reshape(n, R, D + 1)[:, :, D].T
+        linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
+        worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
+        flips[:, col] = cells(mv.flips / hidden if hidden else 0.0 * mv.flips)
+        pred = cells(mv.argmax)
         changed[:, col] = pred != clean_pred[:, None]
         if labels is not None:
             accuracy[:, col] = (pred == labels[:, None]).mean(axis=1)
         if with_bound:
             bound[:, col] = ratios[:, None] * worst_case_bound(net, fwd, X, i, norm)[None, :]
     clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
-    return NetworkResult(delta, flips, changed, accuracy, bound, np.linalg.norm(fwd.output, axis=0),
-                         margins(fwd.output), clean_accuracy)
+    return NetworkResult(delta, flips, changed, accuracy, bound, linear_rms, worst_linear, worst_realised,
+                         np.linalg.norm(fwd.output, axis=0), margins(fwd.output), clean_accuracy)
 
 
 def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...]) -> BlockResult:

@@ -26,9 +26,10 @@ from .measure import BlockResult
 from .plan import BlockKey
 from .spec import Spec
 
-SCHEMA_VERSION = 2  # 2: the input dimension, classifier metrics, flip_fraction -> hidden_flip_fraction
+SCHEMA_VERSION = 2  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
 FULL = ("L", "m", "ratio", "layer", "seed", "input", "draw")
 NET = ("L", "m", "seed")
+CELL_INPUT = ("L", "m", "ratio", "layer", "seed", "input")
 
 # name -> (dims, dtype, units, description)
 VARIABLES = {
@@ -43,8 +44,18 @@ VARIABLES = {
     "accuracy": (("L", "m", "ratio", "layer", "seed", "draw"), "f8", "1",
                  "accuracy over all inputs of the perturbed network of this draw (one eta for every input); "
                  "NaN without network.labels"),
-    "bound": (("L", "m", "ratio", "layer", "seed", "input"), "f8", "output units",
+    "bound": (CELL_INPUT, "f8", "output units",
               "worst-case Lipschitz bound on ||v - v*||: ||eta||_2 prod_{j != i} ||W_j||_2 ||x*||"),
+    "linear_rms": (CELL_INPUT, "f8", "output units",
+                   "first-order root mean square change of this network, exact for small r: r ||W_i||_F "
+                   "||h_{i-1}|| ||J_i||_F / sqrt(n_i n_{i-1}), J_i = dv/dz_i (Frobenius scaling, any of the "
+                   "three distributions); NaN for spectral scaling, where eta is divided by its own random "
+                   "spectral norm and no closed form applies"),
+    "worst_linear": (CELL_INPUT, "f8", "output units",
+                     "first-order change in the worst direction of the same size: r ||W_i|| ||h_{i-1}|| ||J_i||_2"),
+    "worst_realised": (CELL_INPUT, "f8", "output units",
+                       "||v - v*|| when that worst rank-one eta = r ||W_i|| u h_{i-1}^T / ||h_{i-1}|| (u the top "
+                       "right singular vector of J_i) is applied through the nonlinear network"),
     "output_norm": (("L", "m", "seed", "input"), "f8", "output units", "||v||_2, the norm of the clean output"),
     "margin": (("L", "m", "seed", "input"), "f8", "output units",
                "clean top-1 output minus the runner-up (NaN for k = 1)"),
@@ -184,8 +195,9 @@ def read_attrs(where: str | StoreLocation) -> dict:
     if version != SCHEMA_VERSION:
         made_by = json.loads(attrs.get("versions", "{}")).get("nnsweep", "an older nnsweep")
         raise StoreError(f"store {loc.url!r} has schema version {version}, written by nnsweep {made_by}; this "
-                         f"nnsweep reads version {SCHEMA_VERSION} (which added the input dimension and the "
-                         "classifier metrics, and renamed flip_fraction to hidden_flip_fraction). Rerun its spec "
+                         f"nnsweep reads version {SCHEMA_VERSION} (which added the input dimension, the "
+                         "classifier metrics and the linear answer, and renamed flip_fraction to "
+                         "hidden_flip_fraction). Rerun its spec "
                          "into a new store (nnsweep run SPEC --store NEW.zarr), or read it with the nnsweep "
                          "version that wrote it. Nothing was changed.")
     return attrs

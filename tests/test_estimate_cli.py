@@ -77,11 +77,29 @@ def test_json_numbers_are_the_kernel_numbers():
         assert s["median_rel_change"] == pytest.approx(np.median(rel[c]), rel=1e-12)
         assert s["bound"] == pytest.approx(block.bound[0, c].mean(), rel=1e-12)
         assert s["pred_change_rate"] == pytest.approx(block.pred_changed[0, c].mean(), rel=1e-12)
+        v = block.output_norm  # (seed, input)
+        assert s["worst_rel"] == pytest.approx((block.worst_realised[0, c] / v).mean(), rel=1e-12)
+        assert s["worst_linear_rel"] == pytest.approx((block.worst_linear[0, c] / v).mean(), rel=1e-12)
+        assert s["linear_rms_rel"] is None  # spectral scaling: no closed form
         # over networks: each network's mean over draws is one sample (scipy's t-interval)
         per_net = rel[c].mean(axis=1)
         want = stats.t.interval(0.95, 2, loc=per_net.mean(), scale=stats.sem(per_net))
         assert s["ci95"] == pytest.approx(list(want), rel=1e-12) and s["ci95_over"] == "networks"
     assert estimate(spec) == out
+
+
+def test_linear_answer_in_the_json():
+    """linear_rms_rel is the root mean square of linear_rms / ||v||, the small-r prediction of
+    rms_rel_change; at r = 1e-3 the two agree to Monte-Carlo error."""
+    out = run_json("--layer", "2", "--ratio", "0.001", "--draws", "400", "--seeds", "2")
+    spec = Spec.from_dict({"network": {"input_dim": 8, "output_dim": 4},
+                           "grid": {"L": [3], "m": [16], "ratio": [0.001], "layer": [2], "seeds": 2},
+                           "noise": {"draws": 400}})
+    block = measure_block(spec, 3, 16, (0, 1))
+    want = np.sqrt(np.mean((block.linear_rms[0, 0] / block.output_norm) ** 2))
+    assert out["linear_rms_rel"] == pytest.approx(want, rel=1e-12)
+    assert out["rms_rel_change"] == pytest.approx(out["linear_rms_rel"], rel=0.1)
+    assert out["worst_rel"] > out["rms_rel_change"]
 
 
 def test_options_change_the_numbers():

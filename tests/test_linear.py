@@ -1,0 +1,113 @@
+"""Each network's own linear answer: J_i, the exact small-r RMS, the worst direction, the bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.measure import jacobians, measure_network
+from pipeline.network import Network
+
+from test_measure import naive_forward, random_net
+
+
+def rng_for(seed):
+    return lambda i: np.random.default_rng([seed, i])
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_jacobians_against_finite_differences(biases):
+    rng = np.random.default_rng(1 + biases)
+    L, d, m, k, n = 4, 5, 7, 3, 3
+    net = random_net(rng, L, d, m, k, biases)
+    X = rng.standard_normal((d, n))
+    fwd = net.forward(X)
+    J = jacobians(net, fwd, range(1, L + 1))
+    eps = 1e-6
+    for i in range(1, L + 1):
+        for j in range(n):
+            for a in range(net.weights[i - 1].shape[0]):
+                # v as a function of z_i: run layers i+1..L from z_i + eps e_a (central difference)
+                def v_of(z):
+                    h = np.maximum(z, 0) if i < L else z
+                    for jj in range(i + 1, L + 1):
+                        z = net.weights[jj - 1] @ h + (net.biases[jj - 1] if biases else 0)
+                        h = np.maximum(z, 0) if jj < L else z
+                    return h
+                z = fwd.pre[i - 1][:, j].copy()
+                e = np.zeros_like(z)
+                e[a] = eps
+                fd = (v_of(z + e) - v_of(z - e)) / (2 * eps)
+                np.testing.assert_allclose(J[i][j][:, a], fd, rtol=1e-6, atol=1e-8)
+    assert np.array_equal(J[L], np.broadcast_to(np.eye(k), (n, k, k)))
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "sphere", "rademacher"])
+def test_linear_rms_against_monte_carlo_at_small_r(distribution):
+    rng = np.random.default_rng(3)
+    net = random_net(rng, 3, 6, 10, 4, biases=True)
+    X = rng.standard_normal((2, 6))
+    r, draws = 1e-4, 20000 if distribution != "rademacher" else 4000
+    res = measure_network(net, X, np.array([r]), (1, 2, 3), draws, distribution, "frobenius", rng_for(4))
+    sq = res.delta_norm[0] ** 2  # (layer, input, draw)
+    mc = sq.mean(axis=2)
+    se = sq.std(axis=2, ddof=1) / np.sqrt(draws)
+    want = res.linear_rms[0] ** 2
+    assert np.all(np.abs(mc - want) <= 4 * se), (mc, want, se)
+    assert np.all(want > 0)
+
+
+def test_spectral_scaling_has_no_closed_form_rms():
+    rng = np.random.default_rng(5)
+    net = random_net(rng, 2, 4, 5, 3)
+    res = measure_network(net, rng.standard_normal(4), np.array([0.1]), (1, 2), 3, "gaussian", "spectral",
+                          rng_for(1))
+    assert np.isnan(res.linear_rms).all() and np.isfinite(res.worst_linear).all()
+
+
+@pytest.mark.parametrize("norm", ["frobenius", "spectral"])
+def test_worst_direction(norm):
+    """In the linear regime no sampled change exceeds worst_realised by more than the second-order
+    term; worst_realised / worst_linear -> 1 as r -> 0; the worst is far above the typical change."""
+    rng = np.random.default_rng(6)
+    net = random_net(rng, 4, 5, 12, 3, biases=True)
+    X = rng.standard_normal((3, 5))
+    ratios = np.array([1e-4, 1e-3, 0.5])
+    res = measure_network(net, X, ratios, (1, 2, 3, 4), 500, "gaussian", norm, rng_for(7))
+    gap = np.abs(res.worst_realised / res.worst_linear - 1)  # (ratio, layer, input)
+    # small r: linear up to rounding; large r: ReLUs switch and the realised change departs from it
+    assert np.all(gap[0] < 1e-8) and np.all(gap[1] < 1e-6) and gap[2].max() > 1e-3
+    for c, r in enumerate(ratios[:2]):  # the linear regime
+        assert np.all(res.delta_norm[c] <= res.worst_realised[c][..., None] * (1 + 10 * r))
+    # the worst direction is far above the typical change, and random ones of the same size stay below it
+    assert np.all(res.worst_linear[1] > 1.5 * res.delta_norm[1].mean(axis=-1))
+    assert np.all(res.delta_norm[1].max(axis=-1) <= res.worst_linear[1] * (1 + 1e-3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), L=st.integers(1, 4), biases=st.booleans(),
+       ratio=st.floats(1e-3, 5.0), norm=st.sampled_from(["frobenius", "spectral"]))
+def test_bound_is_never_below_a_measured_change(seed, L, biases, ratio, norm):
+    rng = np.random.default_rng(seed)
+    net = random_net(rng, L, 4, 6, 3, biases)
+    X = rng.standard_normal((2, 4))
+    res = measure_network(net, X, np.array([ratio]), tuple(range(1, L + 1)), 5, "gaussian", norm, rng_for(seed))
+    bound = res.bound * (1 + 1e-9) + 1e-12
+    assert np.all(res.delta_norm <= bound[..., None])
+    assert np.all(res.worst_realised <= bound)
+    assert np.all(res.worst_linear <= bound)
+
+
+def test_one_layer_network_is_linear_and_exact():
+    """L = 1: v = W x, J = I; the worst direction moves v by exactly r ||W|| ||x||."""
+    w = np.random.default_rng(8).standard_normal((3, 4))
+    x = np.array([1.0, -2.0, 0.5, 3.0])
+    res = measure_network(Network((w,)), x, np.array([0.3]), (1,), 2000, "gaussian", "frobenius", rng_for(9))
+    want = 0.3 * np.linalg.norm(w) * np.linalg.norm(x)
+    assert res.worst_linear[0, 0, 0] == pytest.approx(want, rel=1e-12)
+    assert res.worst_realised[0, 0, 0] == pytest.approx(want, rel=1e-12)
+    assert res.linear_rms[0, 0, 0] == pytest.approx(want * np.sqrt(3) / np.sqrt(12), rel=1e-12)
+    out = naive_forward((w,), None, x)[-1]
+    assert res.output_norm[0] == pytest.approx(np.linalg.norm(out))
