@@ -70,7 +70,8 @@ class Network:
 
     @functools.cached_property
     def spectral_norms(self) -> np.ndarray:
-        return np.array([spectral_norm(w) for w in self.weights])
+        """||W_j||_2 of every layer, by :func:`spectral_norm_estimate` (what the bound uses)."""
+        return np.array([spectral_norm_estimate(w) for w in self.weights])
 
 
 def spectral_norm(w: np.ndarray) -> float:
@@ -89,6 +90,44 @@ def spectral_norm(w: np.ndarray) -> float:
 
     v0 = np.random.default_rng(0).standard_normal(min(w.shape))
     return float(svds(w, k=1, tol=1e-6, v0=v0, return_singular_vectors=False)[0])
+
+
+LANCZOS_STEPS = 20
+
+
+def spectral_norm_estimate(w: np.ndarray, steps: int = LANCZOS_STEPS) -> float:
+    """Largest singular value by a fixed number of Lanczos steps on the Gram matrix; exact when small.
+
+    ``steps`` matrix-vector products with W and W^T (full reorthogonalisation,
+    a fixed start vector), then the top Ritz value: a lower estimate that is
+    never above ||W||_2. For He-init matrices the shortfall measured by
+    tests/test_network.py is below 0.5% at m = 2048 (about 0.1% typically),
+    at a sixth of the cost of the converged ARPACK run of :func:`spectral_norm`.
+    """
+    if min(w.shape) < 128:
+        return float(np.linalg.norm(w, 2))
+    from scipy.linalg import eigh_tridiagonal
+
+    a = w if w.shape[0] >= w.shape[1] else w.T  # iterate on the smaller Gram matrix a^T a
+    steps = min(steps, a.shape[1])
+    basis = np.zeros((steps, a.shape[1]))
+    alpha, beta = np.zeros(steps), np.zeros(steps)
+    v = np.random.default_rng(0).standard_normal(a.shape[1])
+    v /= np.linalg.norm(v)
+    for j in range(steps):
+        basis[j] = v
+        u = a.T @ (a @ v)
+        alpha[j] = v @ u
+        for _ in range(2):  # twice is enough (Kahan): the basis stays orthonormal to rounding
+            u -= basis[:j + 1].T @ (basis[:j + 1] @ u)
+        beta[j] = np.linalg.norm(u)
+        if beta[j] <= 1e-12 * abs(alpha[j]):  # an invariant subspace: the Ritz values are exact
+            steps = j + 1
+            break
+        v = u / beta[j]
+    top = eigh_tridiagonal(alpha[:steps], beta[:steps - 1], eigvals_only=True,
+                           select="i", select_range=(steps - 1, steps - 1))[0]
+    return float(np.sqrt(max(top, 0.0)))
 
 
 def layer_shapes(L: int, m: int, d: int, k: int) -> list[tuple[int, int]]:
