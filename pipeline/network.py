@@ -121,7 +121,7 @@ def spectral_norm_estimate(w: np.ndarray, steps: int = LANCZOS_STEPS) -> float:
         for _ in range(2):  # twice is enough (Kahan): the basis stays orthonormal to rounding
             u -= basis[:j + 1].T @ (basis[:j + 1] @ u)
         beta[j] = np.linalg.norm(u)
-        if beta[j] <= 1e-12 * abs(alpha[j]):  # an invariant subspace: the Ritz values are exact
+        if beta[j] <= 1e-10 * alpha[:j + 1].max():  # an invariant subspace: the Ritz values are exact
             steps = j + 1
             break
         v = u / beta[j]
