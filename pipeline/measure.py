@@ -239,15 +239,17 @@ def margins(v: np.ndarray) -> np.ndarray:
 
 def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tuple[int, ...],
                     draws: int, distribution: str, norm: str, rng_for_layer,
-                    labels: np.ndarray | None = None, with_bound: bool = True) -> NetworkResult:
+                    labels: np.ndarray | None = None, with_bound: bool = True,
+                    with_linear: bool = True) -> NetworkResult:
     """Measure one network at every (ratio, layer, input, draw).
 
     Every draw is one perturbed matrix applied to all inputs, so the
     accuracy of draw d is that of one real perturbed network. Layers beyond
     the network's depth are NaN. ``rng_for_layer(i)`` gives the noise stream
     of layer i; the same draws serve every ratio. The bound needs the spectral
-    norm of every matrix; ``with_bound=False`` skips it (NaN), which lets the
-    benchmark time the perturbation kernel alone.
+    norm of every matrix; ``with_bound=False`` skips it (NaN), and
+    ``with_linear=False`` the backward pass and the worst direction, which lets
+    the benchmarks time the parts apart.
 
     Args:
         x: one input (d,) or n inputs (n, d).
@@ -260,16 +262,17 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     clean_pred = fwd.output.argmax(axis=0)
     present = [i for i in layers if i <= net.depth]
     linear = {i: linear_answer(J, net.weights[i - 1], fwd.post[i - 1], norm)
-              for i, J in (jacobians(net, fwd, present).items() if present else ())}
+              for i, J in (jacobians(net, fwd, present).items() if present and with_linear else ())}
+    extra = 1 if linear else 0  # the worst direction's column
     perturbations = {}
     for i in present:
         u = pre_activation_noise(rng_for_layer(i), net.weights[i - 1], fwd.post[i - 1], D,
                                  distribution, norm)  # (n_i, draw, input)
-        # the worst direction rides along as one more draw, the last
-        u = np.concatenate([u, linear[i].direction[:, None, :]], axis=1)
+        if linear:  # the worst direction rides along as one more draw, the last
+            u = np.concatenate([u, linear[i].direction[:, None, :]], axis=1)
         # columns (input, ratio, draw): one run per input, as propagate wants
         perturbations[i] = (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(
-            -1, n * R * (D + 1))
+            -1, n * R * (D + extra))
     moved = propagate(net, fwd, perturbations)
     hidden = sum(w.shape[0] for w in net.weights[:-1])
     shape = (R, len(layers), n, D)
@@ -281,13 +284,14 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             continue
         mv = moved[i]
 
-        def cells(a: np.ndarray) -> np.ndarray:  # columns (input, ratio, draw + worst) -> (ratio, input, draw)
-            return a.reshape(n, R, D + 1).transpose(1, 0, 2)[:, :, :D]
+        def cells(a: np.ndarray) -> np.ndarray:  # columns (input, ratio, draw [+ worst]) -> (ratio, input, draw)
+            return a.reshape(n, R, D + extra).transpose(1, 0, 2)[:, :, :D]
 
         delta[:, col] = cells(mv.delta)
-        worst_realised[:, col] = mv.delta.reshape(n, R, D + 1)[:, :, D].T
-        linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
-        worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
+        if linear:
+            worst_realised[:, col] = mv.delta.reshape(n, R, D + 1)[:, :, D].T
+            linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
+            worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
         flips[:, col] = cells(mv.flips / hidden if hidden else 0.0 * mv.flips)
         pred = cells(mv.argmax)
         changed[:, col] = pred != clean_pred[:, None]

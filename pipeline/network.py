@@ -99,16 +99,18 @@ def spectral_norm_estimate(w: np.ndarray, steps: int = LANCZOS_STEPS) -> float:
     """Largest singular value by a fixed number of Lanczos steps on the Gram matrix; exact when small.
 
     ``steps`` matrix-vector products with W and W^T (full reorthogonalisation,
-    a fixed start vector), then the top Ritz value: a lower estimate that is
-    never above ||W||_2. For He-init matrices the shortfall measured by
-    tests/test_network.py is below 0.5% at m = 2048 (about 0.1% typically),
-    at a sixth of the cost of the converged ARPACK run of :func:`spectral_norm`.
+    a fixed start vector), then the top Ritz value: a lower estimate, never
+    above ||W||_2 but for float32 rounding (the products run in float32: they
+    are memory-bound, and the estimate's own error is far larger). For He-init
+    matrices the shortfall measured by tests/test_network.py is below 0.5% at
+    m = 2048, at a fraction of the cost of the converged ARPACK run of
+    :func:`spectral_norm` (benchmarks/bench_linear.py).
     """
     if min(w.shape) < 128:
         return float(np.linalg.norm(w, 2))
     from scipy.linalg import eigh_tridiagonal
 
-    a = w if w.shape[0] >= w.shape[1] else w.T  # iterate on the smaller Gram matrix a^T a
+    a = (w if w.shape[0] >= w.shape[1] else w.T).astype(np.float32)  # the smaller Gram matrix a^T a
     steps = min(steps, a.shape[1])
     basis = np.zeros((steps, a.shape[1]))
     alpha, beta = np.zeros(steps), np.zeros(steps)
@@ -116,7 +118,7 @@ def spectral_norm_estimate(w: np.ndarray, steps: int = LANCZOS_STEPS) -> float:
     v /= np.linalg.norm(v)
     for j in range(steps):
         basis[j] = v
-        u = a.T @ (a @ v)
+        u = (a.T @ (a @ v.astype(np.float32))).astype(np.float64)
         alpha[j] = v @ u
         for _ in range(2):  # twice is enough (Kahan): the basis stays orthonormal to rounding
             u -= basis[:j + 1].T @ (basis[:j + 1] @ u)

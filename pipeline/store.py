@@ -46,7 +46,7 @@ VARIABLES = {
                  "NaN without network.labels"),
     "bound": (CELL_INPUT, "f8", "output units",
               "worst-case Lipschitz bound on ||v - v*||: ||eta||_2 prod_{j != i} ||W_j||_2 ||x*||; each "
-              "||W_j||_2 from 20 Lanczos steps, which never overestimate it and fall short by under 0.5% for "
+              "||W_j||_2 from 20 Lanczos steps, which never overestimate it (but for float32 rounding) and fall short by under 0.5% for "
               "He-init matrices up to m = 2048 (tests/test_network.py), far less than the bound's looseness "
               "(bound / delta_norm, see nnsweep report), so it remains an upper bound in practice"),
     "linear_rms": (CELL_INPUT, "f8", "output units",
