@@ -267,7 +267,8 @@ def status(store, as_json, storage_options):
                f"seeds={len(g['seeds'])}")
     n, z = s["network"], s["noise"]
     click.echo(f"network:   d={n['input_dim']} k={n['output_dim']} init={n['init']} bias_std={n['bias_std']} "
-               f"norm_bound={n['weight_norm_bound']} input={n['input']}")
+               f"norm_bound={n['weight_norm_bound']} input={n['input']} ({n['n_inputs']} inputs) "
+               f"labels={n['labels']}")
     click.echo(f"noise:     {z['distribution']}, {z['norm']} norm, {z['draws']} draws; "
                f"random_seed={s['random_seed']}")
     click.echo(f"created:   {s['created']} with " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
