@@ -2,7 +2,7 @@
 
 The store is reduced once, chunk by chunk through xarray/dask, to per-network
 summaries: for every (L, m, ratio, layer, seed) the mean over draws of R, R^2,
-log R, (log R)^2, ||v - v*|| and the bound. Those are small (no draw axis) and
+log R, (log R)^2 and ||v - v*||, and the looseness of the bound (bound / that mean). Those are small (no draw axis) and
 every statistic below is computed from them:
 
 - cell = (L, m, ratio, layer), layer <= L; its statistics pool seeds and draws;
@@ -30,6 +30,7 @@ import xarray as xr
 from scipy import optimize
 from tqdm.auto import tqdm
 
+from .. import plan
 from ..errors import UserError
 from ..store import as_location, open_results
 from . import theory
@@ -75,19 +76,17 @@ def network_summaries(ds: xr.Dataset) -> xr.Dataset:
         "log": log.mean("draw"),
         "log2": (log**2).mean("draw"),
         "delta": delta,
-        "tightness": ds["bound"] / delta,
+        "looseness": ds["bound"] / delta,  # how far the worst-case bound sits above the mean change
     })
 
 
 def coverage(done: np.ndarray, L, m, seeds, seeds_per_block: int) -> dict:
     """Blocks done of total, and which (L, m, seeds) are missing."""
-    starts = list(range(0, len(seeds), seeds_per_block))
-    blocks_done = int(done[:, :, starts].sum())
+    blocks_done, total = plan.blocks_done(done, seeds_per_block)
     missing = []
     for li, m_index in zip(*np.nonzero(~done.all(axis=2))):
         lost = [int(s) for s, d in zip(seeds, done[li, m_index]) if not d]
         missing.append({"L": int(L[li]), "m": int(m[m_index]), "seeds": lost})
-    total = done.shape[0] * done.shape[1] * len(starts)
     return {"blocks_done": blocks_done, "blocks_total": total,
             "missing": {"blocks": total - blocks_done, "networks": int((~done).sum()), "by_L_m": missing}}
 
@@ -488,18 +487,30 @@ def _cell_table(cells: Cells, stats: dict, mdls: dict, points: dict) -> list[dic
 
 # --- text output ----------------------------------------------------------------------
 
-def _p(p: dict | None) -> str:
-    if not p or p["value"] is None:
+def format_param(p: dict | None, digits: int = 4) -> str:
+    """A fitted parameter as "value [lo, hi]" (the interval left out when there is none), or "-"."""
+    if not p or p.get("value") is None:
         return "-"
     lo, hi = p["ci95"]
-    ci = f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else ""
-    return f"{p['value']:.4g}{ci}"
+    ci = f" [{lo:.{digits}g}, {hi:.{digits}g}]" if lo is not None and hi is not None else ""
+    return f"{p['value']:.{digits}g}{ci}"
+
+
+def law_rows(result: dict) -> list[tuple[str, dict]]:
+    """The fitted power laws that are present, in display order, as (which cells, summary)."""
+    rows = [("all cells", result.get("power_law")), (f"ratio <= {SMALL_R:g}", result.get("power_law_small_r"))]
+    rows += [(f"{pos} layer", result.get("by_position", {}).get(pos)) for pos in POSITIONS]
+    return [(name, s) for name, s in rows if s]
+
+
+def _r2(s: dict) -> str:
+    return f"{s['r2']:.4f}" if s.get("r2") is not None else "-"
 
 
 def _law(s: dict) -> str:
-    r2 = f"{s['r2']:.4f}" if s["r2"] is not None else "-"
-    return (f"C = {_p(s['C'])}  a = {_p(s['ratio'])}  b = {_p(s['L'])}  c = {_p(s['m'])}  "
-            f"R^2 = {r2}, {s['n_cells']} cells")
+    p = format_param
+    return (f"C = {p(s['C'])}  a = {p(s['ratio'])}  b = {p(s['L'])}  c = {p(s['m'])}  R^2 = {_r2(s)}, "
+            f"{s['n_cells']} cells")
 
 
 def missing_text(result: dict) -> str:
@@ -531,26 +542,20 @@ def to_text(result: dict) -> str:
              f"{nets} networks per (L, m), k = {result['k']}; 95% intervals from {result['n_bootstrap']} "
              "bootstrap resamples of the networks",
              "E R = C r^a L^b m^c, least squares on the log of cell means (cell = L, m, ratio, layer):"]
-    rows = [("all cells", result.get("power_law")), (f"ratio <= {SMALL_R:g}", result.get("power_law_small_r"))]
-    rows += [(f"{pos} layer{'s' if pos == 'middle' else ''}", result.get("by_position", {}).get(pos))
-             for pos in POSITIONS]
-    for name, s in rows:
-        if s:
-            th = s.get("theory", {}).get("arccos", {})
-            extra = f"   (arc-cosine theory on these cells: a = {th['ratio']:.4g})" if th.get("ratio") else ""
-            lines.append(f"  {name:<15} {_law(s)}{extra}")
-    a = result.get("attenuation")
+    for name, s in law_rows(result):
+        th = s.get("theory", {}).get("arccos", {})
+        extra = f"   (arc-cosine theory on these cells: a = {th['ratio']:.4g})" if th.get("ratio") else ""
+        lines.append(f"  {name:<15} {_law(s)}{extra}")
+    a, v, p = result.get("attenuation"), result.get("log_variance"), format_param
     if a:
         lines.append("Depth attenuation, exp(E log R) = C r^a / (1 + beta (L - i) r): "
-                     f"C = {_p(a['C'])}  a = {_p(a['ratio'])}  beta = {_p(a['beta'])}  "
-                     f"(theory 1, 1, {theory.ATTENUATION_BETA:.4g}); R^2 = {a['r2']:.4f}")
+                     f"C = {p(a['C'])}  a = {p(a['ratio'])}  beta = {p(a['beta'])}  "
+                     f"(theory 1, 1, {theory.ATTENUATION_BETA:.4g}); R^2 = {_r2(a)}")
         sg, sm = a.get("scale_gmean"), a.get("scale_mean")
         if sg and sm:
-            lines.append(f"  against the arc-cosine curve A(r, L - i): exp(E log R) = {_p(sg['scale'])} x A, "
-                         f"E R = {_p(sm['scale'])} x A exp(s^2 / 2)   (theory: 1 and 1)")
-    v = result.get("log_variance")
+            lines.append(f"  against the arc-cosine curve A(r, L - i): exp(E log R) = {p(sg['scale'])} x A, "
+                         f"E R = {p(sm['scale'])} x A exp(s^2 / 2)   (theory: 1 and 1)")
     if v:
-        lines.append(f"Var log R = slope (L - i) / m + intercept: slope = {_p(v['slope'])} (theory 2), "
-                     f"intercept = {_p(v['intercept'])} (theory 1/k = {1 / result['k']:.4g}); "
-                     f"R^2 = {v['r2']:.4f}" if v["r2"] is not None else "")
+        lines.append(f"Var log R = slope (L - i) / m + intercept: slope = {p(v['slope'])} (theory 2), "
+                     f"intercept = {p(v['intercept'])} (theory 1/k = {1 / result['k']:.4g}); R^2 = {_r2(v)}")
     return "\n".join(lines)
