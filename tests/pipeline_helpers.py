@@ -203,11 +203,11 @@ class Procs:
         return self.start([sys.executable, "-m", "pipeline", "run", spec, "--store", store_path, "--no-progress",
                            *options], name)
 
-    def scheduler(self, name: str = "scheduler", env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    def scheduler(self, name: str = "scheduler", *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
         """A ``dask scheduler`` on 127.0.0.1 and its address, once it has written its scheduler file."""
         sfile = self.tmp / f"{name}.json"
         p = self.start(DASK + ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sfile], name, env)
+                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sfile, *extra], name, env)
 
         def address():
             assert p.poll() is None, self.log(name)

@@ -29,8 +29,8 @@ from pipeline import plan, store
 from pipeline.cli import main
 
 from pipeline_helpers import (
-    RESULT_VARS, SMALL, assert_bit_identical, block_chunk_dir, chunk_path, fill_in_process, make_spec, n_done_seeds, raw_spec,
-    read_arrays, reference_arrays, snapshot, wait_until, write_spec,
+    RESULT_VARS, SMALL, assert_bit_identical, block_chunk_dir, chunk_path, fill_in_process, make_spec, n_done_seeds,
+    raw_spec, read_arrays, reference_arrays, snapshot, wait_until, write_spec,
 )
 
 pytestmark = pytest.mark.timeout(240)

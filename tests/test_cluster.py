@@ -116,7 +116,7 @@ def test_worker_out_of_memory_is_reported_with_block_and_hint(procs, tmp_path):
         "name": "oom", "network": {"input_dim": 16, "output_dim": 4},
         "grid": {"L": [4], "m": [4096], "ratio": [0.1], "seeds": 1}, "noise": {"draws": 4},
     }))
-    _, address = procs.scheduler(env={**ENV, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
+    _, address = procs.scheduler("scheduler", env={**ENV, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
     procs.worker(address, "w1", "--memory-limit", "300MB")
     procs.wait_workers(address, 1)
     client = procs.nnsweep_run(spec, tmp_path / "oom.zarr", "client", "--scheduler", address)
