@@ -36,7 +36,8 @@ ANSWER = re.compile(
     r"- for L = (?P<L>\d+), m = (?P<m>\d+), r = 0\.12, E\|\|v - v\*\|\| / \|\|v\|\| = \*\*(?P<mean>\S+)\*\*"
     r" \[(?P<lo>\S+), (?P<hi>\S+)\] \((?P<networks>\d+) networks, layers (?P<layers>[^)]+)\); by layer from "
     r"(?P<min>\S+) \(i = (?P<layer_min>\d+)\) to (?P<max>\S+) \(i = (?P<layer_max>\d+)\); theory "
-    r"(?P<theory>\S+); the worst-case bound is (?P<looseness>\S+) times larger\.")
+    r"(?P<theory>\S+); the worst-case bound is (?P<looseness>\S+) times larger \(He-init estimate "
+    r"(?P<looseness_theory>\S+)\)\.")
 
 
 @pytest.fixture(scope="module", params=list(STORES))
@@ -116,6 +117,8 @@ def expected_rows(ds) -> dict:
                 "max": by_layer.max(), "layer_max": layers[int(np.argmax(by_layer))],
                 "theory": mean_theory(int(L), int(m), k, layers),
                 "looseness": float(ds["looseness"].sel(sel).mean()),
+                "looseness_theory": float(np.mean(theory.bound_looseness(int(L), int(m), 8, k, layers,
+                                                                         "frobenius"))),
             }
     return rows
 
@@ -134,6 +137,7 @@ def test_answer_matches_direct_reductions_and_scipy(made, direct):
         assert sig3(g["lo"], w["ci95"][0]) and sig3(g["hi"], w["ci95"][1]), (key, g["lo"], g["hi"], w["ci95"])
         assert sig3(g["theory"], w["theory"]), (key, g["theory"], w["theory"])
         assert sig3(g["looseness"], w["looseness"]), (key, g["looseness"], w["looseness"])
+        assert sig3(g["looseness_theory"], w["looseness_theory"]), key
         assert sig3(g["min"], w["min"]) and sig3(g["max"], w["max"]), key
         assert (int(g["layer_min"]), int(g["layer_max"])) == (w["layer_min"], w["layer_max"]), key
         assert int(g["networks"]) == w["networks"], key

@@ -79,6 +79,12 @@ def mean_theory(ratio: float, L: int, m: int, k: int, layers: list[int]) -> floa
     return float(np.mean(theory.attenuation(ratio, after) * theory.mean_over_median(after, m, k)))
 
 
+def looseness_theory(sample: fitting.Sample, L: int, m: int, layers: list[int]) -> float:
+    """The He-init estimate of bound / ||v - v*||, averaged over the measured layers."""
+    net, noise = sample.spec["network"], sample.spec["noise"]
+    return float(np.mean(theory.bound_looseness(L, m, net["input_dim"], sample.k, layers, noise["norm"])))
+
+
 def _present(net: xr.Dataset, L, m) -> bool:
     return bool(net["mean"].sel(L=L, m=m).notnull().any())
 
@@ -90,8 +96,8 @@ def answer(sample: fitting.Sample, ratio: float) -> list[dict]:
         One dict per (L, m): ``layers`` (the measured i <= L), ``mean`` and ``ci95`` (None when
         undefined) over ``networks``, the extremes over layers of the mean over networks
         (``min`` at ``layer_min``, ``max`` at ``layer_max``, by value), ``abs_change`` (E||v - v*||),
-        ``looseness`` (mean of bound / ||v - v*||) and ``theory`` (the same average of the
-        infinite-width prediction for the mean).
+        ``looseness`` (mean of bound / ||v - v*||) with ``looseness_theory`` (its He-init
+        estimate) and ``theory`` (the same average of the infinite-width prediction for the mean).
     """
     net = sample.net.sel(ratio=ratio)
     rows = []
@@ -112,6 +118,7 @@ def answer(sample: fitting.Sample, ratio: float) -> list[dict]:
                 "layer_max": layers[hi], "max": float(by_layer[hi]),
                 "abs_change": float(_mean_over(cell["delta"])),
                 "looseness": float(_mean_over(cell["looseness"])),
+                "looseness_theory": looseness_theory(sample, int(L), int(m), layers),
                 "theory": mean_theory(ratio, int(L), int(m), sample.k, layers),
             })
     return rows
@@ -285,8 +292,6 @@ def plot_log_variance(sample: fitting.Sample, result: dict) -> plt.Figure:
 def plot_bound(sample: fitting.Sample, ratio: float) -> plt.Figure:
     """How loose the worst-case bound is: mean of bound / ||v - v*|| against L, per m, and theory."""
     net = sample.net.sel(ratio=ratio)
-    spec = sample.spec
-    d, k, norm = spec["network"]["input_dim"], sample.k, spec["noise"]["norm"]
     fig, axes = _panels(1, width=5.6)
     ax = axes[0]
     for color, m in zip(_colors(net.m.size), net.m.values):
@@ -294,8 +299,7 @@ def plot_bound(sample: fitting.Sample, ratio: float) -> plt.Figure:
         if not Ls:
             continue
         y = [float(_mean_over(per_network(net, L, m, "looseness"))) for L in Ls]
-        th = [float(np.mean(theory.bound_looseness(int(L), int(m), d, k, measured_layers(net, L), norm)))
-              for L in Ls]
+        th = [looseness_theory(sample, int(L), int(m), measured_layers(net, L)) for L in Ls]
         ax.plot(Ls, y, "o-", color=color, label=f"m = {m}")
         ax.plot(Ls, th, "x--", color=color, lw=1, ms=9, label=f"m = {m}: theory at He init")
     ax.set(yscale="log", xlabel="number of weight layers L",
@@ -370,7 +374,8 @@ def _answer_line(a: dict, ratio: float) -> str:
     return (f"- for L = {a['L']}, m = {a['m']}, r = {ratio:g}, E||v - v*|| / ||v|| = **{a['mean']:.3g}**{ci} "
             f"({a['networks']} networks, layers {layers_text(a['layers'], a['L'])}); by layer from "
             f"{a['min']:.3g} (i = {a['layer_min']}) to {a['max']:.3g} (i = {a['layer_max']}); theory "
-            f"{a['theory']:.3g}; the worst-case bound is {a['looseness']:.3g} times larger.")
+            f"{a['theory']:.3g}; the worst-case bound is {a['looseness']:.3g} times larger (He-init "
+            f"estimate {a['looseness_theory']:.3g}).")
 
 
 def _answer_lines(rows: list[dict], ratio: float) -> list[str]:
