@@ -3,7 +3,8 @@
 What index.md prints is checked against direct xarray reductions of the store
 and scipy's t-interval; what each plot draws is read back from its matplotlib
 lines and checked against the same reductions. Stores with every layer, with a
-subset of layers (``grid.layer: [2, 4]``) and with missing blocks are covered.
+subset of layers (``grid.layer: [2, 4]``), with missing blocks and with three
+inputs per network are covered.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ STORES = {
     "full": (SPEC, lambda key: False),
     "layers_2_4": (raw_spec(SPEC, grid={"layer": [2, 4]}), lambda key: False),
     "partial": (SPEC, lambda key: (key.L, key.m) == (4, 32) or key.seed_start == 3),
+    "three_inputs": (raw_spec(SPEC, network={"n_inputs": 3}), lambda key: False),
 }
 RATIO = 0.12  # the store's ratio closest to 0.1 on a log scale
 ANSWER = re.compile(
@@ -46,7 +48,7 @@ def made(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(request.param)
     raw, skip = STORES[request.param]
     path = build_store(base / "store.zarr", raw, skip)
-    res = CliRunner().invoke(main, ["report", path, "--out", str(base / "out"), "--bootstrap", "50",
+    res = CliRunner().invoke(main, ["report", path, "--out", str(base / "out"), "--bootstrap", "20",
                                      "--no-progress"])
     assert res.exit_code == 0, res.output
     return request.param, path, base / "out"
@@ -57,7 +59,7 @@ def direct(made) -> xr.Dataset:
     """The store read eagerly by xarray alone, with R and the looseness computed here."""
     ds = xr.open_zarr(made[1], consolidated=False).load()
     return ds.assign(R=ds["delta_norm"] / ds["output_norm"],
-                     looseness=ds["bound"] / ds["delta_norm"].mean("draw"))
+                     looseness=ds["bound"] / ds["delta_norm"].mean("draw"))  # per network and input
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +87,13 @@ def sig3(printed: str, want: float) -> bool:
     return printed in {f"{want * (1 - 1e-12):.3g}", f"{want * (1 + 1e-12):.3g}"}
 
 
+def mean_except(da: xr.DataArray, *keep: str) -> xr.DataArray:
+    return da.mean([d for d in da.dims if d not in keep])
+
+
 def per_network_R(ds, L, m, ratio=RATIO) -> np.ndarray:
-    """Mean of R over the measured layers and the draws, one value per finished network."""
-    v = ds["R"].sel(L=L, m=m, ratio=ratio, layer=layers_of(ds, L)).mean(["layer", "draw"]).values
+    """Mean of R over the measured layers, the inputs and the draws, one value per finished network."""
+    v = mean_except(ds["R"].sel(L=L, m=m, ratio=ratio, layer=layers_of(ds, L)), "seed").values
     return v[np.isfinite(v)]
 
 
@@ -110,7 +116,7 @@ def expected_rows(ds) -> dict:
             if not per_net.size:
                 continue
             sel = dict(L=L, m=m, ratio=RATIO, layer=layers)
-            by_layer = ds["R"].sel(sel).mean(["seed", "draw"]).values
+            by_layer = mean_except(ds["R"].sel(sel), "layer").values
             rows[(int(L), int(m))] = {
                 "mean": per_net.mean(), "ci95": scipy_interval(per_net), "networks": per_net.size,
                 "layers": layers, "min": by_layer.min(), "layer_min": layers[int(np.argmin(by_layer))],
@@ -276,7 +282,7 @@ def test_position_plot_medians_over_networks(sample, direct):
         for L in finished(direct, m):
             layers = np.array(layers_of(direct, L))
             ax = panel(fig, f"L = {L}, m = {m}, r = {RATIO:g}")
-            per_net = direct["R"].sel(L=L, m=m, ratio=RATIO, layer=layers).mean("draw")
+            per_net = mean_except(direct["R"].sel(L=L, m=m, ratio=RATIO, layer=layers), "layer", "seed")
             want = [np.median(v[np.isfinite(v)]) for v in per_net.transpose("layer", "seed").values]
             median = lines(ax, "median, 25-75%, 10-90%")
             np.testing.assert_allclose(median.get_xdata(), layers / L)
@@ -296,7 +302,7 @@ def test_theory_plot_medians_over_r(sample, direct):
             continue
         L, mm, i = map(int, title.groups())
         assert mm == m
-        per_net = direct["R"].sel(L=L, m=m, layer=i).mean("draw").transpose("ratio", "seed").values
+        per_net = mean_except(direct["R"].sel(L=L, m=m, layer=i), "ratio", "seed").transpose("ratio", "seed").values
         want = [np.median(v[np.isfinite(v)]) for v in per_net] / r
         np.testing.assert_allclose(lines(ax, "median, 25-75%, 10-90%").get_ydata(), want, rtol=1e-9)
         checked += 1
@@ -310,7 +316,7 @@ def test_log_variance_plot_points_are_cell_variances(sample, direct, result):
     for m in direct.m.values:
         want = []
         for L in finished(direct, m):
-            var = logR.sel(L=L, m=m, layer=layers_of(direct, L)).var(["seed", "draw"], ddof=1)
+            var = logR.sel(L=L, m=m, layer=layers_of(direct, L)).var(["seed", "input", "draw"], ddof=1)
             want += list(var.values.ravel())
         got = lines(ax, f"cells with m = {m}").get_ydata()
         np.testing.assert_allclose(np.sort(got), np.sort(want), rtol=1e-9)

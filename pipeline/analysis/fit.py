@@ -1,14 +1,15 @@
 """Scaling-law fits on a results store, with 95% bootstrap intervals over networks.
 
 The store is reduced once, chunk by chunk through xarray/dask, to per-network
-summaries: for every (L, m, ratio, layer, seed) the mean over draws of R, R^2,
-log R, (log R)^2 and ||v - v*||, and the looseness of the bound (bound / that mean). Those are small (no draw axis) and
+summaries: for every (L, m, ratio, layer, seed) the mean over the network's
+inputs and noise draws of R, R^2, log R, (log R)^2 and ||v - v*||, and the
+looseness of the bound (bound / that mean). Those are small (no draw axis) and
 every statistic below is computed from them:
 
-- cell = (L, m, ratio, layer), layer <= L; its statistics pool seeds and draws;
+- cell = (L, m, ratio, layer), layer <= L; its statistics pool seeds, inputs and draws;
 - ``mean`` = E R (the quantity the question asks about), ``gmean`` =
   exp(E log R) (the median of a log-normal R: what the arc-cosine attenuation
-  predicts at finite width), ``log_var`` = Var log R over seeds and draws.
+  predicts at finite width), ``log_var`` = Var log R over seeds, inputs and draws.
 
 The bootstrap resamples networks (seeds) with replacement, independently for
 each (L, m) and only among the seeds that are done, and refits every model on
@@ -62,22 +63,34 @@ class Sample:
 
     @property
     def draws(self) -> int:
-        return int(self.spec["noise"]["draws"])
+        """Values of R pooled in one network's summaries: its inputs times its noise draws."""
+        return int(self.net.attrs.get("pooled", self.spec["noise"]["draws"]))
 
 
 def network_summaries(ds: xr.Dataset) -> xr.Dataset:
-    """Lazy per-network means over draws; dask reduces the store chunk by chunk."""
+    """Lazy per-network means over what is nested in a network (its inputs and noise draws);
+    dask reduces the store chunk by chunk."""
     rel = ds["rel_change"]
     log = np.log(rel)
     delta = ds["delta_norm"].mean("draw")
+    looseness = ds["bound"] / delta  # per input: how far the worst-case bound sits above the mean change
     return xr.Dataset({
-        "mean": rel.mean("draw"),
-        "sq": (rel**2).mean("draw"),
-        "log": log.mean("draw"),
-        "log2": (log**2).mean("draw"),
-        "delta": delta,
-        "looseness": ds["bound"] / delta,  # how far the worst-case bound sits above the mean change
+        "mean": _over_network(rel),
+        "sq": _over_network(rel**2),
+        "log": _over_network(log),
+        "log2": _over_network(log**2),
+        "delta": _over_network(delta),
+        "looseness": _over_network(looseness),
     })
+
+
+def _nested(da: xr.DataArray) -> list[str]:
+    """The dimensions nested in one network: every one but the cell's and the seed."""
+    return [d for d in da.dims if d not in (*CELL, "seed")]
+
+
+def _over_network(da: xr.DataArray) -> xr.DataArray:
+    return da.mean(_nested(da))
 
 
 def coverage(done: np.ndarray, L, m, seeds, seeds_per_block: int) -> dict:
@@ -110,6 +123,7 @@ def load(path: str, progress: bool = True) -> Sample:
     mask = xr.DataArray(done, dims=("L", "m", "seed"), coords={d: ds[d] for d in ("L", "m", "seed")})
     lazy = network_summaries(ds).where(mask & (ds.layer <= ds.L))
     net = _compute(lazy, progress)
+    net.attrs["pooled"] = int(np.prod([ds.sizes[d] for d in _nested(ds["rel_change"])]))
     return Sample(path, net, done, cov, json.loads(attrs["spec"]))
 
 
@@ -138,7 +152,8 @@ def cell_stats(net: xr.Dataset, weights: np.ndarray, draws: int) -> dict[str, np
     """Cell statistics (b, L, m, ratio, layer) for seed weights (b, L, m, seed).
 
     ``weights`` are 0/1 for the sample itself and resampling counts for a
-    bootstrap; a cell without data (layer > L, or weight 0 on every seed
+    bootstrap; ``draws`` is the number of values of R behind each network's
+    summaries (its inputs times its draws). A cell without data (layer > L, or weight 0 on every seed
     that has data) is NaN.
     """
     b, nL, nm, ns = weights.shape
