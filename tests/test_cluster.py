@@ -2,8 +2,8 @@
 
 Each test starts its own processes (the ``procs`` fixture kills them). Faults
 are injected at observable states, never after a guessed delay: once some
-blocks are done, the workers are frozen (SIGSTOP), so the sweep is certainly
-unfinished when the fault lands, whatever the machine's speed.
+blocks are done in the store, the workers are frozen (SIGSTOP), so the sweep is
+certainly unfinished when the fault lands, whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -52,6 +52,20 @@ def thaw(*workers) -> None:
         os.kill(w.pid, signal.SIGCONT)
 
 
+def frozen_idle(address: str, workers) -> bool:
+    """Freeze the workers; keep them frozen (True) if the scheduler then holds no finished result,
+    i.e. the client has taken every result and waits for the next one; else thaw them (False)."""
+    from distributed import Client
+
+    freeze(*workers)
+    with Client(address, timeout=30) as c:
+        held = c.run_on_scheduler(lambda dask_scheduler: sum(ts.state == "memory"
+                                                             for ts in dask_scheduler.tasks.values()))
+    if held:
+        thaw(*workers)
+    return not held
+
+
 def assert_same_as_in_process(path: Path, spec_path: Path) -> None:
     """Every block done and every number equal to the spec computed in this process without Dask."""
     assert n_done_seeds(path) == SEEDS
@@ -82,7 +96,7 @@ def test_sigkill_scheduler_exits_1_then_rerun_on_new_scheduler(procs, fault_spec
     out = tmp_path / "run.zarr"
     client = procs.nnsweep_run(fault_spec, out, "client", "--scheduler", address)
     wait_until(lambda: n_done_seeds(out) >= 4, 120, "the first blocks")
-    freeze(*old_workers)
+    wait_until(lambda: frozen_idle(address, old_workers), 120, "a moment when the client holds no result")
     assert n_done_seeds(out) < SEEDS and client.poll() is None, procs.log("client")
     os.kill(sched.pid, signal.SIGKILL)
     rc = client.wait(timeout=120)
