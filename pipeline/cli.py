@@ -207,7 +207,8 @@ def _estimate_table(spec, result: dict) -> list[str]:
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--store", "store", type=str, default=None,
-              help="Results store (a directory). Default: results/<spec name>.zarr.")
+              help="Results store: a local path or an fsspec URL (s3://bucket/x.zarr, gcs://..., with "
+                   "--storage-option). Default: results/<spec name>.zarr.")
 @click.option("--scheduler", type=str, default=None,
               help="Address of a running Dask scheduler (tcp://HOST:PORT). Default: an embedded local cluster.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,

@@ -75,52 +75,80 @@ class ClusterConfig:
 
     @classmethod
     def from_dict(cls, raw: Any, source: str | None = None, base_dir: Path | None = None) -> ClusterConfig:
+        """Validate a parsed cluster file; relative TLS paths are resolved against ``base_dir``.
+
+        Raises:
+            UserError: naming the key, the value and what is allowed.
+        """
         where = f"{source}: " if source else ""
+        try:
+            backend = _backend(raw)
+            options = _options(backend, raw.get("cluster"))
+            adapt = _adapt(backend, raw.get("adapt"))
+            tls = _tls(raw.get("tls"), base_dir or Path.cwd())
+        except UserError as e:
+            raise UserError(where + str(e)) from None
+        return cls(backend, options, adapt, tls, source)
 
-        def fail(msg: str) -> UserError:
-            return UserError(where + msg)
 
-        if not isinstance(raw, dict):
-            raise fail(f"a cluster file is a mapping with the keys backend, cluster, adapt, tls; got {raw!r}.")
-        unknown = sorted(set(raw) - {"backend", "cluster", "adapt", "tls"})
-        if unknown:
-            raise fail(f"unknown key {unknown[0]!r}; allowed at the top level: adapt, backend, cluster, tls.")
-        backend = raw.get("backend")
-        if backend not in BACKENDS:
-            raise fail(f"backend: {backend!r} is not allowed; expected one of {', '.join(BACKENDS)}.")
-        options = raw.get("cluster") or {}
-        if not isinstance(options, dict):
-            raise fail(f"cluster: {options!r} is not allowed; expected a mapping of constructor arguments.")
-        allowed = allowed_keys(backend)
-        bad = sorted(set(options) - allowed)
-        if bad:
-            raise fail(f"cluster.{bad[0]}: not an argument of the {backend} cluster's constructor; "
-                       f"allowed: {', '.join(sorted(allowed))}.")
-        adapt = raw.get("adapt")
-        if backend == "scheduler" and not options.get("address"):
-            raise fail("cluster.address: missing; the scheduler backend needs the address of a running "
-                       "scheduler, e.g. tls://scheduler.example.org:8786.")
+def _backend(raw: Any) -> str:
+    """The top level: a mapping of known keys with a known backend."""
+    if not isinstance(raw, dict):
+        raise UserError(f"a cluster file is a mapping with the keys backend, cluster, adapt, tls; got {raw!r}.")
+    unknown = sorted(set(raw) - {"backend", "cluster", "adapt", "tls"})
+    if unknown:
+        raise UserError(f"unknown key {unknown[0]!r}; allowed at the top level: adapt, backend, cluster, tls.")
+    backend = raw.get("backend")
+    if backend not in BACKENDS:
+        raise UserError(f"backend: {backend!r} is not allowed; expected one of {', '.join(BACKENDS)}.")
+    return backend
+
+
+def _options(backend: str, options: Any) -> dict[str, Any]:
+    """``cluster:``: the backend constructor's keyword arguments (the scheduler backend's, checked)."""
+    options = options or {}
+    if not isinstance(options, dict):
+        raise UserError(f"cluster: {options!r} is not allowed; expected a mapping of constructor arguments.")
+    allowed = allowed_keys(backend)
+    bad = sorted(set(options) - allowed)
+    if bad:
+        raise UserError(f"cluster.{bad[0]}: not an argument of the {backend} cluster's constructor; "
+                        f"allowed: {', '.join(sorted(allowed))}.")
+    if backend == "scheduler":
+        if not options.get("address"):
+            raise UserError("cluster.address: missing; the scheduler backend needs the address of a running "
+                            "scheduler, e.g. tls://scheduler.example.org:8786.")
         timeout = options.get("timeout", 10)
-        if backend == "scheduler" and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                       or timeout <= 0):
-            raise fail(f"cluster.timeout: {timeout!r} is not allowed; expected seconds, a number > 0.")
-        if adapt is not None:
-            if backend in ("local", "scheduler") or not isinstance(adapt, dict) or set(adapt) - ADAPT_KEYS:
-                raise fail(f"adapt: {adapt!r} is not allowed; expected, for slurm, pbs or kubernetes, a "
-                           f"mapping with keys among {', '.join(sorted(ADAPT_KEYS))}.")
-        tls = raw.get("tls")
-        if tls is not None:
-            if not isinstance(tls, dict) or set(tls) - TLS_KEYS:
-                raise fail(f"tls: {tls!r} is not allowed; expected a mapping with keys among "
-                           f"{', '.join(sorted(TLS_KEYS))} (certificate file paths).")
-            tls = dict(tls)
-            for k in ("ca_file", "cert", "key"):
-                if k in tls:
-                    p = (base_dir or Path.cwd()) / tls[k]
-                    if not p.is_file():
-                        raise fail(f"tls.{k}: {tls[k]!r} is not a file ({p}); expected a PEM file path.")
-                    tls[k] = str(p.resolve())
-        return cls(backend, dict(options), adapt, tls, source)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise UserError(f"cluster.timeout: {timeout!r} is not allowed; expected seconds, a number > 0.")
+    return dict(options)
+
+
+def _adapt(backend: str, adapt: Any) -> dict[str, Any] | None:
+    """``adapt:``: arguments of ``cluster.adapt`` for the backends that start jobs or pods."""
+    if adapt is None:
+        return None
+    if backend in ("local", "scheduler") or not isinstance(adapt, dict) or set(adapt) - ADAPT_KEYS:
+        raise UserError(f"adapt: {adapt!r} is not allowed; expected, for slurm, pbs or kubernetes, a "
+                        f"mapping with keys among {', '.join(sorted(ADAPT_KEYS))}.")
+    return adapt
+
+
+def _tls(tls: Any, base_dir: Path) -> dict[str, Any] | None:
+    """``tls:``: certificate files, which must exist; returned as absolute paths."""
+    if tls is None:
+        return None
+    if not isinstance(tls, dict) or set(tls) - TLS_KEYS:
+        raise UserError(f"tls: {tls!r} is not allowed; expected a mapping with keys among "
+                        f"{', '.join(sorted(TLS_KEYS))} (certificate file paths).")
+    tls = dict(tls)
+    for key in ("ca_file", "cert", "key"):
+        if key in tls:
+            path = base_dir / tls[key]
+            if not path.is_file():
+                raise UserError(f"tls.{key}: {tls[key]!r} is not a file ({path}); expected a PEM file path.")
+            tls[key] = str(path.resolve())
+    return tls
 
 
 def load_cluster_config(path: str | Path) -> ClusterConfig:

@@ -64,3 +64,41 @@ def all_blocks(spec: Spec) -> list[BlockKey]:
 def pending_blocks(spec: Spec, done: np.ndarray) -> list[BlockKey]:
     """The blocks not yet marked done; ``done`` is the store's (L, m, seed) mark."""
     return [k for k in all_blocks(spec) if not done[k.L_index, k.m_index, k.seed_start]]
+
+
+def block_starts(n_seeds: int, seeds_per_block: int) -> np.ndarray:
+    """Position along ``seed`` of each block's first seed, which carries the block's done mark and wall time.
+
+    >>> block_starts(5, 2).tolist()
+    [0, 2, 4]
+    """
+    return np.arange(0, n_seeds, seeds_per_block)
+
+
+def blocks_done(done: np.ndarray, seeds_per_block: int) -> tuple[int, int]:
+    """Blocks marked done and blocks in all, from the store's (L, m, seed) done mark.
+
+    >>> blocks_done(np.array([[[True, True, False]]]), 2)
+    (1, 2)
+    """
+    starts = block_starts(done.shape[2], seeds_per_block)
+    return int(done[:, :, starts].sum()), done.shape[0] * done.shape[1] * starts.size
+
+
+def n_cells(spec: Spec, key: BlockKey | None = None) -> int:
+    """Cells of the whole grid, or of block ``key``: one cell is one measured ||v - v*||.
+
+    A cell is an (L, m, ratio, layer, seed, draw) with layer <= L; cells with
+    layer > L are NaN in the store and not counted.
+
+    >>> from pipeline.spec import Spec
+    >>> spec = Spec.from_dict({"grid": {"L": [1, 2], "m": [8], "ratio": [0.1], "seeds": 3},
+    ...                        "noise": {"draws": 4}})
+    >>> n_cells(spec), n_cells(spec, all_blocks(spec)[0])
+    (36, 24)
+    """
+    g, draws = spec.grid, spec.noise.draws
+    if key is not None:
+        return sum(1 for i in g.layer if i <= key.L) * len(g.ratio) * len(key.seeds) * draws
+    layers = sum(1 for L in g.L for i in g.layer if i <= L)
+    return layers * len(g.m) * len(g.ratio) * len(g.seeds) * draws

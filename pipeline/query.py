@@ -7,6 +7,7 @@ import json
 import numpy as np
 import xarray as xr
 
+from . import plan
 from .errors import UserError
 from .store import open_results
 
@@ -19,10 +20,8 @@ def status(path) -> dict:
     attrs = ds.attrs
     done = ds["done"].values.astype(bool)
     spb = int(attrs["seeds_per_block"])
-    n_seed = done.shape[2]
-    starts = list(range(0, n_seed, spb))
-    blocks_done = int(sum(done[:, :, s].sum() for s in starts))
-    total = done.shape[0] * done.shape[1] * len(starts)
+    blocks_done, total = plan.blocks_done(done, spb)
+    starts = plan.block_starts(done.shape[2], spb)
     spec = json.loads(attrs["spec"])
     return {
         "store": str(path),

@@ -1,12 +1,17 @@
-"""Shared fixtures. Keep this small: only what several test files need."""
+"""Shared fixtures: tiny specs, the session's embedded clusters, and processes a test starts.
+
+The plain helpers they use (spec merging, reference results, process control)
+are in pipeline_helpers.py, one of each.
+"""
 
 from __future__ import annotations
 
-import copy
+import contextlib
 
 import pytest
 
 from pipeline.spec import Spec
+from pipeline_helpers import Procs, merge
 
 TINY = {
     "random_seed": 7,
@@ -16,21 +21,11 @@ TINY = {
 }
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 @pytest.fixture
 def tiny_raw():
     """Factory of raw spec dicts: a tiny sweep with nested sections updated by ``changes``."""
     def make(**changes) -> dict:
-        return _merge(TINY, changes)
+        return merge(TINY, changes)
     return make
 
 
@@ -60,3 +55,29 @@ def digits_zoo(tmp_path_factory):
     assert min(accuracy.values()) > 0.85, accuracy  # they really are trained
     return {"root": root, "models": root / "models", "x": np.load(root / "data" / "x_test.npy"),
             "y": np.load(root / "data" / "y_test.npy")}
+
+
+@pytest.fixture(scope="session")
+def local_client():
+    """Factory of clients of embedded local clusters by worker count, e.g. ``local_client(2)``.
+
+    Each cluster (worker processes on 127.0.0.1) starts on first use and is shared by
+    the whole session; they stop at its end.
+    """
+    from pipeline.execute import local_cluster
+
+    clients = {}
+    with contextlib.ExitStack() as stack:
+        def get(workers: int):
+            if workers not in clients:
+                clients[workers] = stack.enter_context(local_cluster(workers))
+            return clients[workers]
+        yield get
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """Start real processes (schedulers, workers, ``nnsweep run``) in tmp_path; killed at teardown."""
+    ps = Procs(tmp_path)
+    yield ps
+    ps.kill_all()

@@ -1,13 +1,17 @@
-"""Helpers shared by the plan, store, execute and CLI pipeline tests.
+"""Helpers shared by the tests: specs, reference results, store inspection and real processes.
 
-Plain functions, no fixtures: each test module defines the fixtures it needs
-(clusters are module-scoped there) and calls these.
+Plain functions and one class; the fixtures built on them (tiny specs, the
+session's local clusters, ``procs``) are in conftest.py.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,15 +38,21 @@ SMALL = {
 }
 
 
-def raw_spec(base: dict = SMALL, **changes) -> dict:
-    """A deep copy of ``base`` with whole sections or nested keys replaced by ``changes``."""
+def merge(base: dict, changes: dict) -> dict:
+    """A deep copy of ``base`` with ``changes`` merged in: a mapping updates the mapping it
+    replaces key by key (at any depth), any other value replaces the old one."""
     out = copy.deepcopy(base)
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key].update(value)
+            out[key] = merge(out[key], value)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
+
+
+def raw_spec(base: dict = SMALL, **changes) -> dict:
+    """A raw spec dict: ``base`` with sections or nested keys changed, e.g. ``raw_spec(grid={"L": [4]})``."""
+    return merge(base, changes)
 
 
 def make_spec(base: dict = SMALL, **changes) -> Spec:
@@ -112,11 +122,11 @@ def build_store(path, raw: dict, skip=lambda key: False) -> str:
 
 
 def n_done_seeds(path) -> int:
-    """Seeds marked done, or -1 while the store (or its done array) does not exist yet."""
+    """Seeds marked done in a local store; 0 while the store (or its done array) does not exist yet."""
     try:
         return int(zarr.open_array(str(path), path="done", mode="r")[...].sum())
     except Exception:  # not created yet, or metadata half-written
-        return -1
+        return 0
 
 
 def chunk_path(path, var: str, key: plan.BlockKey, spec: Spec) -> Path:
@@ -152,7 +162,8 @@ def snapshot(path) -> dict[str, tuple]:
     return out
 
 
-def wait_until(cond, timeout: float, what: str, interval: float = 0.01):
+def wait_until(cond, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``cond`` until it returns something true (returned), failing after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
@@ -160,3 +171,66 @@ def wait_until(cond, timeout: float, what: str, interval: float = 0.01):
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         time.sleep(interval)
+
+
+# --- real processes ------------------------------------------------------------------------------
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+       "PYTHONUNBUFFERED": "1"}
+DASK = [sys.executable, "-m"]
+
+
+class Procs:
+    """Processes a test starts, each in its own session (process group) with its working directory
+    and its log ``NAME.log`` in ``tmp``; :meth:`kill_all` (the ``procs`` fixture's teardown) kills
+    the groups, so no process outlives its test."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.procs = Path(tmp), []
+
+    def start(self, args: list, name: str, env: dict | None = None) -> subprocess.Popen:
+        with open(self.tmp / f"{name}.log", "w") as log:
+            p = subprocess.Popen([str(a) for a in args], stdout=log, stderr=subprocess.STDOUT, env=env or ENV,
+                                 start_new_session=True, cwd=self.tmp)
+        self.procs.append(p)
+        return p
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    def nnsweep_run(self, spec: Path, store_path: Path, name: str, *options: str) -> subprocess.Popen:
+        """``nnsweep run SPEC --store STORE --no-progress OPTIONS`` (e.g. ``--scheduler``, ``--workers``)."""
+        return self.start([sys.executable, "-m", "pipeline", "run", spec, "--store", store_path, "--no-progress",
+                           *options], name)
+
+    def scheduler(self, name: str = "scheduler", *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+        """A ``dask scheduler`` on 127.0.0.1 and its address, once it has written its scheduler file."""
+        sfile = self.tmp / f"{name}.json"
+        p = self.start(DASK + ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sfile, *extra], name, env)
+
+        def address():
+            assert p.poll() is None, self.log(name)
+            text = sfile.read_text() if sfile.exists() else ""
+            return json.loads(text)["address"] if text.strip() else None
+
+        return p, wait_until(address, 60, f"the scheduler {name} to start")
+
+    def worker(self, address: str, name: str, *extra: str) -> subprocess.Popen:
+        return self.start(DASK + ["distributed.cli.dask_worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                                  "--no-dashboard", "--name", name, *extra], name)
+
+    def wait_workers(self, address: str, n: int) -> None:
+        from distributed import Client
+
+        with Client(address, timeout=30) as c:
+            c.wait_for_workers(n, timeout=60)
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            p.wait(timeout=10)

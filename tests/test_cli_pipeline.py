@@ -13,8 +13,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -29,16 +27,13 @@ from click.testing import CliRunner
 
 from pipeline import plan, store
 from pipeline.cli import main
-from pipeline.execute import local_cluster
 
 from pipeline_helpers import (
-    RESULT_VARS, SMALL, assert_bit_identical, chunk_path, fill_in_process, make_spec, n_done_seeds, raw_spec,
-    read_arrays, reference_arrays, snapshot, wait_until, write_spec,
+    RESULT_VARS, SMALL, assert_bit_identical, block_chunk_dir, chunk_path, fill_in_process, make_spec, n_done_seeds,
+    raw_spec, read_arrays, reference_arrays, snapshot, wait_until, write_spec,
 )
 
 pytestmark = pytest.mark.timeout(240)
-
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 # 12 blocks of two L=8, m=256 networks (about 0.2 s each): long enough to kill mid-run.
 KILL = raw_spec(name="killme", random_seed=3, network={"input_dim": 64, "output_dim": 10},
@@ -65,13 +60,6 @@ def assert_user_error(result, *needles: str) -> None:
 # SIGKILL of `nnsweep run`, then the same command again
 # ---------------------------------------------------------------------------------------------
 
-def nnsweep_run(spec: Path, path: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(spec), "--store", str(path),
-                             "--workers", "2", "--no-progress"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=ENV, cwd=log.parent,
-                            start_new_session=True)
-
-
 def alive(p: psutil.Process) -> bool:
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
@@ -91,26 +79,17 @@ def group_alive(pgid: int) -> list[psutil.Process]:
     return out
 
 
-@pytest.fixture
-def killed_groups():
-    groups: list[int] = []
-    yield groups
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def test_sigkill_mid_run_then_resume_gives_identical_results(tmp_path, killed_groups):
+def test_sigkill_mid_run_then_resume_gives_identical_results(tmp_path, procs):
     spec_path = write_spec(tmp_path, KILL, "kill.yaml")
     path = tmp_path / "kill.zarr"
-    first = nnsweep_run(spec_path, path, tmp_path / "first.log")
-    killed_groups.append(first.pid)
-    wait_until(lambda: n_done_seeds(path) >= 2 or first.poll() is not None, 180, "the first block", 0.05)
+    first = procs.nnsweep_run(spec_path, path, "first", "--workers", "2")
+    wait_until(lambda: n_done_seeds(path) >= 2 or first.poll() is not None, 180, "the first block")
+    # Stop the client, which holds the embedded scheduler, as soon as a block is done: from then on
+    # the workers can finish only the few blocks they already hold, so the run cannot complete.
+    os.kill(first.pid, signal.SIGSTOP)
     workers = psutil.Process(first.pid).children(recursive=True)
-    assert first.poll() is None and n_done_seeds(path) < 24, \
-        "the run finished before it could be killed:\n" + (tmp_path / "first.log").read_text()
+    assert first.poll() is None and n_done_seeds(path) < 24, "the run finished before it could be stopped:\n" \
+        + procs.log("first")
     assert len(workers) >= 2, "expected the embedded cluster's worker processes"
 
     t_kill = time.monotonic()
@@ -136,11 +115,9 @@ def test_sigkill_mid_run_then_resume_gives_identical_results(tmp_path, killed_gr
     kept = {p: (p.read_bytes(), p.stat().st_mtime_ns)
             for k in finished for v in store.VARIABLES for p in [chunk_path(path, v, k, spec)]}
 
-    log = tmp_path / "second.log"
-    second = nnsweep_run(spec_path, path, log)
-    killed_groups.append(second.pid)
-    assert second.wait(timeout=180) == 0, log.read_text()
-    text = log.read_text()
+    second = procs.nnsweep_run(spec_path, path, "second", "--workers", "2")
+    assert second.wait(timeout=180) == 0, procs.log("second")
+    text = procs.log("second")
     assert f"resuming {path}: {n_before} of 12 blocks already done, {12 - n_before} to compute" in text, text
     assert f"{12 - n_before} blocks computed, {n_before} already done, 0 failed, of 12" in text, text
     assert "Traceback" not in text
@@ -154,10 +131,9 @@ def test_sigkill_mid_run_then_resume_gives_identical_results(tmp_path, killed_gr
 # A block that fails, on a running scheduler (--scheduler)
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def scheduler():
-    with local_cluster(2) as client:
-        yield client.scheduler.address
+@pytest.fixture
+def scheduler(local_client):
+    return local_client(2).scheduler.address
 
 
 def test_failing_block_is_reported_run_exits_nonzero_and_rerun_retries_only_it(tmp_path, scheduler):
@@ -165,9 +141,7 @@ def test_failing_block_is_reported_run_exits_nonzero_and_rerun_retries_only_it(t
     path = tmp_path / "fail.zarr"
     spec, _ = store.create_or_resume(make_spec(), str(path))
     bad = plan.all_blocks(spec)[2]
-    blocker = chunk_path(path, "delta_norm", bad, spec).parent  # a file where a chunk directory goes
-    blocker.parent.mkdir(parents=True)
-    blocker.write_text("in the way")
+    blocker = block_chunk_dir(path, bad, spec)  # a file where a chunk directory goes
 
     first = invoke("run", spec_path, "--store", path, "--scheduler", scheduler, "--no-progress")
     assert first.exit_code == 1, first.output

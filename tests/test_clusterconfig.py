@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +32,14 @@ def test_shipped_cluster_files_validate(name):
     assert cfg.backend == name and cfg.options
 
 
-def test_cluster_show_slurm_has_the_configured_resources():
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run in tmp_path: dask-jobqueue creates a cluster file's relative log_directory where it runs."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_cluster_show_slurm_has_the_configured_resources(in_tmp):
     r = invoke("cluster", "show", REPO / "cluster" / "slurm.yaml")
     assert r.exit_code == 0, r.output
     cfg = yaml.safe_load((REPO / "cluster" / "slurm.yaml").read_text())["cluster"]
@@ -51,7 +56,7 @@ def test_cluster_show_slurm_has_the_configured_resources():
     assert "tcp://127.0.0.1:" in worker  # rendered against a loopback scheduler
 
 
-def test_cluster_show_pbs_has_the_configured_resources():
+def test_cluster_show_pbs_has_the_configured_resources(in_tmp):
     r = invoke("cluster", "show", REPO / "cluster" / "pbs.yaml")
     assert r.exit_code == 0, r.output
     cfg = yaml.safe_load((REPO / "cluster" / "pbs.yaml").read_text())["cluster"]
@@ -72,7 +77,8 @@ def test_cluster_show_pbs_has_the_configured_resources():
     ({"backend": "scheduler", "cluster": {"address": "tls://x:1"}, "tls": {"ca_file": "nope.pem"}},
      ["tls.ca_file", "nope.pem"]),
 ])
-def test_bad_cluster_file_exits_2_naming_the_key(tmp_path, raw, words):
+def test_bad_cluster_file_exits_2_naming_the_key(in_tmp, raw, words):
+    tmp_path = in_tmp
     cfile = tmp_path / "c.yaml"
     cfile.write_text(yaml.safe_dump(raw))
     spec = tmp_path / "s.yaml"
@@ -85,7 +91,7 @@ def test_bad_cluster_file_exits_2_naming_the_key(tmp_path, raw, words):
     assert not (tmp_path / "s.zarr").exists()
 
 
-def test_cluster_show_refuses_backends_without_job_script():
+def test_cluster_show_refuses_backends_without_job_script(in_tmp):
     r = invoke("cluster", "show", REPO / "cluster" / "local.yaml")
     assert r.exit_code == 2 and "slurm and pbs" in r.output
 
@@ -97,7 +103,7 @@ def test_run_with_local_cluster_file(tmp_path):
     cfile.write_text(yaml.safe_dump({"backend": "local", "cluster": {"n_workers": 1}}))
     r = subprocess.run([sys.executable, "-m", "pipeline", "run", str(spec), "--cluster", str(cfile),
                         "--store", str(tmp_path / "s.zarr"), "--no-progress"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "2 blocks computed, 0 already done, 0 failed" in r.stdout
     assert "dashboard: http://127.0.0.1:" in r.stderr
@@ -143,46 +149,29 @@ def _write_certs(d: Path) -> dict:
 
 
 @pytest.mark.timeout(180)
-def test_tls_scheduler_from_cluster_file(tmp_path):
+def test_tls_scheduler_from_cluster_file(tmp_path, procs):
     tls = _write_certs(tmp_path)
     tls_args = ["--tls-ca-file", "ca.pem", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]
-    sfile = tmp_path / "sched.json"
-    procs = []
-    try:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--protocol", "tls", "--host", "127.0.0.1",
-             "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sfile), *tls_args],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 30
-        while not (sfile.exists() and sfile.read_text().strip()):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        address = json.loads(sfile.read_text())["address"]
-        assert address.startswith("tls://127.0.0.1:")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--host",
-             "127.0.0.1", "--no-dashboard", *tls_args], cwd=tmp_path,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        cfile = tmp_path / "remote.yaml"
-        cfile.write_text(yaml.safe_dump({"backend": "scheduler", "cluster": {"address": address, "timeout": 20},
-                                         "tls": tls}))
-        spec = tmp_path / "s.yaml"
-        spec.write_text(yaml.safe_dump(TINY))
-        r = subprocess.run([sys.executable, "-m", "pipeline", "run", str(spec), "--cluster", str(cfile),
-                            "--store", str(tmp_path / "s.zarr"), "--no-progress"],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        assert "2 blocks computed" in r.stdout and "without TLS" not in r.stderr
-        # the same scheduler refuses a client without certificates
-        r2 = subprocess.run([sys.executable, "-m", "pipeline", "run", str(spec), "--scheduler",
-                             address.replace("tls://", "tcp://"), "--store", str(tmp_path / "t.zarr"),
-                             "--no-progress"], capture_output=True, text=True, timeout=120)
-        assert r2.returncode == 2 and address.replace("tls://", "tcp://") in r2.stderr, r2.stderr
-        assert not (tmp_path / "t.zarr").exists()
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait(timeout=10)
+    _, address = procs.scheduler("scheduler", "--protocol", "tls", *tls_args)
+    assert address.startswith("tls://127.0.0.1:")
+    procs.worker(address, "w1", *tls_args)
+    cfile = tmp_path / "remote.yaml"
+    cfile.write_text(yaml.safe_dump({"backend": "scheduler", "cluster": {"address": address, "timeout": 20},
+                                     "tls": tls}))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    r = subprocess.run([sys.executable, "-m", "pipeline", "run", str(spec), "--cluster", str(cfile),
+                        "--store", str(tmp_path / "s.zarr"), "--no-progress"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "2 blocks computed" in r.stdout and "without TLS" not in r.stderr
+    # the same scheduler refuses a client without certificates
+    plain = address.replace("tls://", "tcp://")
+    r2 = subprocess.run([sys.executable, "-m", "pipeline", "run", str(spec), "--scheduler", plain,
+                         "--store", str(tmp_path / "t.zarr"), "--no-progress"],
+                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r2.returncode == 2 and plain in r2.stderr, r2.stderr
+    assert not (tmp_path / "t.zarr").exists()
 
 
 @pytest.mark.parametrize("timeout", ["2s", 0, -1, True])

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from scipy import stats
 
 from pipeline.analysis.theory import attenuation
 from pipeline.cli import main
 from pipeline.estimation import estimate
 from pipeline.measure import measure_block
 from pipeline.spec import Spec
-from scipy import stats
 
 SMALL = ["--L", "3", "--m", "16", "--d", "8", "--k", "4", "--seeds", "3", "--draws", "4"]
 KEYS = {"mean_abs_change", "mean_rel_change", "ci95", "median_rel_change", "bound"}
@@ -85,6 +85,7 @@ def test_json_numbers_are_the_kernel_numbers():
         per_net = rel[c].mean(axis=1)
         want = stats.t.interval(0.95, 2, loc=per_net.mean(), scale=stats.sem(per_net))
         assert s["ci95"] == pytest.approx(list(want), rel=1e-12) and s["ci95_over"] == "networks"
+    assert out["ci95"] == pytest.approx(scipy_interval(rel.mean(axis=(0, 2))), rel=1e-12)
     assert estimate(spec) == out
 
 
@@ -100,6 +101,13 @@ def test_linear_answer_in_the_json():
     assert out["linear_rms_rel"] == pytest.approx(want, rel=1e-12)
     assert out["rms_rel_change"] == pytest.approx(out["linear_rms_rel"], rel=0.1)
     assert out["worst_rel"] > out["rms_rel_change"]
+
+
+def scipy_interval(per_network: np.ndarray) -> list[float]:
+    """The 95% t-interval of the mean over networks, with the standard error std / sqrt(n)."""
+    n = per_network.size
+    sem = np.std(per_network, ddof=1) / np.sqrt(n)
+    return list(stats.t.interval(0.95, n - 1, loc=per_network.mean(), scale=sem))
 
 
 def test_options_change_the_numbers():

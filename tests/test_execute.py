@@ -14,7 +14,7 @@ import zarr
 
 from pipeline import plan, store
 from pipeline.errors import StoreError
-from pipeline.execute import local_cluster, run_sweep
+from pipeline.execute import run_sweep
 from pipeline.measure import measure_block
 
 from pipeline_helpers import (
@@ -26,27 +26,19 @@ from pipeline_helpers import (
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="module")
-def cluster1():
-    with local_cluster(1) as client:
-        yield client
+@pytest.fixture
+def cluster1(local_client):
+    return local_client(1)
 
 
-@pytest.fixture(scope="module")
-def cluster2():
-    with local_cluster(2) as client:
-        yield client
+@pytest.fixture
+def cluster2(local_client):
+    return local_client(2)
 
 
 @pytest.fixture(scope="module")
 def reference():
     return reference_arrays(make_spec())
-
-
-def cells(spec) -> int:
-    g = spec.grid
-    present = sum(1 for L in g.L for i in g.layer if i <= L)
-    return present * len(g.m) * len(g.ratio) * len(g.seeds) * spec.noise.draws
 
 
 def assert_scheduler_holds_no_tasks(client):
@@ -64,7 +56,7 @@ def test_results_do_not_depend_on_block_size_or_workers(request, tmp_path, refer
     n_blocks = 2 * 2 * math.ceil(8 / spb)
     assert summary.ok, summary.failed
     assert (summary.total, summary.done, summary.skipped) == (n_blocks, n_blocks, 0)
-    assert summary.cells == cells(spec)
+    assert summary.cells == plan.n_cells(spec)
     assert f"{n_blocks} blocks computed, 0 already done, 0 failed, of {n_blocks}" in str(summary)
     assert_bit_identical(read_arrays(path), reference, f"{workers} workers, {spb} seeds per block")
     assert zarr.open_array(str(path), path="delta_norm", mode="r").chunks == (1, 1, 3, 3, spb, 1, 4)
@@ -159,7 +151,7 @@ def test_run_sweep_matches_measure_block_for_a_zoo_of_weight_files(tmp_path, clu
     assert got["delta_norm"].shape[-2:] == (5, spec.noise.draws) and np.isfinite(got["accuracy"]).all()
 
 
-def test_same_spec_into_two_stores_on_one_scheduler_writes_both(tmp_path):
+def test_same_spec_into_two_stores_on_one_scheduler_writes_both(tmp_path, cluster2):
     """Task keys include the store: two concurrent runs of one spec are not merged."""
     import threading
 
@@ -171,14 +163,13 @@ def test_same_spec_into_two_stores_on_one_scheduler_writes_both(tmp_path):
                            "noise": {"draws": 2}, "execution": {"seeds_per_block": 2}})
     paths = [str(tmp_path / "A.zarr"), str(tmp_path / "B.zarr")]
     summaries = {}
-    with local_cluster(2) as client:
-        threads = [threading.Thread(target=lambda p=p: summaries.__setitem__(p, run_sweep(spec, p, client,
-                                                                                          progress=False)))
-                   for p in paths]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+    threads = [threading.Thread(target=lambda p=p: summaries.__setitem__(p, run_sweep(spec, p, cluster2,
+                                                                                      progress=False)))
+               for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
     for p in paths:
         assert summaries[p].ok and summaries[p].done == 6
         assert done_mask(p).all(), p

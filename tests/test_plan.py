@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.plan import BlockKey, all_blocks, pending_blocks
+from pipeline.plan import BlockKey, all_blocks, blocks_done, n_cells, pending_blocks
 from pipeline.spec import Spec
 
 axis_ints = lambda lo, hi, n: st.lists(st.integers(lo, hi), min_size=1, max_size=n, unique=True)  # noqa: E731
@@ -20,10 +20,11 @@ axis_ints = lambda lo, hi, n: st.lists(st.integers(lo, hi), min_size=1, max_size
 def specs(draw) -> Spec:
     """Arbitrary grids: unsorted axes, seeds given as a count or as a sparse list, any block size."""
     seeds = draw(st.one_of(st.integers(1, 23), axis_ints(0, 10_000, 23)))
+    L = draw(axis_ints(1, 9, 4))
     raw = {
-        "grid": {"L": draw(axis_ints(1, 9, 4)), "m": draw(axis_ints(1, 600, 4)),
+        "grid": {"L": L, "m": draw(axis_ints(1, 600, 4)),
                  "ratio": draw(st.lists(st.floats(1e-3, 2.0), min_size=1, max_size=3, unique=True)),
-                 "seeds": seeds},
+                 "layer": draw(st.one_of(st.just("all"), axis_ints(1, max(L), 4))), "seeds": seeds},
         "noise": {"draws": draw(st.integers(1, 5))},
         "execution": {"seeds_per_block": draw(st.integers(1, 30))},
     }
@@ -76,6 +77,17 @@ def test_pending_blocks_removes_exactly_the_done_ones(spec, data):
     assert set(pending) == set(blocks) - done_keys
     assert len(pending) == len(set(pending))
     assert pending == [k for k in blocks if k not in done_keys], "pending must keep the plan's order"
+    assert blocks_done(done, spec.execution.seeds_per_block) == (len(done_keys), len(blocks))
+
+
+@settings(max_examples=60, deadline=None)
+@given(specs())
+def test_cells_are_the_measurements_that_exist_and_blocks_add_up(spec):
+    g = spec.grid
+    brute = sum(1 for L, m, r, i, s, d in itertools.product(g.L, g.m, g.ratio, g.layer, g.seeds,
+                                                            range(spec.noise.draws)) if i <= L)
+    assert n_cells(spec) == brute
+    assert sum(n_cells(spec, key) for key in all_blocks(spec)) == brute
 
 
 def test_all_blocks_runs_largest_first_and_is_deterministic():

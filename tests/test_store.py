@@ -137,6 +137,7 @@ def test_full_store_matches_the_kernel_and_layers_beyond_L_are_nan(full_store):
                 else:
                     assert np.isfinite(cells).all(), (name, L, layer)
     assert np.isfinite(got["output_norm"]).all() and (got["output_norm"] > 0).all()
+    assert np.isfinite(got["delta_norm"]).sum() == plan.n_cells(spec)  # one value per cell that exists
     assert (got["delta_norm"][np.isfinite(got["delta_norm"])] > 0).all()
     wall = zarr.open_array(str(path), path="wall_time", mode="r")[...]
     assert np.all(wall == 0.25)

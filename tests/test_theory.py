@@ -97,13 +97,13 @@ def test_log_variance_and_mean_over_median():
     assert sample.mean() / np.median(sample) == pytest.approx(theory.mean_over_median(5, 32, 8), rel=0.01)
 
 
-def test_worst_case_bound_formula():
-    assert theory.worst_case_bound(0.1, 2.0, 3, 5.0) == pytest.approx(0.1 * 8 * 5)
-    got = theory.worst_case_bound(np.array([0.1, 0.2]), 1.5, np.array([[1], [4]]), 2.0)
+def test_bound_at_norm_formula():
+    assert theory.bound_at_norm(0.1, 2.0, 3, 5.0) == pytest.approx(0.1 * 8 * 5)
+    got = theory.bound_at_norm(np.array([0.1, 0.2]), 1.5, np.array([[1], [4]]), 2.0)
     np.testing.assert_allclose(got, np.array([[0.1, 0.2]]) * 1.5 ** np.array([[1], [4]]) * 2.0)
 
 
-def test_worst_case_bound_bounds_the_kernel():
+def test_bound_at_norm_is_the_stored_bound_at_spectral_norm_M():
     """Every weight matrix at spectral norm M, spectral noise scaling, no biases: the
     kernel's per-network bound is exactly r M^L ||x*|| and no draw exceeds it."""
     M, r, L = 1.7, 0.2, 3
@@ -114,6 +114,6 @@ def test_worst_case_bound_bounds_the_kernel():
 
     x_norm = np.linalg.norm(make_inputs(spec)[0])
     block = measure_block(spec, L, 8, (0, 1))
-    want = theory.worst_case_bound(r, M, L, x_norm)
+    want = theory.bound_at_norm(r, M, L, x_norm)
     np.testing.assert_allclose(block.bound, want, rtol=1e-9)
     assert np.all(block.delta_norm <= want * (1 + 1e-12))

@@ -1,14 +1,15 @@
 """Scaling-law fits on a results store, with 95% bootstrap intervals over networks.
 
 The store is reduced once, chunk by chunk through xarray/dask, to per-network
-summaries: for every (L, m, ratio, layer, seed) the mean over draws of R, R^2,
-log R, (log R)^2, ||v - v*|| and the bound. Those are small (no draw axis) and
+summaries: for every (L, m, ratio, layer, seed) the mean over the network's
+inputs and noise draws of R, R^2, log R, (log R)^2 and ||v - v*||, and the
+looseness of the bound (bound / that mean). Those are small (no draw axis) and
 every statistic below is computed from them:
 
-- cell = (L, m, ratio, layer), layer <= L; its statistics pool seeds and draws;
+- cell = (L, m, ratio, layer), layer <= L; its statistics pool seeds, inputs and draws;
 - ``mean`` = E R (the quantity the question asks about), ``gmean`` =
   exp(E log R) (the median of a log-normal R: what the arc-cosine attenuation
-  predicts at finite width), ``log_var`` = Var log R over seeds and draws.
+  predicts at finite width), ``log_var`` = Var log R over seeds, inputs and draws.
 
 The bootstrap resamples networks (seeds) with replacement, independently for
 each (L, m) and only among the seeds that are done, and refits every model on
@@ -30,6 +31,7 @@ import xarray as xr
 from scipy import optimize
 from tqdm.auto import tqdm
 
+from .. import plan
 from ..errors import UserError
 from ..store import as_location, open_results
 from . import theory
@@ -61,33 +63,43 @@ class Sample:
 
     @property
     def draws(self) -> int:
-        return int(self.spec["noise"]["draws"])
+        """Values of R pooled in one network's summaries: its inputs times its noise draws."""
+        return int(self.net.attrs.get("pooled", self.spec["noise"]["draws"]))
 
 
 def network_summaries(ds: xr.Dataset) -> xr.Dataset:
-    """Lazy per-network means over draws; dask reduces the store chunk by chunk."""
+    """Lazy per-network means over what is nested in a network (its inputs and noise draws);
+    dask reduces the store chunk by chunk."""
     rel = ds["rel_change"]
     log = np.log(rel)
     delta = ds["delta_norm"].mean("draw")
+    looseness = ds["bound"] / delta  # per input: how far the worst-case bound sits above the mean change
     return xr.Dataset({
-        "mean": rel.mean("draw"),
-        "sq": (rel**2).mean("draw"),
-        "log": log.mean("draw"),
-        "log2": (log**2).mean("draw"),
-        "delta": delta,
-        "tightness": ds["bound"] / delta,
+        "mean": _over_network(rel),
+        "sq": _over_network(rel**2),
+        "log": _over_network(log),
+        "log2": _over_network(log**2),
+        "delta": _over_network(delta),
+        "looseness": _over_network(looseness),
     })
+
+
+def _nested(da: xr.DataArray) -> list[str]:
+    """The dimensions nested in one network: every one but the cell's and the seed."""
+    return [d for d in da.dims if d not in (*CELL, "seed")]
+
+
+def _over_network(da: xr.DataArray) -> xr.DataArray:
+    return da.mean(_nested(da))
 
 
 def coverage(done: np.ndarray, L, m, seeds, seeds_per_block: int) -> dict:
     """Blocks done of total, and which (L, m, seeds) are missing."""
-    starts = list(range(0, len(seeds), seeds_per_block))
-    blocks_done = int(done[:, :, starts].sum())
+    blocks_done, total = plan.blocks_done(done, seeds_per_block)
     missing = []
     for li, m_index in zip(*np.nonzero(~done.all(axis=2))):
         lost = [int(s) for s, d in zip(seeds, done[li, m_index]) if not d]
         missing.append({"L": int(L[li]), "m": int(m[m_index]), "seeds": lost})
-    total = done.shape[0] * done.shape[1] * len(starts)
     return {"blocks_done": blocks_done, "blocks_total": total,
             "missing": {"blocks": total - blocks_done, "networks": int((~done).sum()), "by_L_m": missing}}
 
@@ -111,6 +123,7 @@ def load(path: str, progress: bool = True) -> Sample:
     mask = xr.DataArray(done, dims=("L", "m", "seed"), coords={d: ds[d] for d in ("L", "m", "seed")})
     lazy = network_summaries(ds).where(mask & (ds.layer <= ds.L))
     net = _compute(lazy, progress)
+    net.attrs["pooled"] = int(np.prod([ds.sizes[d] for d in _nested(ds["rel_change"])]))
     return Sample(path, net, done, cov, json.loads(attrs["spec"]))
 
 
@@ -139,7 +152,8 @@ def cell_stats(net: xr.Dataset, weights: np.ndarray, draws: int) -> dict[str, np
     """Cell statistics (b, L, m, ratio, layer) for seed weights (b, L, m, seed).
 
     ``weights`` are 0/1 for the sample itself and resampling counts for a
-    bootstrap; a cell without data (layer > L, or weight 0 on every seed
+    bootstrap; ``draws`` is the number of values of R behind each network's
+    summaries (its inputs times its draws). A cell without data (layer > L, or weight 0 on every seed
     that has data) is NaN.
     """
     b, nL, nm, ns = weights.shape
@@ -488,18 +502,30 @@ def _cell_table(cells: Cells, stats: dict, mdls: dict, points: dict) -> list[dic
 
 # --- text output ----------------------------------------------------------------------
 
-def _p(p: dict | None) -> str:
-    if not p or p["value"] is None:
+def format_param(p: dict | None, digits: int = 4) -> str:
+    """A fitted parameter as "value [lo, hi]" (the interval left out when there is none), or "-"."""
+    if not p or p.get("value") is None:
         return "-"
     lo, hi = p["ci95"]
-    ci = f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else ""
-    return f"{p['value']:.4g}{ci}"
+    ci = f" [{lo:.{digits}g}, {hi:.{digits}g}]" if lo is not None and hi is not None else ""
+    return f"{p['value']:.{digits}g}{ci}"
+
+
+def law_rows(result: dict) -> list[tuple[str, dict]]:
+    """The fitted power laws that are present, in display order, as (which cells, summary)."""
+    rows = [("all cells", result.get("power_law")), (f"ratio <= {SMALL_R:g}", result.get("power_law_small_r"))]
+    rows += [(f"{pos} layer", result.get("by_position", {}).get(pos)) for pos in POSITIONS]
+    return [(name, s) for name, s in rows if s]
+
+
+def _r2(s: dict) -> str:
+    return f"{s['r2']:.4f}" if s.get("r2") is not None else "-"
 
 
 def _law(s: dict) -> str:
-    r2 = f"{s['r2']:.4f}" if s["r2"] is not None else "-"
-    return (f"C = {_p(s['C'])}  a = {_p(s['ratio'])}  b = {_p(s['L'])}  c = {_p(s['m'])}  "
-            f"R^2 = {r2}, {s['n_cells']} cells")
+    p = format_param
+    return (f"C = {p(s['C'])}  a = {p(s['ratio'])}  b = {p(s['L'])}  c = {p(s['m'])}  R^2 = {_r2(s)}, "
+            f"{s['n_cells']} cells")
 
 
 def missing_text(result: dict) -> str:
@@ -531,26 +557,20 @@ def to_text(result: dict) -> str:
              f"{nets} networks per (L, m), k = {result['k']}; 95% intervals from {result['n_bootstrap']} "
              "bootstrap resamples of the networks",
              "E R = C r^a L^b m^c, least squares on the log of cell means (cell = L, m, ratio, layer):"]
-    rows = [("all cells", result.get("power_law")), (f"ratio <= {SMALL_R:g}", result.get("power_law_small_r"))]
-    rows += [(f"{pos} layer{'s' if pos == 'middle' else ''}", result.get("by_position", {}).get(pos))
-             for pos in POSITIONS]
-    for name, s in rows:
-        if s:
-            th = s.get("theory", {}).get("arccos", {})
-            extra = f"   (arc-cosine theory on these cells: a = {th['ratio']:.4g})" if th.get("ratio") else ""
-            lines.append(f"  {name:<15} {_law(s)}{extra}")
-    a = result.get("attenuation")
+    for name, s in law_rows(result):
+        th = s.get("theory", {}).get("arccos", {})
+        extra = f"   (arc-cosine theory on these cells: a = {th['ratio']:.4g})" if th.get("ratio") else ""
+        lines.append(f"  {name:<15} {_law(s)}{extra}")
+    a, v, p = result.get("attenuation"), result.get("log_variance"), format_param
     if a:
         lines.append("Depth attenuation, exp(E log R) = C r^a / (1 + beta (L - i) r): "
-                     f"C = {_p(a['C'])}  a = {_p(a['ratio'])}  beta = {_p(a['beta'])}  "
-                     f"(theory 1, 1, {theory.ATTENUATION_BETA:.4g}); R^2 = {a['r2']:.4f}")
+                     f"C = {p(a['C'])}  a = {p(a['ratio'])}  beta = {p(a['beta'])}  "
+                     f"(theory 1, 1, {theory.ATTENUATION_BETA:.4g}); R^2 = {_r2(a)}")
         sg, sm = a.get("scale_gmean"), a.get("scale_mean")
         if sg and sm:
-            lines.append(f"  against the arc-cosine curve A(r, L - i): exp(E log R) = {_p(sg['scale'])} x A, "
-                         f"E R = {_p(sm['scale'])} x A exp(s^2 / 2)   (theory: 1 and 1)")
-    v = result.get("log_variance")
+            lines.append(f"  against the arc-cosine curve A(r, L - i): exp(E log R) = {p(sg['scale'])} x A, "
+                         f"E R = {p(sm['scale'])} x A exp(s^2 / 2)   (theory: 1 and 1)")
     if v:
-        lines.append(f"Var log R = slope (L - i) / m + intercept: slope = {_p(v['slope'])} (theory 2), "
-                     f"intercept = {_p(v['intercept'])} (theory 1/k = {1 / result['k']:.4g}); "
-                     f"R^2 = {v['r2']:.4f}" if v["r2"] is not None else "")
+        lines.append(f"Var log R = slope (L - i) / m + intercept: slope = {p(v['slope'])} (theory 2), "
+                     f"intercept = {p(v['intercept'])} (theory 1/k = {1 / result['k']:.4g}); R^2 = {_r2(v)}")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """What theory predicts for the relative output change R = ||v - v*|| / ||v||.
 
-See DESIGN.md, "What theory says". Every function is vectorised over numpy
-arrays and has no dependency on the store.
+docs/design.md ("Theory") derives each formula. Every function is vectorised
+over numpy arrays and has no dependency on the store.
 
 >>> round(float(first_order(0.1)), 3)
 0.1
@@ -14,8 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def worst_case_bound(ratio, weight_norm, L, x_norm):
-    """r * M^L * ||x*||: the Lipschitz bound when every ||W_j||_2 <= M (no biases)."""
+def bound_at_norm(ratio, weight_norm, L, x_norm):
+    """r * M^L * ||x*||: the worst-case bound when every ||W_j||_2 <= M (no biases, spectral scaling).
+
+    A closed form for networks of bounded norm. The per-network bound stored in a
+    results store is :func:`pipeline.measure.worst_case_bound`, computed from the
+    actual spectral norms; it equals this value when every ||W_j||_2 = M.
+    """
     return np.asarray(ratio) * np.asarray(weight_norm, dtype=float) ** np.asarray(L) * np.asarray(x_norm)
 
 
@@ -88,7 +93,7 @@ def bound_looseness(L, m, d, k, layer, norm="frobenius"):
     bound / (r ||v||) with ||v|| ~= sqrt(2 k / d) ||x*||, the spectral norms of
     :func:`he_spectral_norm`, and ||eta||_2 = r ||W_i||_2 (spectral scaling) or
     at most r ||W_i||_F = r sqrt(2 n_out) (Frobenius scaling). For d = m = k and
-    spectral scaling it is 2^((3L - 1) / 2), the figure in DESIGN.md.
+    spectral scaling it is 2^((3L - 1) / 2) (docs/design.md, "Theory").
 
     >>> round(float(bound_looseness(3, 64, 64, 64, 2, "spectral")), 6) == round(2 ** 4, 6)
     True
