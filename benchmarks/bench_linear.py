@@ -7,7 +7,8 @@ best of --repeat, all parts timed side by side in one run):
 - kernel: pipeline.measure.measure_network without the bound and without the
   linear answer (every layer perturbed, the sweep's ratios and draws);
 - linear: the same call with the linear answer (one backward pass, every J_i,
-  the worst direction's extra column per layer and ratio) minus the kernel;
+  the worst direction's extra column per layer and ratio) minus the kernel,
+  and the backward pass (J_i, norms, worst direction) timed alone;
 - bound: the L spectral norms the worst-case bound needs, by the 20 Lanczos
   steps the pipeline uses, and, for comparison, by converged ARPACK.
 
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from pipeline.measure import measure_network  # noqa: E402
+from pipeline.measure import jacobians, linear_answer, measure_network  # noqa: E402
 from pipeline.network import Network, build_network, spectral_norm, spectral_norm_estimate  # noqa: E402
 from pipeline.spec import Spec  # noqa: E402
 
@@ -46,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--d", type=int, default=784)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--draws", type=int, default=32)
-    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -71,7 +72,15 @@ def measure_shape(L: int, m: int, a) -> dict:
         measure_network(Network(net.weights), x, np.array(RATIOS), layers, a.draws, "gaussian", "frobenius",
                         lambda i: np.random.default_rng(i), with_bound=False, with_linear=linear)
 
+    X = x[:, None]
+    fwd = net.forward(X)
+
+    def backward():
+        for i, J in jacobians(net, fwd, layers).items():
+            linear_answer(J, net.weights[i - 1], fwd.post[i - 1], "frobenius")
+
     out = {
+        "backward": best(backward, a.repeat),
         "weights": best(lambda: build_network(spec, L, m, 0), a.repeat),
         "kernel": best(lambda: run(False), a.repeat),
         "kernel_with_linear": best(lambda: run(True), a.repeat),
@@ -99,10 +108,10 @@ def main(argv=None) -> dict:
         return result
     print(f"per network, {len(RATIOS)} ratios x {a.draws} draws, every layer, d={a.d} k={a.k}; best of "
           f"{a.repeat}; one BLAS thread; {platform.platform()}")
-    print(f"{'L':>3} {'m':>5} {'weights':>8} {'kernel':>8} {'linear':>8} {'bound':>8} {'ARPACK':>8} "
+    print(f"{'L':>3} {'m':>5} {'weights':>8} {'kernel':>8} {'linear':>8} {'backward':>8} {'bound':>8} {'ARPACK':>8} "
           f"{'linear/rest':>11} {'bound/block':>11}")
     for r in rows:
-        print(f"{r['L']:3d} {r['m']:5d} {r['weights']:8.3f} {r['kernel']:8.3f} {r['linear']:8.3f} "
+        print(f"{r['L']:3d} {r['m']:5d} {r['weights']:8.3f} {r['kernel']:8.3f} {r['linear']:8.3f} {r['backward']:8.3f} "
               f"{r['bound_lanczos']:8.3f} {r['bound_arpack']:8.3f} {r['linear_share_of_block_without_it']:11.1%} "
               f"{r['bound_share_of_block']:11.1%}")
     print("seconds; linear = backward pass + worst direction; bound = its L spectral norms (20 Lanczos steps; "
