@@ -32,7 +32,8 @@ _progress = click.option("--progress/--no-progress", default=True, show_default=
 @_progress
 @storage_option
 def fit_command(store, as_json, out, n_boot, seed, progress, storage_options):
-    """Fit scaling laws of the relative output change to STORE, with 95% intervals over networks.
+    """Fit scaling laws of the relative output change to STORE, with 95% intervals over networks
+    (over noise draws for a store of one network).
 
     Example: nnsweep fit results/quickstart.zarr --json
     """

@@ -1,4 +1,4 @@
-"""Scaling-law fits on a results store, with 95% bootstrap intervals over networks.
+"""Scaling-law fits on a results store, with 95% bootstrap intervals over networks (or draws).
 
 The store is reduced once, chunk by chunk through xarray/dask, to per-network
 summaries: for every (L, m, ratio, layer, seed) the mean over the network's
@@ -13,7 +13,9 @@ every statistic below is computed from them:
 
 The bootstrap resamples networks (seeds) with replacement, independently for
 each (L, m) and only among the seeds that are done, and refits every model on
-each resample. Intervals are percentile intervals. See docs/analysis.md.
+each resample. A store of one network per (L, m) (a single network file, or
+one seed) resamples its noise draws instead: they are what varies
+independently there. Intervals are percentile intervals. See docs/analysis.md.
 
 >>> X = np.column_stack([np.ones(3), np.log([0.01, 0.1, 1.0])])
 >>> np.round(lstsq(X, np.log([0.02, 0.2, 2.0])[:, None])[:, 0], 6)
@@ -55,6 +57,7 @@ class Sample:
     present: np.ndarray
     coverage: dict
     spec: dict
+    units: str = "networks"  # what the ``seed`` axis of ``net`` holds: networks, or the draws of one network
 
     @property
     def k(self) -> int:
@@ -68,11 +71,11 @@ class Sample:
 
 
 def network_summaries(ds: xr.Dataset) -> xr.Dataset:
-    """Lazy per-network means over what is nested in a network (its inputs and noise draws);
-    dask reduces the store chunk by chunk."""
+    """Lazy per-unit means over what is nested in a unit (a network's inputs and noise draws, or a
+    draw's inputs); dask reduces the store chunk by chunk. The unit's axis is ``seed``."""
     rel = ds["rel_change"]
     log = np.log(rel)
-    delta = ds["delta_norm"].mean("draw")
+    delta = ds["delta_norm"].mean("draw") if "draw" in ds["delta_norm"].dims else ds["delta_norm"]
     looseness = ds["bound"] / delta  # per input: how far the worst-case bound sits above the mean change
     return xr.Dataset({
         "mean": _over_network(rel),
@@ -120,11 +123,27 @@ def load(path: str, progress: bool = True) -> Sample:
         raise UserError(f"store {path!r} has no finished block (0 of {cov['blocks_total']} done), so "
                         "there is nothing to fit; run the sweep first (`nnsweep run SPEC --store "
                         f"{path}`; rerunning resumes it), then fit again.")
+    spec = json.loads(attrs["spec"])
+    units = "draws" if one_network(spec) else "networks"
+    if units == "draws":  # the draws of the one network are the independent units
+        ds = ds.isel(seed=0, drop=True).rename(draw="seed")
+        done = np.repeat(done[:, :, :1], ds.sizes["seed"], axis=2)
     mask = xr.DataArray(done, dims=("L", "m", "seed"), coords={d: ds[d] for d in ("L", "m", "seed")})
     lazy = network_summaries(ds).where(mask & (ds.layer <= ds.L))
     net = _compute(lazy, progress)
     net.attrs["pooled"] = int(np.prod([ds.sizes[d] for d in _nested(ds["rel_change"])]))
-    return Sample(path, net, done, cov, json.loads(attrs["spec"]))
+    return Sample(path, net, done, cov, spec, units)
+
+
+def one_network(spec: dict) -> bool:
+    """Whether a store's spec holds one network per (L, m): a single network file, or one seed.
+
+    Its statistical units are then the noise draws (each a perturbed network applied to every
+    input), never networks: a bootstrap over one network would give zero-width intervals.
+    """
+    init = spec["network"]["init"]
+    single_file = init not in ("he", "xavier", "orthogonal") and "{" not in init
+    return single_file or len(spec["grid"]["seeds"]) == 1
 
 
 def _compute(lazy: xr.Dataset, progress: bool) -> xr.Dataset:
@@ -425,7 +444,7 @@ def models(sample: Sample, cells: Cells, has_var: np.ndarray) -> dict[str, Model
 
 def fit(sample: Sample, n_boot: int = 1000, seed: int = 0, progress: bool = True,
         with_cells: bool = False) -> dict:
-    """Fit every model to a sample, with bootstrap intervals over networks.
+    """Fit every model to a sample, with bootstrap intervals over its units (networks, or one network's draws).
 
     Args:
         sample: from :func:`load`.
@@ -449,7 +468,7 @@ def fit(sample: Sample, n_boot: int = 1000, seed: int = 0, progress: bool = True
     summaries = {name: mdl.summary(ys[name][:, 0], points[name][:, 0], boots[name])
                  for name, mdl in mdls.items()}
     out = {"store": sample.path, **sample.coverage, "k": sample.k, "n_bootstrap": n_boot,
-           "bootstrap_seed": seed, "networks_per_L_m": _networks(sample)}
+           "bootstrap_seed": seed, "bootstrap_over": sample.units, f"{sample.units}_per_L_m": _networks(sample)}
     out.update(_nest(summaries))
     out.setdefault("power_law_small_r", None)
     if with_cells:
@@ -551,11 +570,13 @@ def _ranges(seeds: list[int]) -> str:
 
 def to_text(result: dict) -> str:
     """The fit as a few readable lines (the JSON holds everything)."""
-    n = result["networks_per_L_m"]
+    units = result["bootstrap_over"]
+    n = result[f"{units}_per_L_m"]
     nets = f"{n['min']}" if n["min"] == n["max"] else f"{n['min']}..{n['max']}"
+    what = "networks per (L, m)" if units == "networks" else "noise draws of the one network per (L, m)"
     lines = [f"store {result['store']}: {missing_text(result)}",
-             f"{nets} networks per (L, m), k = {result['k']}; 95% intervals from {result['n_bootstrap']} "
-             "bootstrap resamples of the networks",
+             f"{nets} {what}, k = {result['k']}; 95% intervals from {result['n_bootstrap']} "
+             f"bootstrap resamples of the {units}",
              "E R = C r^a L^b m^c, least squares on the log of cell means (cell = L, m, ratio, layer):"]
     for name, s in law_rows(result):
         th = s.get("theory", {}).get("arccos", {})

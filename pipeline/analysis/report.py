@@ -25,7 +25,7 @@ import xarray as xr  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
 from . import fit as fitting  # noqa: E402
-from . import theory  # noqa: E402
+from . import linear, theory  # noqa: E402
 from .intervals import t_interval  # noqa: E402
 
 TARGET_RATIO = 0.1  # the r of the original question
@@ -369,21 +369,31 @@ def _laws(result: dict) -> list[str]:
     return lines
 
 
-def _answer_line(a: dict, ratio: float) -> str:
+def _answer_line(a: dict, ratio: float, units: str = "networks", random: bool = True) -> str:
     ci = f" [{a['ci95'][0]:.3g}, {a['ci95'][1]:.3g}]" if a["ci95"] else ""
+    theory_text = (f"; theory {a['theory']:.3g}" if random else "")
+    he = f" (He-init estimate {a['looseness_theory']:.3g})" if random else ""
     return (f"- for L = {a['L']}, m = {a['m']}, r = {ratio:g}, E||v - v*|| / ||v|| = **{a['mean']:.3g}**{ci} "
-            f"({a['networks']} networks, layers {layers_text(a['layers'], a['L'])}); by layer from "
-            f"{a['min']:.3g} (i = {a['layer_min']}) to {a['max']:.3g} (i = {a['layer_max']}); theory "
-            f"{a['theory']:.3g}; the worst-case bound is {a['looseness']:.3g} times larger (He-init "
-            f"estimate {a['looseness_theory']:.3g}).")
+            f"({a['networks']} {units}, layers {layers_text(a['layers'], a['L'])}); by layer from "
+            f"{a['min']:.3g} (i = {a['layer_min']}) to {a['max']:.3g} (i = {a['layer_max']}){theory_text}; "
+            f"the worst-case bound is {a['looseness']:.3g} times larger{he}.")
 
 
-def _answer_lines(rows: list[dict], ratio: float) -> list[str]:
+def _answer_lines(rows: list[dict], ratio: float, sample: fitting.Sample | None = None) -> list[str]:
+    units = sample.units if sample is not None else "networks"
+    random = sample is None or not linear.is_given(sample.spec)
     lines = [f"At r = {ratio:g} (the ratio in the store closest to 0.1), noise in one layer i, averaged "
-             "over the measured layers (each equally likely) and over noise draws; 95% t-interval over "
-             "networks:", ""]
-    lines += [_answer_line(a, ratio) for a in rows]
-    if rows:
+             "over the measured layers (each equally likely), the inputs and the noise draws; 95% t-interval "
+             f"over {units}" + ("" if units == "networks" else " (one network: its draws are the samples)")
+             + ":", ""]
+    lines += [_answer_line(a, ratio, units, random) for a in rows]
+    if rows and not random:
+        lo, hi = min(a["mean"] for a in rows), max(a["mean"] for a in rows)
+        lines += ["", f"In words: noise of relative size r = {ratio:g} in one layer moves the output of these "
+                  f"given networks by {lo:.3g} to {hi:.3g} of its norm, {lo / ratio:.3g} to {hi / ratio:.3g} "
+                  "times r. The random-network theory does not apply to trained networks; the section on "
+                  "given networks compares them with random networks of the same shapes."]
+    elif rows:
         lo, hi = min(a["mean"] for a in rows), max(a["mean"] for a in rows)
         b_lo, b_hi = min(a["looseness"] for a in rows), max(a["looseness"] for a in rows)
         lines += ["", f"In words: noise of relative size r = {ratio:g} in one layer moves the output by "
@@ -421,6 +431,13 @@ PLOTS = [
      "the He-init estimate from the spectral norms of Gaussian matrices (theory.bound_looseness)."),
     ("residuals.png", "Residuals of the power law",
      "log E R minus the fitted power law, per cell, against the fitted value, by position of the layer."),
+    ("given.png", "Given networks: relative change, predictions changed and accuracy against r",
+     "Top: E R of the given networks (solid) and of random He networks of the same shapes on the same inputs "
+     "(dashed), one line per perturbed layer. Bottom: the share of (input, draw) whose predicted class changed "
+     "(solid) and, with labels, the accuracy of the perturbed networks (dotted)."),
+    ("nonlinearity.png", "Nonlinearity: Monte Carlo against each network's linear answer",
+     "sqrt(E R^2) divided by the network's own first-order prediction (RMS of linear_rms / ||v||), against r, "
+     "one line per perturbed layer: 1 in the linear regime, departing from 1 when ReLUs switch."),
 ]
 
 
@@ -432,21 +449,32 @@ def _header(sample: fitting.Sample, result: dict) -> list[str]:
              f"Networks: d = {n['input_dim']}, k = {n['output_dim']}, init {n['init']}, bias_std {n['bias_std']}, "
              f"norm bound {n['weight_norm_bound']}; noise {z['distribution']} scaled by the {z['norm']} norm, "
              f"{z['draws']} draws per network and layer; grid L = {g['L']}, m = {g['m']}, r = {g['ratio']}, "
-             f"layers i = {g['layer']}, "
-             f"{len(g['seeds'])} networks per (L, m) in the grid. R = ||v - v*|| / ||v||."]
-    if n["init"] not in ("he", "xavier") or n["bias_std"] or z["norm"] != "frobenius":
+             f"layers i = {g['layer']}, {n.get('n_inputs', 1)} input(s), "
+             + (f"{len(g['seeds'])} networks per (L, m) in the grid." if sample.units == "networks" else
+                "one network per (L, m): the statistical units are its noise draws.")
+             + " R = ||v - v*|| / ||v||."]
+    if linear.is_given(s):
+        lines += ["", "Note: these networks were read from files; the random-network theory (first order, "
+                  "arc-cosine attenuation) is about random He-init networks and is not shown for them."]
+    elif n["init"] not in ("he", "xavier") or n["bias_std"] or z["norm"] != "frobenius":
         lines += ["", "Note: the theory curves assume i.i.d. Gaussian weights without biases and noise scaled "
                   "by the Frobenius norm; this store differs, so read them as a reference only."]
     return lines
 
 
-def write_index(out: Path, sample: fitting.Sample, result: dict, ratio: float, plots: list[str]) -> Path:
-    """Write DIR/index.md: the answer, the fitted laws and the plots with captions."""
+def write_index(out: Path, sample: fitting.Sample, result: dict, ratio: float, plots: list[str],
+                sections: dict | None = None) -> Path:
+    """Write DIR/index.md: the answer, the given networks, the linear answer, the fitted laws and the plots."""
+    sections = sections or {}
     lines = _header(sample, result)
-    lines += ["", "## The answer", ""] + _answer_lines(answer(sample, ratio), ratio)
+    lines += ["", "## The answer", ""] + _answer_lines(answer(sample, ratio), ratio, sample)
+    if sections.get("given"):
+        lines += ["", "## Given networks on their data", ""] + sections["given"]
+    if sections.get("linear"):
+        lines += ["", "## The linear answer and the worst direction", ""] + sections["linear"]
     lines += ["", "## Fitted laws", "",
               f"Least squares on the log of cell means; 95% intervals from {result['n_bootstrap']} bootstrap "
-              "resamples of the networks. The r exponent of a pure power law sits slightly below 1 because "
+              f"resamples of the {sample.units}. The r exponent of a pure power law sits slightly below 1 because "
               "of the depth attenuation; the last column is what the arc-cosine theory gives when the same "
               "law is fitted to its own prediction on the same cells.", ""] + _laws(result)
     lines += ["", "## Plots"]
@@ -474,11 +502,19 @@ def make_report(store: str, out_dir: str, n_boot: int = 1000, seed: int = 0, pro
         raise UserError(f"--out {out_dir!r}: cannot create the report directory ({e.strerror}); "
                         "pass a new or existing directory path.") from None
     ratio = closest_ratio(sample.net.ratio.values)
+    ds = linear.done_dataset(sample.path)
+    summary = linear.linear_summary(ds)
+    given = linear.given_networks(ds) if linear.is_given(sample.spec) else None
+    sections = {"linear": linear.linear_lines(linear.linear_table(summary, ratio), ratio),
+                "given": linear.given_lines(given, ratio) if given is not None else None}
     plots = []
-    for name, fig in figures(sample, result, ratio):
+    extra = [("nonlinearity.png", lambda: linear.plot_nonlinearity(summary))]
+    if given is not None:
+        extra.append(("given.png", lambda: linear.plot_given(given)))
+    for name, fig in [*figures(sample, result, ratio), *((n, make()) for n, make in extra)]:
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         plots.append(name)
     cells = result.pop("cells")
     (out / "fit.json").write_text(json.dumps({**result, "cells": cells}, indent=2, allow_nan=False) + "\n")
-    return write_index(out, sample, result, ratio, plots)
+    return write_index(out, sample, result, ratio, plots, sections)
