@@ -1,0 +1,177 @@
+"""The report and the fit on given networks (a zoo of trained digits networks, and one network file):
+every printed number and plotted line against direct xarray reductions of the store."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from pipeline.analysis import fit, linear, report
+from pipeline.cli import main
+from pipeline.measure import measure_block
+from pipeline.spec import Spec
+from pipeline_helpers import build_store
+
+RATIOS = [0.03, 0.1, 0.5]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture(scope="module")
+def zoo_store(digits_zoo, tmp_path_factory):
+    """A store of the trained zoo (L 2 and 3, m 16, 2 seeds) on 60 test images with labels, and its report."""
+    base = tmp_path_factory.mktemp("zoo")
+    np.save(base / "x.npy", digits_zoo["x"][:60])
+    np.save(base / "y.npy", digits_zoo["y"][:60])
+    raw = {"name": "zoo", "random_seed": 5,
+           "network": {"init": str(digits_zoo["models"] / "digits_L{L}_m{m}_seed{seed}.safetensors"),
+                       "input": str(base / "x.npy"), "labels": str(base / "y.npy")},
+           "grid": {"L": [2, 3], "m": [16], "ratio": RATIOS, "seeds": 2},
+           "noise": {"draws": 6}, "execution": {"seeds_per_block": 1}}
+    path = build_store(base / "store.zarr", raw)
+    res = invoke("report", path, "--out", str(base / "out"), "--bootstrap", "20", "--no-progress")
+    assert res.exit_code == 0, res.output
+    ds = xr.open_zarr(path, consolidated=False).load()
+    return path, base / "out", ds, raw
+
+
+def table(index: str, header: str) -> list[list[str]]:
+    """The rows of the markdown table whose header starts with ``header``."""
+    lines = index.splitlines()
+    start = next(j for j, ln in enumerate(lines) if ln.startswith(header))
+    rows = []
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return rows
+
+
+def close(text: str, value: float) -> bool:
+    return text == "-" if not np.isfinite(value) else float(text) == pytest.approx(value, rel=6e-3)
+
+
+def test_given_section_against_the_store(zoo_store):
+    path, out, ds, raw = zoo_store
+    index = (out / "index.md").read_text()
+    assert "## Given networks on their data" in index and "theory 0" not in index
+    rows = table(index, "| L | m | i | E R given")
+    rel = ds.delta_norm / ds.output_norm
+    at = dict(ratio=0.1)
+    want_rows = [(L, i) for L in (2, 3) for i in range(1, L + 1)]
+    assert [(int(r[0]), int(r[2])) for r in rows] == want_rows
+    # the random reference, computed here independently of the report
+    ref = Spec.from_dict({"random_seed": 5, "network": {"init": "he", "input": raw["network"]["input"],
+                                                       "input_dim": 64, "output_dim": 10},
+                          "grid": {"L": [2, 3], "m": [16], "ratio": RATIOS, "seeds": 4}, "noise": {"draws": 6}})
+    for r in rows:
+        L, m, i = int(r[0]), int(r[1]), int(r[2])
+        cell = dict(L=L, m=m, layer=i, **at)
+        assert close(r[3], float(rel.sel(cell).mean()))
+        b = measure_block(ref, L, m, ref.grid.seeds)
+        random_rel = b.delta_norm[1, i - 1] / b.output_norm[:, :, None]
+        assert close(r[4], random_rel.mean())
+        assert close(r[5], float(ds.pred_changed.sel(cell).mean()))
+        assert close(r[6], b.pred_changed[1, i - 1].mean())
+        assert close(r[7], float(ds.accuracy.sel(cell).mean()))
+        assert close(r[8], float(ds.clean_accuracy.sel(L=L, m=m).mean()))
+    for L in (2, 3):
+        rate = ds.pred_changed.sel(L=L, m=16, ratio=0.1).mean(["seed", "input", "draw"])
+        rate = rate.sel(layer=[i for i in range(1, L + 1)])
+        mean = rel.sel(L=L, m=16, ratio=0.1, layer=rate.layer).mean(["seed", "input", "draw"])
+        best = max(range(L), key=lambda j: (float(rate[j]), float(mean[j]))) + 1
+        assert f"L = {L}, m = 16: the most sensitive layer at r = 0.1 is i = {best} " in index
+
+
+def test_linear_section_against_the_store(zoo_store):
+    path, out, ds, _ = zoo_store
+    index = (out / "index.md").read_text()
+    rows = table(index, "| L | m | i | E R | RMS R")
+    assert len(rows) == 5
+    v = ds.output_norm
+    for r in rows:
+        cell = dict(L=int(r[0]), m=int(r[1]), layer=int(r[2]), ratio=0.1)
+        rel = (ds.delta_norm / v).sel(cell)
+        rms = float(np.sqrt((rel**2).mean()))
+        lin = float(np.sqrt(((ds.linear_rms / v).sel(cell) ** 2).mean()))
+        worst = float((ds.worst_realised / v).sel(cell).mean())
+        bound = float((ds.bound / v).sel(cell).mean())
+        for text, want in zip(r[3:], [float(rel.mean()), rms, lin, float((ds.worst_linear / v).sel(cell).mean()),
+                                      worst, bound, worst / rms, bound / worst]):
+            assert close(text, want), (r, text, want)
+    # the plotted nonlinearity is sqrt(E R^2) / linear RMS, per layer, against r
+    summary = linear.linear_summary(linear.done_dataset(path))
+    fig = linear.plot_nonlinearity(summary)
+    ax = fig.axes[0]
+    L, m = int(ax.get_title().split("L = ")[1].split(",")[0]), 16
+    for line in [ln for ln in ax.get_lines() if ln.get_label().startswith("i = ")]:
+        i = int(line.get_label()[4:])
+        rel = (ds.delta_norm / v).sel(L=L, m=m, layer=i)
+        want = np.sqrt((rel**2).mean(["seed", "input", "draw"])) / np.sqrt(
+            ((ds.linear_rms / v).sel(L=L, m=m, layer=i) ** 2).mean(["seed", "input"]))
+        np.testing.assert_allclose(line.get_ydata(), want.values, rtol=1e-9)
+    plt.close(fig)
+
+
+def test_given_plot_holds_the_data(zoo_store):
+    path, _, ds, _ = zoo_store
+    g = linear.given_networks(linear.done_dataset(path))
+    fig = linear.plot_given(g)
+    top = fig.axes[0]
+    L = int(top.get_title().split("L = ")[1].split(",")[0])
+    for line in top.get_lines():
+        label = line.get_label()
+        if label.endswith("given"):
+            i = int(label.split()[2])
+            want = (ds.delta_norm / ds.output_norm).sel(L=L, m=16, layer=i).mean(["seed", "input", "draw"])
+            np.testing.assert_allclose(line.get_ydata(), want.values, rtol=1e-9)
+    bottom = fig.axes[len(fig.axes) // 2]
+    checked = 0
+    for line in bottom.get_lines():
+        i, what = int(line.get_label().split()[2]), line.get_label().split(maxsplit=3)[3]
+        var = ds.pred_changed if what == "predictions changed" else ds.accuracy
+        want = var.sel(L=L, m=16, layer=i).mean([d for d in var.dims if d not in ("ratio",) and d not in ("L", "m", "layer")])
+        np.testing.assert_allclose(line.get_ydata(), want.values, rtol=1e-9)
+        checked += 1
+    assert checked == 2 * L
+    plt.close(fig)
+
+
+def test_one_network_file_is_fitted_over_its_draws(digits_zoo, tmp_path):
+    """A single network file: the fit and the report resample noise draws, never 'networks'."""
+    model = str(digits_zoo["models"] / "digits_L3_m16_seed0.safetensors")
+    np.save(tmp_path / "x.npy", digits_zoo["x"][:30])
+    raw = {"network": {"init": model, "input": str(tmp_path / "x.npy")}, "grid": {"ratio": [0.01, 0.1, 0.5]},
+           "noise": {"draws": 24}}
+    path = build_store(tmp_path / "one.zarr", raw)
+    res = invoke("fit", path, "--json", "--bootstrap", "50", "--no-progress")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["bootstrap_over"] == "draws" and out["draws_per_L_m"] == {"min": 24, "max": 24}
+    a = out["power_law"]["ratio"]
+    assert a["ci95"][1] - a["ci95"][0] > 0  # a real interval, not a bootstrap over one network
+    text = invoke("fit", path, "--bootstrap", "20", "--no-progress").output
+    assert "24 noise draws of the one network per (L, m)" in text and "resamples of the draws" in text
+    sample = fit.load(path, progress=False)
+    assert sample.units == "draws" and sample.net.sizes["seed"] == 24
+    # each unit is one draw: its mean over the inputs
+    ds = xr.open_zarr(path, consolidated=False)
+    per_draw = (ds.delta_norm / ds.output_norm).isel(seed=0).mean("input")
+    np.testing.assert_allclose(sample.net["mean"].sel(L=3, m=16).transpose("ratio", "layer", "seed").values,
+                               per_draw.sel(L=3, m=16).transpose("ratio", "layer", "draw").values, rtol=1e-12)
+    rep = invoke("report", path, "--out", str(tmp_path / "rep"), "--bootstrap", "20", "--no-progress")
+    assert rep.exit_code == 0, rep.output
+    index = (tmp_path / "rep" / "index.md").read_text()
+    answer = re.search(r"- for L = 3, m = 16, r = 0\.1, .*", index)[0]
+    assert "(24 draws, layers i = 1..3)" in answer and "networks" not in answer and "theory" not in answer
+    assert "one network per (L, m): the statistical units are its noise draws" in index
+    shutil.rmtree(tmp_path / "rep")
