@@ -17,14 +17,11 @@ from .spec import Spec
 
 
 def t_interval(samples: np.ndarray) -> list[float] | None:
-    """95% Student-t interval for the mean of independent samples; None when undefined."""
-    n = samples.size
-    if n < 2 or not np.std(samples) > 0:
-        return None  # JSON null, not NaN
-    from scipy import stats
+    """95% Student-t interval for the mean of independent samples, as a JSON list; None when undefined."""
+    from .analysis.intervals import t_interval as interval
 
-    lo, hi = stats.t.interval(0.95, n - 1, loc=samples.mean(), scale=stats.sem(samples))
-    return [float(lo), float(hi)]
+    ci = interval(samples)
+    return None if ci is None else list(ci)
 
 
 def _num(x) -> float | None:

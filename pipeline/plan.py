@@ -88,8 +88,8 @@ def blocks_done(done: np.ndarray, seeds_per_block: int) -> tuple[int, int]:
 def n_cells(spec: Spec, key: BlockKey | None = None) -> int:
     """Cells of the whole grid, or of block ``key``: one cell is one measured ||v - v*||.
 
-    A cell is an (L, m, ratio, layer, seed, draw) with layer <= L; cells with
-    layer > L are NaN in the store and not counted.
+    A cell is an (L, m, ratio, layer, seed, input, draw) with layer <= L; cells
+    with layer > L are NaN in the store and not counted.
 
     >>> from pipeline.spec import Spec
     >>> spec = Spec.from_dict({"grid": {"L": [1, 2], "m": [8], "ratio": [0.1], "seeds": 3},
@@ -97,7 +97,7 @@ def n_cells(spec: Spec, key: BlockKey | None = None) -> int:
     >>> n_cells(spec), n_cells(spec, all_blocks(spec)[0])
     (36, 24)
     """
-    g, draws = spec.grid, spec.noise.draws
+    g, draws = spec.grid, spec.noise.draws * spec.network.n_inputs
     if key is not None:
         return sum(1 for i in g.layer if i <= key.L) * len(g.ratio) * len(key.seeds) * draws
     layers = sum(1 for L in g.L for i in g.layer if i <= L)

@@ -89,7 +89,7 @@ def cell_role(L: int, m: int, seed: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class GridSpec:
-    """The swept axes; iterating the grid's outer product gives every cell."""
+    """The swept axes, each sorted; :func:`pipeline.plan.all_blocks` cuts their product into blocks."""
 
     L: tuple[int, ...]
     m: tuple[int, ...]
@@ -165,13 +165,6 @@ class Spec:
         """A stable sha256 over :attr:`result_fields`; resuming requires it to match."""
         text = json.dumps(self.result_fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
-
-    @property
-    def n_cells(self) -> int:
-        """Number of (L, m, ratio, layer, seed) cells that exist (layer <= L)."""
-        g = self.grid
-        per_l = [sum(1 for i in g.layer if i <= L) for L in g.L]
-        return sum(per_l) * len(g.m) * len(g.ratio) * len(g.seeds)
 
     def with_execution(self, **changes) -> Spec:
         """A copy with other execution settings; the hash does not change."""
