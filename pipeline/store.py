@@ -79,6 +79,21 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def dim_lengths(spec: Spec) -> dict[str, int]:
+    """The length of every dimension of the store: the one place that knows them.
+
+    Works before the spec's seed list exists (``grid.seeds`` may still be a range).
+    """
+    g = spec.grid
+    return {"L": len(g.L), "m": len(g.m), "ratio": len(g.ratio), "layer": len(g.layer), "seed": len(g.seeds),
+            "input": spec.network.n_inputs, "draw": spec.noise.draws}
+
+
+def chunk_lengths(spec: Spec) -> dict[str, int]:
+    """The chunk length along every dimension: one L, one m, a block's seeds, everything else whole."""
+    return {**dim_lengths(spec), "L": 1, "m": 1, "seed": spec.execution.seeds_per_block}
+
+
 def template(spec: Spec) -> xr.Dataset:
     """The empty store as a lazy Dataset: coordinates, NaN-filled variables, attributes."""
     g = spec.grid
@@ -91,12 +106,11 @@ def template(spec: Spec) -> xr.Dataset:
         "input": ("input", np.arange(spec.network.n_inputs), {"description": "input x* (row of network.input)"}),
         "draw": ("draw", np.arange(spec.noise.draws), {"description": "noise draw (one eta for every input)"}),
     }
-    sizes = {d: len(c[1]) for d, c in coords.items()}
-    chunk = {"L": 1, "m": 1, "seed": spec.execution.seeds_per_block}
+    sizes, chunk = dim_lengths(spec), chunk_lengths(spec)
     data_vars = {}
     for name, (dims, dtype, units, desc) in VARIABLES.items():
         shape = tuple(sizes[d] for d in dims)
-        chunks = tuple(chunk.get(d, sizes[d]) for d in dims)
+        chunks = tuple(min(chunk[d], sizes[d]) for d in dims)
         fill = 0 if dtype == "i1" else np.nan
         data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=chunks),
                            {"units": units, "description": desc})
