@@ -157,6 +157,13 @@ def check_sizes(spec) -> Sizes:
     return s
 
 
+def machine_memory() -> int:
+    """This machine's physical memory in bytes."""
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
 def check_fits(spec, memory_bytes: float, where: str) -> None:
     """Refuse a spec whose largest block does not fit ``memory_bytes`` (one worker's memory).
 
