@@ -246,7 +246,7 @@ def run(spec_path, store, scheduler, workers, seeds_per_block, cluster_file, sto
     """
     import logging
 
-    from .clusterconfig import load_cluster_config
+    from .clusterconfig import exposure, load_cluster_config
 
     if not verbose:  # our own summary reports failures; Dask's reconnect tracebacks would bury it
         import distributed  # noqa: F401  (configures its loggers, which we then quieten)
@@ -259,6 +259,9 @@ def run(spec_path, store, scheduler, workers, seeds_per_block, cluster_file, sto
 
     spec = load_spec(spec_path)  # refuses a grid beyond the size limits
     cluster = load_cluster_config(cluster_file) if cluster_file else None
+    warning = exposure(cluster) if cluster else None
+    if warning:
+        click.echo(warning, err=True)
     if seeds_per_block is not None:
         spec = spec.with_execution(seeds_per_block=seeds_per_block)
     if not scheduler and not cluster:  # the embedded cluster splits this machine's memory between its workers
