@@ -150,6 +150,7 @@ class _FileLock:
 
     def __init__(self, path: str, loc: StoreLocation):
         self.path, self.loc, self.fd = path, loc, -1
+        self.exclusive = False  # True once the filesystem has refused flock
 
     def acquire(self) -> None:
         try:
@@ -165,6 +166,8 @@ class _FileLock:
         """One attempt; False when the file changed under us (retry), raises when held."""
         import fcntl
 
+        if self.exclusive:
+            return self._try_exclusive()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -173,9 +176,13 @@ class _FileLock:
             raise _locked(self.loc, self.path, self._holder()) from None
         except OSError as e:
             os.close(fd)
-            if e.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                return self._try_exclusive()
-            raise
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self.exclusive = True
+            if self._holder() is None:  # the empty file our open just made, not a holder's
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+            return False
         try:  # the holder may have released and removed it between our open and flock
             same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
