@@ -47,12 +47,15 @@ _short.maxstring, _short.maxother, _short.maxlist, _short.maxtuple, _short.maxdi
 
 
 def short(value: Any) -> str:
-    """A repr of ``value`` cut to a few dozen characters, for error messages.
+    """A repr of ``value`` cut to at most 100 characters, for error messages.
 
     >>> short(list(range(100)))
     '[0, 1, 2, 3, 4, 5, 6, 7, ...]'
+    >>> len(short([[["x" * 50] * 8] * 8] * 8))
+    100
     """
-    return _short.repr(value)
+    text = _short.repr(value)
+    return text if len(text) <= 100 else text[:96] + " ..."
 
 
 @dataclasses.dataclass(frozen=True)
