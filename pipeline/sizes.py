@@ -18,7 +18,7 @@ variable                        what it bounds                                 d
 >>> s = sizes(Spec.from_dict({"grid": {"L": [2], "m": [8], "ratio": [0.1], "seeds": 4},
 ...                           "noise": {"draws": 16}, "execution": {"seeds_per_block": 2}}))
 >>> s.cells, s.blocks, s.chunks
-(128, 2, 12)
+(128, 2, 26)
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def block_peak_bytes(spec) -> int:
     """Estimated peak memory of the largest block of ``spec`` (L and m largest).
 
     A model of pipeline/measure.py: the weights of two networks, the perturbed
-    columns of one network (every ratio, present layer and draw) in three
-    buffers of the widest layer, one materialised noise matrix for models that
+    columns of one network (every input, ratio, present layer, draw and worst direction) in four
+    buffers of the widest layer, its Jacobians, one materialised noise matrix for models that
     need it, and the block's results. tests/test_sizes.py checks it against
     the peak that tracemalloc measures.
     """
@@ -108,14 +108,16 @@ def block_peak_bytes(spec) -> int:
     networks = min(per_block, 2) + (1 if net.weight_norm_bound is not None else 0)
     weights = sum(a * b for a, b in shapes) * networks + max(a * b for a, b in shapes)
     rows = max(a for a, _ in shapes)
+    n = net.n_inputs
     present = sum(1 for i in g.layer if i <= L)
-    columns = len(g.ratio) * nz.draws * present
-    work = 3.2 * rows * columns + rows * nz.draws
+    # every (input, ratio, draw) and the worst direction of every (input, ratio), for each present layer
+    columns = len(g.ratio) * (nz.draws + 1) * present * n
+    work = 4.2 * rows * columns + rows * (nz.draws + 1) * n + present * n * net.output_dim * rows  # + Jacobians
     if not (nz.norm == "frobenius" and nz.distribution in ("gaussian", "sphere")):
         work += 3 * max(a * b for a, b in shapes)  # one eta, its scaled copy, a norm's workspace
     elif min(min(s) for s in shapes) < 128:
         work += max(a * b for a, b in shapes)  # a dense SVD's workspace for the spectral norms
-    results = 4 * len(g.ratio) * len(g.layer) * nz.draws * per_block
+    results = 8 * len(g.ratio) * len(g.layer) * n * nz.draws * per_block
     return int(8 * (weights + work + results))
 
 
