@@ -71,7 +71,7 @@ def damaged(pristine, tmp_path):
 
 def test_every_array_carries_a_crc32c_checksum(pristine):
     group = zarr.open_group(str(pristine), mode="r")
-    for name in [*store.VARIABLES, "L", "m", "ratio", "layer", "seed", "draw"]:
+    for name in [*store.VARIABLES, *store.dim_lengths(Spec.from_dict(SMALL))]:
         codecs = [c.to_dict()["name"] for c in group[name].metadata.codecs]
         assert codecs[-1] == "crc32c", (name, codecs)
 
@@ -157,12 +157,12 @@ def test_non_finite_results_are_refused_and_not_marked_done(tmp_path):
     key = plan.all_blocks(spec)[0]
     result = measure_block(spec, key.L, key.m, key.seeds)
     before = snapshot(tmp_path / "s.zarr")
-    result.delta_norm[0, 0, 1, 2] = np.inf
+    result.delta_norm[0, 0, 1, 0, 2] = np.inf  # (ratio, layer, seed, input, draw)
     with pytest.raises(ResultNotFinite) as info:
         store.write_block(str(tmp_path / "s.zarr"), key, result, 0.1)
     msg = str(info.value)
     assert "delta_norm holds 1 non-finite values (inf)" in msg
-    assert f"ratio={spec.grid.ratio[0]}, layer={spec.grid.layer[0]}, seed={key.seeds[1]}, draw=2" in msg
+    assert f"ratio={spec.grid.ratio[0]}, layer={spec.grid.layer[0]}, seed={key.seeds[1]}, input=0, draw=2" in msg
     assert "rerunning gives the same result" in msg
     assert snapshot(tmp_path / "s.zarr") == before  # refused before anything was written
 
@@ -243,7 +243,7 @@ def test_the_root_mark_is_written_last(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match="could not create the store .*No space left on device"):
         store.create_or_resume(spec, str(path))
     # every array existed before the mark was written, and the failed store was removed
-    assert set(store.VARIABLES) | {"L", "m", "ratio", "layer", "seed", "draw"} == set(arrays_when_marked)
+    assert set(store.VARIABLES) | set(store.dim_lengths(spec)) == set(arrays_when_marked)
     assert not path.exists()
 
 
