@@ -12,7 +12,7 @@ from . import plan
 from .cliopts import dumps
 from .errors import UserError
 from .spec import RATIO_RTOL
-from .store import done_mask, open_results
+from .store import NAN_ALLOWED, done_mask, open_results
 from .verify import check_nan, nan_cells, reading
 
 REDUCERS = ("mean", "median", "std", "min", "max", "count")
@@ -113,8 +113,14 @@ def query(path, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str 
 
 
 def _checked(path, ds: xr.Dataset, selected: xr.DataArray, result: xr.DataArray) -> xr.DataArray:
-    """``result`` computed in the same pass that checks ``selected`` for damaged blocks."""
+    """``result`` computed in the same pass that checks ``selected`` for damaged blocks.
+
+    Variables that are NaN by design (:data:`pipeline.store.NAN_ALLOWED`) are checked
+    for unreadable chunks only.
+    """
     with reading(path):
+        if selected.name in NAN_ALLOWED:
+            return result.compute()
         result, bad = dask.compute(result, nan_cells(selected, ds["done"]))
     check_nan(path, bad)
     return result

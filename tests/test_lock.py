@@ -257,7 +257,12 @@ def _race(tmp_path: Path, scheduler: str, runs: int, runner) -> None:
 def test_two_runs_racing_on_a_new_store_always_leave_one_correct_store(tmp_path, scheduler):
     """20 races of two runs (in threads of this process: the lock is a flock per open file, which
     threads contend for as processes do), half of them of two different specs."""
-    _race(tmp_path, scheduler, 20, _run_thread)
+    import dask
+
+    # each Client makes itself dask's default scheduler and restores the previous one on closing;
+    # two closing at once can leave it set: restore this process's setting for the tests that follow
+    with dask.config.set(scheduler=dask.config.get("scheduler", "threads")):
+        _race(tmp_path, scheduler, 20, _run_thread)
 
 
 def test_two_nnsweep_processes_racing(tmp_path, scheduler):
