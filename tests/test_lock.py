@@ -267,4 +267,4 @@ def test_two_runs_racing_on_a_new_store_always_leave_one_correct_store(tmp_path,
 
 def test_two_nnsweep_processes_racing(tmp_path, scheduler):
     """The same race with real `nnsweep run` processes, fewer times (each starts an interpreter)."""
-    _race(tmp_path, scheduler, 4, _run_process)
+    _race(tmp_path, scheduler, 2, _run_process)

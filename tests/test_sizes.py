@@ -41,7 +41,7 @@ def test_sizes_match_a_complete_store(tmp_path):
     ({"L": [3], "m": [300], "ratio": [0.1], "seeds": 2}, {"draws": 16, "distribution": "rademacher"},
      {"input_dim": 64}),
     ({"L": [2], "m": [64], "ratio": [0.1], "seeds": 4}, {"draws": 16, "norm": "spectral"}, {"input_dim": 500}),
-    ({"L": [5], "m": [384], "ratio": [0.1], "seeds": 4}, {"draws": 8}, {"input_dim": 784, "weight_norm_bound": 2.0}),
+    ({"L": [4], "m": [256], "ratio": [0.1], "seeds": 4}, {"draws": 8}, {"input_dim": 300, "weight_norm_bound": 2.0}),
     ({"L": [2], "m": [32], "ratio": [0.1, 0.2], "seeds": 4}, {"draws": 512}, {"input_dim": 16}),
     ({"L": [4], "m": [128], "ratio": [0.1, 0.3], "seeds": 4}, {"draws": 16}, {"input_dim": 64, "n_inputs": 32}),
     ({"L": [3], "m": [64], "ratio": [0.1], "seeds": 4}, {"draws": 64}, {"input_dim": 32, "n_inputs": 100}),
