@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from pathlib import Path
 
 import click
 
+from .cliopts import dumps
 from .cliopts import storage_option as _storage_option
 from .errors import ClusterLost, UserError
 
@@ -155,13 +156,20 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
         "grid": {**given, "ratio": ratios, "layer": layer},
         "noise": {"distribution": noise, "norm": norm, "draws": draws},
         "random_seed": random_seed,
+        "execution": {"seeds_per_block": given.get("seeds", 1)},  # estimate measures every network in one block
     }, source="nnsweep estimate", names=ESTIMATE_OPTIONS)
     if layer != "all" and layer > spec.grid.L[0]:
         raise click.BadParameter(f"{layer} is beyond the network's depth; expected 'all' or 1..{spec.grid.L[0]}.",
                                  param_hint="'--layer'")
-    result = run_estimate(spec)
+    from .sizes import check_fits, machine_memory
+
+    check_fits(spec, machine_memory(), "this machine")
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
+        result = run_estimate(spec)
     if as_json:
-        click.echo(json.dumps(result, indent=2, allow_nan=False))
+        click.echo(dumps(result, indent=2))
         return
     for line in _estimate_table(spec, result):
         click.echo(line)
@@ -196,12 +204,24 @@ def _estimate_table(spec, result: dict) -> list[str]:
         vals = []
         for _, key, w in cols:
             v = s.get(key) if key else s.get("theory_attenuation", s.get("theory_first_order"))
-            vals.append(f"{v:{w}.4g}" if v is not None else f"{'-':>{w}}")
-        lines.append(f"{r:>7} {i:>6} " + " ".join(vals[:2]) + f" [{lo:9.4g}, {hi:9.4g}] " + " ".join(vals[2:]))
+            vals.append(_num(v, w))
+        lines.append(f"{r:>7} {i:>6} " + " ".join(vals[:2]) + f" [{_num(lo, 9)}, {_num(hi, 9)}] "
+                     + " ".join(vals[2:]))
     lines.append("R = ||v - v*|| / ||v||; pred chg: share of (input, draw) whose predicted class changed; "
                  "bound: worst-case Lipschitz bound on ||v - v*||"
                  + ("; theory R: infinite-width arc-cosine prediction for random networks." if random_init else "."))
+    if any(not isinstance(s.get(k), (int, float)) or not math.isfinite(s[k]) for _, _, s in rows
+           for k in ("mean_abs_change", "mean_rel_change")):
+        lines.append("-: the change is not finite: the perturbed outputs overflow float64 (about 1.8e308); "
+                     "lower --ratio or the weights' scale.")
     return lines
+
+
+def _num(x: float | None, width: int) -> str:
+    """A number for the estimate table; 'overflow' for an infinity, '-' for an undefined value."""
+    if x is None or isinstance(x, float) and math.isnan(x):
+        return f"{'-':>{width}}"
+    return f"{'overflow':>{width}}" if math.isinf(x) else f"{x:{width}.4g}"
 
 
 @main.command()
@@ -227,7 +247,7 @@ def run(spec_path, store, scheduler, workers, seeds_per_block, cluster_file, sto
     """
     import logging
 
-    from .clusterconfig import load_cluster_config
+    from .clusterconfig import exposure, load_cluster_config
 
     if not verbose:  # our own summary reports failures; Dask's reconnect tracebacks would bury it
         import distributed  # noqa: F401  (configures its loggers, which we then quieten)
@@ -235,10 +255,20 @@ def run(spec_path, store, scheduler, workers, seeds_per_block, cluster_file, sto
         for name in [n for n in logging.root.manager.loggerDict if n.startswith("distributed")] + ["distributed"]:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     from .execute import run as run_sweep
+    from .sizes import check_fits, machine_memory, sizes
     from .spec import load_spec
 
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path)  # refuses a grid beyond the size limits
     cluster = load_cluster_config(cluster_file) if cluster_file else None
+    warning = exposure(cluster) if cluster else None
+    if warning:
+        click.echo(warning, err=True)
+    if seeds_per_block is not None:
+        spec = spec.with_execution(seeds_per_block=seeds_per_block)
+    if not scheduler and not cluster:  # the embedded cluster splits this machine's memory between its workers
+        n = workers or os.cpu_count() or 1
+        check_fits(spec, machine_memory() / n, f"each of the {n} local workers")
+    click.echo(f"sweep: {sizes(spec)}", err=True)
     summary = run_sweep(spec, store=store, scheduler=scheduler, workers=workers,
                         seeds_per_block=seeds_per_block, progress=progress, cluster=cluster,
                         storage_options=dict(storage_options) if storage_options else None)
@@ -258,7 +288,7 @@ def status(store, as_json, storage_options):
 
     s = get_status(as_location(store, dict(storage_options)))
     if as_json:
-        click.echo(json.dumps(s, indent=2))
+        click.echo(dumps(s, indent=2))
         return
     g = s["grid"]
     click.echo(f"store:     {s['store']}  (spec {s['name'] or '-'}, hash {s['spec_hash'][:12]})")
@@ -300,6 +330,43 @@ def query(store, sel, var, reduce, over, fmt, storage_options):
     dims = tuple(d.strip() for d in over.split(",") if d.strip())
     loc = as_location(store, dict(storage_options))
     click.echo(to_text(run_query(loc, sel=sel, var=var, reduce=reduce, over=dims), fmt))
+
+
+@main.command()
+@click.argument("store", type=str)
+@click.option("--repair", is_flag=True,
+              help="Delete the chunks of damaged blocks and clear their done mark, so `nnsweep run` recomputes them.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_storage_option
+def verify(store, repair, as_json, progress, storage_options):
+    """Check every done block of STORE: chunks present, checksums, finite values.
+
+    Exit status 0 if nothing is damaged (or everything damaged was repaired), 1 if damage remains.
+
+    Example: nnsweep verify results/quickstart.zarr --repair
+    """
+    from .store import as_location
+    from .verify import describe, repair as repair_blocks, scan
+
+    loc = as_location(store, dict(storage_options))
+    report = scan(loc, progress=progress)
+    repaired = repair_blocks(loc, report) if repair and report.damage else []
+    if as_json:
+        click.echo(dumps({**report.to_dict(), "repaired": len(repaired)}, indent=2))
+    else:
+        click.echo(f"{report.store}: {report.blocks_done} of {report.blocks_total} blocks done and checked; "
+                   + (describe(report) if report.damage else "no damage found."))
+        if not report.checksums:
+            click.echo("note: this store's chunks carry no checksums (made by an older nnsweep): damage inside a "
+                       "chunk is found only when it makes values non-finite.")
+        if repaired:
+            click.echo(f"repaired: {len(repaired)} blocks cleared; `nnsweep run SPEC --store {store}` computes "
+                       "them again.")
+        elif report.damage:
+            click.echo(f"run `nnsweep verify {store} --repair` to clear them, then `nnsweep run` to recompute.")
+    if report.damage and not repaired:
+        raise SystemExit(1)
 
 
 @main.group()

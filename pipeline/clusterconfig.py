@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from . import yamlload
 from .errors import UserError
 
 # The constructor arguments each backend accepts. For the jobqueue backends
@@ -151,8 +152,60 @@ def _tls(tls: Any, base_dir: Path) -> dict[str, Any] | None:
     return tls
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def _host(address: Any) -> str:
+    """The host of 'HOST', 'HOST:PORT', ':PORT' or 'tcp://HOST:PORT' ('' = every interface)."""
+    text = str(address).split("://")[-1]
+    return text.rsplit(":", 1)[0] if ":" in text else text
+
+
+def exposure(cfg: ClusterConfig) -> str | None:
+    """A warning if the cluster a config starts listens beyond this machine without TLS, else None.
+
+    >>> exposure(ClusterConfig("local", {"host": "127.0.0.1"})) is None
+    True
+    >>> exposure(ClusterConfig("local", {"host": "0.0.0.0"}))[:40]
+    'warning: this local cluster binds its sc'
+    """
+    if cfg.tls:
+        return None
+    o = cfg.options
+    if cfg.backend == "local":
+        open_to = []
+        if "host" in o and not _is_loopback(str(o["host"])):
+            open_to.append(f"scheduler and workers on {o['host'] or 'every interface'}")
+        if o.get("interface"):
+            open_to.append(f"scheduler and workers on interface {o['interface']}")
+        if "dashboard_address" in o and not _is_loopback(_host(o["dashboard_address"]) or "0.0.0.0"):
+            open_to.append(f"the dashboard on {o['dashboard_address']}")
+        if not open_to:
+            return None
+        what = "; ".join(open_to)
+        return (f"warning: this local cluster binds its {what}, reachable from other machines, without TLS: the "
+                "traffic is unencrypted and anyone who can reach the scheduler can run code on its workers. "
+                "Use host: 127.0.0.1 unless other machines must join (see cluster/README.md).")
+    if cfg.backend in ("slurm", "pbs"):
+        host = (o.get("scheduler_options") or {}).get("host")
+        if host and _is_loopback(str(host)):
+            return None
+        where = f"interface {o['interface']}" if o.get("interface") else "this machine's network address"
+        return (f"warning: the {cfg.backend} scheduler listens on {where} without TLS: the traffic is "
+                "unencrypted and anyone on that network who can reach it can run code on its workers. Add a tls "
+                "section with certificates (see cluster/README.md).")
+    return None
+
+
 def load_cluster_config(path: str | Path) -> ClusterConfig:
-    """Read and validate a cluster file (YAML, ``safe_load``).
+    """Read and validate a cluster file (YAML, read by :mod:`pipeline.yamlload`: a repeated key is an error).
 
     Raises:
         UserError: the file is missing, not YAML, or has an unknown backend or key.
@@ -161,7 +214,7 @@ def load_cluster_config(path: str | Path) -> ClusterConfig:
     if not path.is_file():
         raise UserError(f"cluster file {str(path)!r} does not exist; pass one of cluster/*.yaml.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yamlload.load(path.read_text())
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())}).") from None
     return ClusterConfig.from_dict(raw, source=str(path), base_dir=path.resolve().parent)

@@ -13,6 +13,10 @@ class StoreError(UserError):
     """A results store that is missing, foreign or made from another spec."""
 
 
+class ResultNotFinite(ValueError):
+    """A block's results are not finite where they must be; computing it again gives the same."""
+
+
 class BlockFailed(RuntimeError):
     """A block of the sweep raised on a worker; carries the block's coordinates."""
 

@@ -27,7 +27,8 @@ from distributed import Client, LocalCluster, Security, as_completed
 from distributed.scheduler import KilledWorker
 from tqdm.auto import tqdm
 
-from .errors import BlockFailed, ClusterLost, UserError
+from .errors import BlockFailed, ClusterLost, ResultNotFinite, UserError
+from .lock import store_lock
 from .measure import measure_block
 from .plan import BlockKey, all_blocks, pending_blocks
 from .clusterconfig import ClusterConfig
@@ -61,7 +62,7 @@ class RunSummary:
         lines = [f"{self.done} blocks computed, {self.skipped} already done, {len(self.failed)} failed, "
                  f"of {self.total}; {self.seconds:.1f} s wall, {rate:,.0f} cells/s; store: {self.store}"]
         lines += [f"  failed: {key}: {msg}" for key, msg in self.failed]
-        if self.failed:
+        if any(not msg.startswith(ResultNotFinite.__name__) for _, msg in self.failed):  # those would repeat
             lines.append("Rerun the same command to retry only the missing blocks.")
         return "\n".join(lines)
 
@@ -303,7 +304,7 @@ def run(spec: Spec, store: str | None = None, scheduler: str | None = None, work
         cm = start_cluster(cluster)
     else:
         cm = local_cluster(workers)
-    with cm as client:
+    with store_lock(loc), cm as client:  # one writer per store, taken before the cluster starts
         print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         return run_sweep(resumed_spec, loc, client, progress=progress)
 

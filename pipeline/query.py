@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 
+import dask
 import numpy as np
 import xarray as xr
 
 from . import plan
+from .cliopts import dumps
 from .errors import UserError
-from .store import open_results
+from .spec import RATIO_RTOL
+from .store import NAN_ALLOWED, done_mask, open_results
+from .verify import check_nan, nan_cells, reading
 
 REDUCERS = ("mean", "median", "std", "min", "max", "count")
 
@@ -18,7 +22,7 @@ def status(path) -> dict:
     """Spec summary, blocks done of total, and provenance of a store (a path or StoreLocation)."""
     ds = open_results(path)  # checks that it is a results store
     attrs = ds.attrs
-    done = ds["done"].values.astype(bool)
+    done = done_mask(path)  # a damaged done chunk counts as not done, as in `nnsweep run`
     spb = int(attrs["seeds_per_block"])
     blocks_done, total = plan.blocks_done(done, spb)
     starts = plan.block_starts(done.shape[2], spb)
@@ -36,8 +40,13 @@ def status(path) -> dict:
         "random_seed": spec["random_seed"],
         "created": attrs["created"],
         "versions": json.loads(attrs["versions"]),
-        "compute_seconds": float(np.nansum(ds["wall_time"].values[:, :, starts])),
+        "compute_seconds": _compute_seconds(path, ds, starts),
     }
+
+
+def _compute_seconds(path, ds: xr.Dataset, starts: list[int]) -> float:
+    with reading(path):
+        return float(np.nansum(ds["wall_time"].values[:, :, starts]))
 
 
 def _parse_sel(ds: xr.Dataset, sel: tuple[str, ...]) -> dict:
@@ -52,7 +61,7 @@ def _parse_sel(ds: xr.Dataset, sel: tuple[str, ...]) -> dict:
             value = float(raw)
         except ValueError:
             value = np.nan
-        match = np.flatnonzero(np.isclose(coord, value, rtol=1e-9, atol=0))
+        match = np.flatnonzero(np.isclose(coord, value, rtol=RATIO_RTOL, atol=0))
         if match.size == 0:
             raise UserError(f"--sel {item!r}: {raw} is not a value of {dim}; the store holds "
                             f"{dim} = {', '.join(map(str, coord.tolist()))}.")
@@ -64,7 +73,11 @@ def _parse_sel(ds: xr.Dataset, sel: tuple[str, ...]) -> dict:
 
 def query(path, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str | None = None,
           over: tuple[str, ...] = ()) -> xr.DataArray:
-    """Select and reduce one variable of a store.
+    """Select and reduce one variable of a store (computed).
+
+    The selection is checked on the way: a done block whose values are missing
+    or NaN where results are finite, or whose chunks fail their checksum, is
+    named in the error instead of being averaged away.
 
     Args:
         path: the store.
@@ -75,6 +88,7 @@ def query(path, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str 
 
     Raises:
         UserError: an unknown variable, dimension, value or reducer.
+        DamagedStore: the selection reads a damaged block.
     """
     ds = open_results(path)
     if var not in ds.data_vars:
@@ -88,14 +102,28 @@ def query(path, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str 
     if reduce is None:
         if over:
             raise UserError("--over needs --reduce, e.g. --reduce mean --over seed,draw.")
-        return da
+        return _checked(path, ds, da, da)
     if reduce not in REDUCERS:
         raise UserError(f"--reduce {reduce!r} is not allowed; expected one of {', '.join(REDUCERS)}.")
     dims = tuple(dict.fromkeys(over)) or tuple(d for d in ("seed", "input", "draw") if d in da.dims)
     bad = [d for d in dims if d not in da.dims]
     if bad:
         raise UserError(f"--over {bad[0]!r} is not allowed; {var} has the dimensions {', '.join(da.dims)}.")
-    return getattr(da, reduce)(dim=list(dims))
+    return _checked(path, ds, da, getattr(da, reduce)(dim=list(dims)))
+
+
+def _checked(path, ds: xr.Dataset, selected: xr.DataArray, result: xr.DataArray) -> xr.DataArray:
+    """``result`` computed in the same pass that checks ``selected`` for damaged blocks.
+
+    Variables that are NaN by design (:data:`pipeline.store.NAN_ALLOWED`) are checked
+    for unreadable chunks only.
+    """
+    with reading(path):
+        if selected.name in NAN_ALLOWED:
+            return result.compute()
+        result, bad = dask.compute(result, nan_cells(selected, ds["done"]))
+    check_nan(path, bad)
+    return result
 
 
 def to_text(da: xr.DataArray, fmt: str) -> str:
@@ -104,9 +132,9 @@ def to_text(da: xr.DataArray, fmt: str) -> str:
     df = da.compute().to_dataframe(name=name)[[name]].dropna() if da.dims else None
     if df is None:
         value = float(da.compute())
-        return json.dumps({name: value}) if fmt == "json" else f"{name}\n{value}"
+        return dumps({name: value}) if fmt == "json" else f"{name}\n{value}"
     if fmt == "csv":
         return df.to_csv()
     if fmt == "json":  # json.dumps keeps every digit (pandas' to_json rounds to 10)
-        return json.dumps(df.reset_index().to_dict(orient="records"), default=lambda v: v.item())
+        return dumps(df.reset_index().to_dict(orient="records"))
     return df.to_string()

@@ -17,18 +17,45 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
+import reprlib
 import string
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import yamlload
 from .errors import SpecError
 from .files import NETWORK_SUFFIXES, NetworkArrays, parse_inputs, parse_labels, parse_network, read_bytes, sha256
 
 INITS = ("he", "xavier", "orthogonal")
 DISTRIBUTIONS = ("gaussian", "rademacher", "sphere")
 NORMS = ("frobenius", "spectral")
+
+# A name becomes a file name (results/<name>.zarr): letters, digits, '.', '_', '-'.
+NAME_RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+# Two ratios closer than this (relative) are one coordinate: `--sel ratio=` matches with it.
+RATIO_RTOL = 1e-9
+# Below this the change r||v|| is a difference of outputs that agree in nearly all of
+# float64's 16 digits (measured by tests/test_spec.py::test_min_ratio_is_resolved).
+MIN_RATIO = 1e-10
+
+_short = reprlib.Repr()  # keyword arguments need Python 3.12
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxtuple, _short.maxdict, _short.maxlevel = \
+    60, 60, 8, 8, 6, 3
+
+
+def short(value: Any) -> str:
+    """A repr of ``value`` cut to at most 100 characters, for error messages.
+
+    >>> short(list(range(100)))
+    '[0, 1, 2, 3, 4, 5, 6, 7, ...]'
+    >>> len(short([[["x" * 50] * 8] * 8] * 8))
+    100
+    """
+    text = _short.repr(value)
+    return text if len(text) <= 100 else text[:96] + " ..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +122,7 @@ class GridSpec:
     m: tuple[int, ...]
     ratio: tuple[float, ...]
     layer: tuple[int, ...]
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # a range until the grid's size has been checked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,11 +196,16 @@ class Spec:
     def with_execution(self, **changes) -> Spec:
         """A copy with other execution settings; the hash does not change."""
         ex = _Validator(self.source, Path.cwd()).execution({**dataclasses.asdict(self.execution), **changes})
-        return dataclasses.replace(self, execution=ex)
+        spec = dataclasses.replace(self, execution=ex)
+        from .sizes import check_sizes  # local: sizes reads the store schema, which imports this module
+
+        check_sizes(spec)
+        return spec
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a sweep file (YAML, read with ``safe_load``).
+    """Read and validate a sweep file (YAML, read with :mod:`pipeline.yamlload`: a safe
+    loader where ``1e-3`` is a number and a repeated key is an error).
 
     Raises:
         SpecError: the file is missing, is not YAML, or does not validate.
@@ -183,7 +215,7 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(f"spec file {str(path)!r} does not exist or is not a file; "
                         "pass the path of a sweep file such as sweeps/quickstart.yaml.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yamlload.load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         detail = " ".join(str(e).split())
         raise SpecError(f"{path}: not valid YAML ({detail}); a sweep file is a YAML mapping "
@@ -206,7 +238,7 @@ class _Validator:
 
     def fail(self, field: str, value: Any, allowed: str) -> SpecError:
         where = f"{self.source}: " if self.source else ""
-        return SpecError(f"{where}{self.names.get(field, field)}: {value!r} is not allowed; expected {allowed}.")
+        return SpecError(f"{where}{self.names.get(field, field)}: {short(value)} is not allowed; expected {allowed}.")
 
     def rename(self, e: SpecError) -> SpecError:
         """A file error (which names a spec field first) in this validator's field names."""
@@ -253,6 +285,18 @@ class _Validator:
             raise self.fail(field, v, "a list without repeated values")
         return tuple(sorted(out))
 
+    def ratios(self, v: Any) -> tuple[float, ...]:
+        out = self.axis(v, "grid.ratio", lambda x, f: self.float_(x, f, positive=True))
+        if out[0] < MIN_RATIO:
+            raise self.fail("grid.ratio", out[0], f"ratios >= {MIN_RATIO:g}: below that, float64 cannot resolve "
+                            "the output change r ||v|| against ||v|| (the rounding error exceeds 1e-4 of the "
+                            "change)")
+        for a, b in zip(out, out[1:]):
+            if b - a <= RATIO_RTOL * b:
+                raise self.fail("grid.ratio", [a, b], f"ratios that differ by more than {RATIO_RTOL:g} relative; "
+                                "these two are one value to `nnsweep query --sel` and to a reader of the store")
+        return out
+
     def path(self, v: Any, field: str, suffix: str, what: str) -> str:
         if not isinstance(v, str) or not v.endswith(suffix):
             raise self.fail(field, v, what)
@@ -264,8 +308,9 @@ class _Validator:
     def spec(self, raw: Any) -> Spec:
         raw = self.mapping(raw, "", self.SECTIONS)
         name = raw.get("name", "")
-        if not isinstance(name, str) or any(c in name for c in "/\\ "):
-            raise self.fail("name", name, "a short name without spaces or slashes")
+        if not isinstance(name, str) or name and not NAME_RULE.fullmatch(name):
+            raise self.fail("name", name, "a name of 1 to 100 letters, digits, '.', '_' or '-', not starting "
+                            "with '.' or '-' (it names the store file)")
         description = raw.get("description", "")
         if not isinstance(description, str):
             raise self.fail("description", description, "a string")
@@ -281,6 +326,11 @@ class _Validator:
         network = self.network(net_raw, init, single, grid)
         noise = self.noise(raw.get("noise"))
         execution = self.execution(raw.get("execution"))
+        spec = Spec(name, description, random_seed, network, grid, noise, execution, self.source)
+        from .sizes import check_sizes  # local: sizes reads the store schema, which imports this module
+
+        check_sizes(spec)  # before a seed list is built: a count can be 10**9
+        grid = dataclasses.replace(grid, seeds=tuple(grid.seeds))
         return Spec(name, description, random_seed, network, grid, noise, execution, self.source)
 
     def init(self, v: Any) -> str:
@@ -397,7 +447,7 @@ class _Validator:
                 raise self.fail(f"grid.{key}", None, "a list of values (the key is required)")
         L = self.axis(raw["L"], "grid.L", lambda x, f: self.int_(x, f, 1))
         m = self.axis(raw["m"], "grid.m", lambda x, f: self.int_(x, f, 1))
-        ratio = self.axis(raw["ratio"], "grid.ratio", lambda x, f: self.float_(x, f, positive=True))
+        ratio = self.ratios(raw["ratio"])
         layer_raw = raw.get("layer", "all")
         if layer_raw == "all":
             layer = tuple(range(1, max(L) + 1))
@@ -410,7 +460,7 @@ class _Validator:
         if isinstance(seeds_raw, list):
             seeds = self.axis(seeds_raw, "grid.seeds", lambda x, f: self.int_(x, f, 0))
         else:
-            seeds = tuple(range(self.int_(seeds_raw, "grid.seeds", 1)))
+            seeds = range(self.int_(seeds_raw, "grid.seeds", 1))
         if single is not None and len(seeds) > 1:
             raise self.fail("grid.seeds", seeds_raw, "1 with a single network file: it is one network, so "
                             "seeds would repeat it; use noise.draws for more noise samples, or a path "

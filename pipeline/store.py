@@ -4,6 +4,14 @@ The client creates the store once, before any task runs, with every
 coordinate, every variable (NaN fill), units, descriptions and provenance.
 Each block then writes exactly one chunk of every variable and marks itself
 done afterwards, so a rerun skips it. Metadata never changes after creation.
+
+Creation is atomic for readers: the root group is first written with a
+``nnsweep_creating`` attribute only, then every array, and last the root
+attributes with ``spec_hash``, the mark of a results store (one atomic write of
+the group's ``zarr.json``). A directory without that mark is not a results
+store; one with ``nnsweep_creating`` is a creation that was interrupted, and
+``nnsweep run`` recreates it. Every chunk carries a crc32c checksum (zarr's
+``crc32c`` codec after ``zstd``), so a reader detects a damaged chunk.
 """
 
 from __future__ import annotations
@@ -20,13 +28,17 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from .errors import StoreError
+from .errors import ResultNotFinite, StoreError
 from .measure import BlockResult
 from .plan import BlockKey
 from .spec import Spec
 
 SCHEMA_VERSION = 2  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
+MARK = "spec_hash"  # the root attribute written last: a directory is a results store once it has it
+CREATING = "nnsweep_creating"  # the root attribute of a store whose creation has not finished
+CODECS = (ZstdCodec(), Crc32cCodec())  # bytes-to-bytes codecs of every array: compress, then checksum
 FULL = ("L", "m", "ratio", "layer", "seed", "input", "draw")
 NET = ("L", "m", "seed")
 CELL_INPUT = ("L", "m", "ratio", "layer", "seed", "input")
@@ -67,6 +79,9 @@ VARIABLES = {
     "done": (NET, "i1", "1", "1 once the block holding this seed is written completely"),
 }
 RESULT_VARIABLES = tuple(v for v in VARIABLES if v not in ("wall_time", "done"))
+# Variables that may be NaN by design (no labels, k = 1, spectral scaling) though never infinite;
+# every other variable must be finite wherever "layer" <= "L", or write_block refuses the block.
+NAN_ALLOWED = frozenset({"accuracy", "clean_accuracy", "margin", "linear_rms"})
 
 
 def _versions() -> dict[str, str]:
@@ -77,6 +92,21 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "unknown"
     return out
+
+
+def dim_lengths(spec: Spec) -> dict[str, int]:
+    """The length of every dimension of the store: the one place that knows them.
+
+    Works before the spec's seed list exists (``grid.seeds`` may still be a range).
+    """
+    g = spec.grid
+    return {"L": len(g.L), "m": len(g.m), "ratio": len(g.ratio), "layer": len(g.layer), "seed": len(g.seeds),
+            "input": spec.network.n_inputs, "draw": spec.noise.draws}
+
+
+def chunk_lengths(spec: Spec) -> dict[str, int]:
+    """The chunk length along every dimension: one L, one m, a block's seeds, everything else whole."""
+    return {**dim_lengths(spec), "L": 1, "m": 1, "seed": spec.execution.seeds_per_block}
 
 
 def template(spec: Spec) -> xr.Dataset:
@@ -91,12 +121,11 @@ def template(spec: Spec) -> xr.Dataset:
         "input": ("input", np.arange(spec.network.n_inputs), {"description": "input x* (row of network.input)"}),
         "draw": ("draw", np.arange(spec.noise.draws), {"description": "noise draw (one eta for every input)"}),
     }
-    sizes = {d: len(c[1]) for d, c in coords.items()}
-    chunk = {"L": 1, "m": 1, "seed": spec.execution.seeds_per_block}
+    sizes, chunk = dim_lengths(spec), chunk_lengths(spec)
     data_vars = {}
     for name, (dims, dtype, units, desc) in VARIABLES.items():
         shape = tuple(sizes[d] for d in dims)
-        chunks = tuple(chunk.get(d, sizes[d]) for d in dims)
+        chunks = tuple(min(chunk[d], sizes[d]) for d in dims)
         fill = 0 if dtype == "i1" else np.nan
         data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=chunks),
                            {"units": units, "description": desc})
@@ -155,13 +184,19 @@ def as_location(where: str | os.PathLike | StoreLocation, storage_options: dict 
 
 
 def _kind(loc: StoreLocation) -> str:
-    """'missing', 'results' (one of ours), or a reason the location cannot be a store."""
+    """'missing', 'results' (one of ours), 'half-created', or a reason the location cannot be a store."""
     if loc.is_local:
         p = Path(loc.url.removeprefix("file://"))
-        if not p.exists() or p.is_dir() and not any(p.iterdir()):
-            return "missing"
-        if not p.is_dir():
-            return "an existing file, not a directory"
+        try:
+            if p.is_symlink() and not p.exists():
+                return f"a dangling symbolic link (to {os.readlink(p)!r})"
+            if not p.exists() or p.is_dir() and not any(p.iterdir()):
+                return "missing"
+            if not p.is_dir():
+                return "an existing file, not a directory"
+        except OSError as e:  # a name too long, no permission to look inside
+            raise StoreError(f"store path {short(loc.url)}: cannot be used ({e.strerror}); choose another "
+                             "--store path. Nothing was written.") from None
     else:
         import fsspec
 
@@ -179,26 +214,36 @@ def _kind(loc: StoreLocation) -> str:
         group = zarr.open_group(loc.url, mode="r", **loc.zarr_kwargs)
     except Exception:
         return "a non-empty directory that is not a zarr store"
-    return "results" if "spec_hash" in group.attrs else "a zarr store not made by nnsweep"
+    if MARK in group.attrs:
+        return "results"
+    return "half-created" if CREATING in group.attrs else "a zarr store not made by nnsweep"
+
+
+def short(text: str) -> str:
+    """A path or URL cut to a readable length for messages, quoted."""
+    return repr(text) if len(text) <= 120 else repr(text[:60] + "..." + text[-40:])
 
 
 def read_attrs(where: str | StoreLocation) -> dict:
     """The root attributes of an existing results store.
 
     Raises:
-        StoreError: the path is missing or not a results store.
+        StoreError: the path is missing, not a results store, or was not completely created.
     """
     loc = as_location(where)
     kind = _kind(loc)
+    if kind == "half-created":
+        raise StoreError(f"store {short(loc.url)} was not completely created (its creation was interrupted), so "
+                         "it holds no results; `nnsweep run SPEC --store` with that path creates it again.")
     if kind != "results":
         what = "does not exist" if kind == "missing" else f"is {kind}"
-        raise StoreError(f"store {loc.url!r} {what}; expected a results store written by `nnsweep run`.")
+        raise StoreError(f"store {short(loc.url)} {what}; expected a results store written by `nnsweep run`.")
     attrs = dict(zarr.open_group(loc.url, mode="r", **loc.zarr_kwargs).attrs)
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
         made_by = json.loads(attrs.get("versions", "{}")).get("nnsweep", "an older nnsweep")
-        raise StoreError(f"store {loc.url!r} has schema version {version}, written by nnsweep {made_by}; this "
-                         f"nnsweep reads version {SCHEMA_VERSION} (which added the input dimension, the "
+        raise StoreError(f"store {short(loc.url)} has schema version {version}, written by nnsweep {made_by}; "
+                         f"this nnsweep reads version {SCHEMA_VERSION} (which added the input dimension, the "
                          "classifier metrics and the linear answer, and renamed flip_fraction to "
                          "hidden_flip_fraction). Rerun its spec "
                          "into a new store (nnsweep run SPEC --store NEW.zarr), or read it with the nnsweep "
@@ -219,12 +264,13 @@ def check_store(spec: Spec, where: str | StoreLocation) -> tuple[Spec, bool]:
     """
     loc = as_location(where)
     kind = _kind(loc)
-    if kind == "missing":
+    if kind in ("missing", "half-created"):  # a half-created store holds no results: it is made again
         return spec, False
     if kind != "results":
-        raise StoreError(f"store path {loc.url!r} is {kind}; choose a new path (--store) or the path of a "
+        raise StoreError(f"store path {short(loc.url)} is {kind}; choose a new path (--store) or the path of a "
                          "results store made from this spec. Nothing was written.")
     attrs = read_attrs(loc)
+    check_arrays(loc)
     if attrs["spec_hash"] != spec.hash:
         raise StoreError(
             f"store {loc.url!r} was made from another spec (its hash {attrs['spec_hash'][:12]} differs from "
@@ -236,20 +282,122 @@ def check_store(spec: Spec, where: str | StoreLocation) -> tuple[Spec, bool]:
 def create_or_resume(spec: Spec, where: str | StoreLocation) -> tuple[Spec, bool]:
     """Create the store from ``spec`` (as a template) or check an existing one against it.
 
+    Creation holds the store's lock (re-entered if the caller holds it) and
+    replaces a half-created store; the mark of a results store is written last.
+
     Returns and raises as :func:`check_store`; nothing is written when it raises.
+
+    Raises:
+        StoreError: also when the store cannot be created (permissions, a full
+            disk); what was written is removed again.
     """
+    from .lock import store_lock  # local: lock reads StoreLocation from here
+
     loc = as_location(where)
     spec, existed = check_store(spec, loc)
-    if not existed:
-        template(spec).to_zarr(loc.url, mode="w-", compute=False, zarr_format=3, consolidated=False,
-                               **loc.zarr_kwargs)
+    if existed:
+        return spec, existed
+    with store_lock(loc):
+        spec, existed = check_store(spec, loc)  # another run may have created it meanwhile
+        if not existed:
+            _create(spec, loc)
     return spec, existed
 
 
+def _create(spec: Spec, loc: StoreLocation) -> None:
+    if _kind(loc) == "half-created":
+        _remove(loc)
+    ds = template(spec)
+    attrs, ds.attrs = ds.attrs, {CREATING: spec.hash}
+    encoding = {name: {"compressors": CODECS} for name in ds.variables}
+    try:
+        ds.to_zarr(loc.url, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding,
+                   **loc.zarr_kwargs)
+        zarr.open_group(loc.url, mode="r+", **loc.zarr_kwargs).attrs.put(attrs)
+    except (OSError, ValueError) as e:  # no permission, a full disk, a path zarr cannot make
+        _remove(loc, missing_ok=True)
+        raise StoreError(f"could not create the store {short(loc.url)} ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]}); choose a --store path in a writable place. "
+                         "Nothing was kept.") from None
+
+
+def _remove(loc: StoreLocation, missing_ok: bool = False) -> None:
+    """Delete a store that holds no results (a half-created one, or one whose creation failed)."""
+    import shutil
+
+    kind = _kind(loc) if not missing_ok else "half-created"
+    if kind != "half-created":
+        return
+    if loc.is_local:
+        shutil.rmtree(loc.url.removeprefix("file://"), ignore_errors=missing_ok)
+        return
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(loc.url, **loc.options)
+    try:
+        fs.rm(root, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
 def done_mask(where: str | StoreLocation) -> np.ndarray:
-    """The (L, m, seed) done mark as a bool array."""
+    """The (L, m, seed) done mark as a bool array; a chunk that cannot be read counts as not done.
+
+    "Not done" is always safe: the block is computed again and rewrites every
+    chunk, its done mark included. `nnsweep verify` reports such chunks.
+    """
     loc = as_location(where)
-    return zarr.open_array(loc.url, path="done", mode="r", **loc.zarr_kwargs)[...].astype(bool)
+    arr = zarr.open_array(loc.url, path="done", mode="r", **loc.zarr_kwargs)
+    try:
+        return arr[...].astype(bool)
+    except Exception:  # a damaged chunk: read the others one by one
+        done = np.zeros(arr.shape, dtype=bool)
+        for index in np.ndindex(*arr.cdata_shape):
+            try:
+                done[_chunk_slices(arr, index)] = arr.get_block_selection(index).astype(bool)
+            except Exception:
+                pass
+        return done
+
+
+def _chunk_slices(arr: zarr.Array, index: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, arr.chunks, arr.shape))
+
+
+def nonfinite(name: str, data: np.ndarray, dims: tuple[str, ...], layers: np.ndarray, L: int) -> np.ndarray:
+    """Where ``data`` (variable ``name`` over ``dims``) is not finite though it must be.
+
+    Every cell must be finite except where ``layer`` > ``L`` (that layer does
+    not exist); the variables of :data:`NAN_ALLOWED` may be NaN, never infinite.
+    """
+    bad = np.isinf(data) if name in NAN_ALLOWED else ~np.isfinite(data)
+    if "layer" in dims:
+        shape = [1] * data.ndim
+        shape[dims.index("layer")] = -1
+        bad &= (np.asarray(layers) <= L).reshape(shape)
+    return bad
+
+
+def _check_finite(group: zarr.Group, key: BlockKey, values: dict[str, np.ndarray]) -> None:
+    """Refuse a block whose results are not finite where they must be, before anything is written."""
+    layers = None
+    for name, data in values.items():
+        dims = tuple(d for d in VARIABLES[name][0] if d not in ("L", "m"))
+        if "layer" in dims and layers is None:
+            layers = group["layer"][...]
+        bad = nonfinite(name, np.asarray(data), dims, layers, key.L)
+        if bad.any():
+            first = dict(zip(dims, np.argwhere(bad)[0]))
+            coords = {d: (group[d][int(i)].item() if d in ("ratio", "layer") else int(i)) for d, i in first.items()}
+            if "seed" in coords:
+                coords["seed"] = key.seeds[coords["seed"]]
+            where = ", ".join(f"{d}={v}" for d, v in coords.items())
+            kinds = sorted({"inf" if np.isinf(x) else "nan" for x in np.asarray(data)[bad][:1000]})
+            raise ResultNotFinite(
+                f"{name} holds {int(bad.sum())} non-finite values ({', '.join(kinds)}) where the computation "
+                f"must give finite numbers, first at {where}: the network's numbers overflow float64 or are "
+                "not numbers (weights, biases, the input, weight_norm_bound or the ratio too large, or NaN in "
+                "a file). The block is not marked done; rerunning gives the same result.")
 
 
 def write_block(where: str | StoreLocation, key: BlockKey, result: BlockResult, wall_time: float) -> None:
@@ -270,6 +418,7 @@ def write_block(where: str | StoreLocation, key: BlockKey, result: BlockResult, 
     n = len(key.seeds)
     values = {name: getattr(result, name) for name in RESULT_VARIABLES}
     values["wall_time"] = np.full(n, wall_time)
+    _check_finite(group, key, values)
     for name, arr in arrays.items():
         seed_axis = VARIABLES[name][0].index("seed")
         chunk = arr.chunks[seed_axis]
@@ -289,11 +438,34 @@ def open_results(where: str | os.PathLike | StoreLocation, storage_options: dict
         storage_options: options for an fsspec URL (e.g. ``endpoint_url``, ``key``).
 
     Raises:
-        StoreError: the path is missing or not a results store.
+        StoreError: the path is missing or not a results store, or an array's metadata is missing or damaged.
     """
     loc = as_location(where, storage_options)
     read_attrs(loc)
+    check_arrays(loc)
     ds = xr.open_zarr(loc.url, consolidated=False, **loc.zarr_kwargs)
     rel = ds["delta_norm"] / ds["output_norm"]
     rel.attrs = {"units": "1", "description": "relative output change ||v - v*|| / ||v||"}
     return ds.assign(rel_change=rel)
+
+
+def check_arrays(where: str | StoreLocation) -> None:
+    """Check that every variable's array exists with readable metadata and its dimensions.
+
+    Raises:
+        StoreError: naming the first array that is missing or damaged.
+    """
+    loc = as_location(where)
+    group = zarr.open_group(loc.url, mode="r", **loc.zarr_kwargs)
+    for name, (dims, *_) in VARIABLES.items():
+        try:
+            arr = group[name]
+            ok = isinstance(arr, zarr.Array) and tuple(arr.metadata.dimension_names or ()) == dims
+            why = "" if ok else f"is not an array over {', '.join(dims)}"
+        except KeyError:
+            why = "is missing"
+        except Exception as e:  # unreadable zarr.json
+            why = f"has unreadable metadata ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        if why:
+            raise StoreError(f"store {short(loc.url)} is damaged: the array {name!r} {why}; it cannot be read or resumed. "
+                             "Run the sweep into a new --store (the spec is in the store's root zarr.json).")

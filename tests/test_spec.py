@@ -350,3 +350,93 @@ def test_input_file_must_be_a_finite_vector_of_input_dim(tmp_path, array):
     with pytest.raises(SpecError, match="network.input"):
         Spec.from_dict({"network": {"input_dim": 4, "input": "x.npy"},
                         "grid": {"L": [2], "m": [4], "ratio": [0.1]}}, base_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- YAML pitfalls, names, sizes
+
+
+def _load_text(tmp_path, text: str):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return load_spec(path)
+
+
+def test_exponent_numbers_are_numbers(tmp_path):
+    spec = _load_text(tmp_path, "grid: {L: [2], m: [4], ratio: [1e-3, 2E-1, 1.5e-2]}\n")
+    assert spec.grid.ratio == (0.001, 0.015, 0.2)
+
+
+def test_duplicate_key_is_an_error(tmp_path):
+    with pytest.raises(SpecError) as info:
+        _load_text(tmp_path, "grid: {L: [2], m: [4], ratio: [0.1]}\nrandom_seed: 1\nrandom_seed: 2\n")
+    assert "found the key 'random_seed' a second time (first at line 2)" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["a\tb", "a\x00b", "x" * 101, ".hidden", "a b", "a/b", "é"])
+def test_names_follow_the_rule(tiny_raw, name):
+    msg = _error(tiny_raw(name=name))
+    assert "name:" in msg and "letters, digits" in msg and len(msg) < 400
+
+
+def test_a_good_name(tiny_spec):
+    assert tiny_spec(name="run-2.v1_x").name == "run-2.v1_x"
+
+
+def test_ratios_that_cannot_be_told_apart_are_refused(tiny_raw):
+    msg = _error(tiny_raw(grid={"ratio": [0.1, np.nextafter(0.1, 1)]}))
+    assert "grid.ratio" in msg and "differ by more than 1e-09" in msg and "--sel" in msg
+
+
+def test_ratio_too_small_for_float64_is_refused_with_the_reason(tiny_raw):
+    msg = _error(tiny_raw(grid={"ratio": [1e-14, 0.1]}))
+    assert "grid.ratio: 1e-14 is not allowed" in msg and "float64 cannot resolve" in msg
+
+
+def test_min_ratio_is_resolved():
+    """At MIN_RATIO the measured change, divided by r, is the small-r limit to 1e-4 (L = 16, m = 256)."""
+    from pipeline.measure import measure_block
+    from pipeline.spec import MIN_RATIO
+
+    spec = Spec.from_dict({"network": {"input_dim": 64}, "grid": {"L": [16], "m": [256],
+                           "ratio": [MIN_RATIO, 1e-6], "seeds": 2}, "noise": {"draws": 8}})
+    d = measure_block(spec, 16, 256, (0, 1)).delta_norm
+    scaled = d[0] / MIN_RATIO, d[1] / 1e-6
+    assert np.nanmax(np.abs(scaled[0] / scaled[1] - 1)) < 1e-4
+
+
+def test_alias_bomb_fails_fast_with_a_short_message(tmp_path):
+    # nine levels of nine aliases: 9**9 (387 million) strings once expanded, in about 400 bytes
+    bomb = "description:\n  - &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  - &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        _load_text(tmp_path, bomb + "grid: {L: [2], m: [4], ratio: [0.1]}\n")
+    assert time.monotonic() - t0 < 5
+    assert len(str(info.value)) < 500 and "description: [[" in str(info.value)
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"grid": {"seeds": 10**9}}, "the number of blocks"),
+    ({"noise": {"draws": 10**9}}, "the estimated peak memory of one block"),
+    ({"grid": {"m": [200000]}}, "the estimated peak memory of one block"),
+    ({"grid": {"seeds": 10**6}, "noise": {"draws": 10**5}}, "the store's uncompressed size"),
+])
+def test_grids_beyond_the_limits_are_refused_before_anything_is_built(tiny_raw, changes, needle):
+    import time
+
+    t0 = time.monotonic()
+    msg = _error(tiny_raw(**changes))
+    assert time.monotonic() - t0 < 5
+    assert "this sweep is too large" in msg and needle in msg and "NNSWEEP_MAX_" in msg
+
+
+def test_limits_can_be_raised(tiny_raw, monkeypatch):
+    raw = tiny_raw(grid={"seeds": 40}, execution={"seeds_per_block": 1})
+    monkeypatch.setenv("NNSWEEP_MAX_BLOCKS", "39")
+    assert "above the limit of 39" in _error(raw)
+    monkeypatch.setenv("NNSWEEP_MAX_BLOCKS", "40")
+    assert len(Spec.from_dict(raw).grid.seeds) == 40
+    monkeypatch.setenv("NNSWEEP_MAX_STORE_BYTES", "lots")
+    assert "NNSWEEP_MAX_STORE_BYTES='lots' is not allowed" in _error(raw)

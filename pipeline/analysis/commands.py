@@ -6,12 +6,11 @@ UserError raised here becomes a one-paragraph message and exit status 2 there.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from ..cliopts import storage_option
+from ..cliopts import dumps, storage_option
 from ..errors import UserError
 
 _bootstrap = click.option("--bootstrap", "n_boot", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -43,9 +42,9 @@ def fit_command(store, as_json, out, n_boot, seed, progress, storage_options):
     result = fit(load(as_location(store, dict(storage_options)), progress), n_boot=n_boot, seed=seed, progress=progress,
                  with_cells=out is not None)
     if out is not None:
-        _write(Path(out), json.dumps(result, indent=2, allow_nan=False))
+        _write(Path(out), dumps(result, indent=2))
         result.pop("cells")
-    click.echo(json.dumps(result, indent=2, allow_nan=False) if as_json else to_text(result))
+    click.echo(dumps(result, indent=2) if as_json else to_text(result))
 
 
 @click.command("report")

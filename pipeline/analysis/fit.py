@@ -24,6 +24,7 @@ array([0.693147, 1.      ])
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -33,9 +34,9 @@ import xarray as xr
 from scipy import optimize
 from tqdm.auto import tqdm
 
-from .. import plan
+from .. import plan, verify
 from ..errors import UserError
-from ..store import as_location, open_results
+from ..store import as_location, done_mask, open_results
 from . import theory
 
 SMALL_R = 0.1  # the "small r" fits use ratio <= SMALL_R
@@ -117,7 +118,7 @@ def load(path: str, progress: bool = True) -> Sample:
     path = str(loc)
     ds = open_results(loc)  # checks that it is a results store
     attrs = ds.attrs
-    done = ds["done"].values.astype(bool)
+    done = done_mask(loc)  # a damaged done chunk counts as not done, as in `nnsweep run`
     cov = coverage(done, ds.L.values, ds.m.values, ds.seed.values, int(attrs["seeds_per_block"]))
     if cov["blocks_done"] == 0:
         raise UserError(f"store {path!r} has no finished block (0 of {cov['blocks_total']} done), so "
@@ -125,12 +126,18 @@ def load(path: str, progress: bool = True) -> Sample:
                         f"{path}`; rerunning resumes it), then fit again.")
     spec = json.loads(attrs["spec"])
     units = "draws" if one_network(spec) else "networks"
+    seed0 = ds.seed.values[0]
     if units == "draws":  # the draws of the one network are the independent units
         ds = ds.isel(seed=0, drop=True).rename(draw="seed")
         done = np.repeat(done[:, :, :1], ds.sizes["seed"], axis=2)
     mask = xr.DataArray(done, dims=("L", "m", "seed"), coords={d: ds[d] for d in ("L", "m", "seed")})
     lazy = network_summaries(ds).where(mask & (ds.layer <= ds.L))
-    net = _compute(lazy, progress)
+    bad = verify.nan_cells(lazy, mask)
+    if units == "draws":  # back to the store's own seed coordinate, to name the block
+        bad = bad.any("seed").expand_dims(seed=[seed0])
+    with verify.reading(loc):  # a damaged block is named, never averaged as NaN
+        net, bad = _compute((lazy, bad), progress)
+    verify.check_nan(loc, bad)
     net.attrs["pooled"] = int(np.prod([ds.sizes[d] for d in _nested(ds["rel_change"])]))
     return Sample(path, net, done, cov, spec, units)
 
@@ -146,13 +153,15 @@ def one_network(spec: dict) -> bool:
     return single_file or len(spec["grid"]["seeds"]) == 1
 
 
-def _compute(lazy: xr.Dataset, progress: bool) -> xr.Dataset:
+def _compute(lazy, progress: bool):
+    """dask.compute of ``lazy`` (one object or a tuple of them), with a progress bar if it takes a while."""
+    import dask
     from dask.diagnostics import ProgressBar
 
-    if not progress:
-        return lazy.compute()
-    with ProgressBar(minimum=2.0, out=sys.stderr):
-        return lazy.compute()
+    objects = lazy if isinstance(lazy, tuple) else (lazy,)
+    with ProgressBar(minimum=2.0, out=sys.stderr) if progress else contextlib.nullcontext():
+        out = dask.compute(*objects)
+    return out if isinstance(lazy, tuple) else out[0]
 
 
 # --- cell statistics ------------------------------------------------------------------

@@ -11,7 +11,6 @@ plot shows.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from ..cliopts import dumps  # noqa: E402
 from ..errors import UserError  # noqa: E402
 from . import fit as fitting  # noqa: E402
 from . import linear, theory  # noqa: E402
@@ -516,5 +516,5 @@ def make_report(store: str, out_dir: str, n_boot: int = 1000, seed: int = 0, pro
         plt.close(fig)
         plots.append(name)
     cells = result.pop("cells")
-    (out / "fit.json").write_text(json.dumps({**result, "cells": cells}, indent=2, allow_nan=False) + "\n")
+    (out / "fit.json").write_text(dumps({**result, "cells": cells}, indent=2) + "\n")
     return write_index(out, sample, result, ratio, plots, sections)

@@ -1,0 +1,179 @@
+"""What a sweep will cost, from the spec alone, and the limits that refuse absurd ones.
+
+A spec of a few hundred bytes can ask for 10**9 seeds or draws. Every size here
+is arithmetic on the spec (no array is built), so a grid beyond a limit is
+refused while the spec is validated: before a store is written or a cluster is
+started. The limits are defaults that a user can raise with environment
+variables (docs/store.md):
+
+==============================  =============================================  =========
+variable                        what it bounds                                 default
+==============================  =============================================  =========
+``NNSWEEP_MAX_STORE_BYTES``     the store's uncompressed size                  1 TB
+``NNSWEEP_MAX_BLOCKS``          blocks (tasks; one chunk per variable each)    1000000
+``NNSWEEP_MAX_BLOCK_MEMORY``    the estimated peak memory of one block         16 GiB
+==============================  =============================================  =========
+
+>>> from pipeline.spec import Spec
+>>> s = sizes(Spec.from_dict({"grid": {"L": [2], "m": [8], "ratio": [0.1], "seeds": 4},
+...                           "noise": {"draws": 16}, "execution": {"seeds_per_block": 2}}))
+>>> s.cells, s.blocks, s.chunks
+(128, 2, 26)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+
+from .errors import SpecError
+
+LIMITS = {  # name -> (environment variable, default in bytes or count, what it bounds)
+    "store_bytes": ("NNSWEEP_MAX_STORE_BYTES", 10**12, "the store's uncompressed size"),
+    "blocks": ("NNSWEEP_MAX_BLOCKS", 10**6, "the number of blocks (one task and one chunk per variable each)"),
+    "block_bytes": ("NNSWEEP_MAX_BLOCK_MEMORY", 16 * 2**30, "the estimated peak memory of one block"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Sizes of a sweep, computed from its spec.
+
+    ``cells`` counts the values of the largest variable (one per coordinate
+    combination, draws included); ``store_bytes`` is the uncompressed size of
+    every variable; ``chunks`` the chunk files of a complete store;
+    ``block_bytes`` the estimated peak memory of the largest block on a worker,
+    above the memory of the libraries themselves.
+    """
+
+    cells: int
+    store_bytes: int
+    chunks: int
+    blocks: int
+    block_bytes: int
+
+    def __str__(self) -> str:
+        return (f"{self.cells:,} cells, {human(self.store_bytes)} uncompressed in {self.chunks:,} chunks, "
+                f"{self.blocks:,} blocks of at most {human(self.block_bytes)} peak memory")
+
+
+def human(n: float) -> str:
+    """Bytes as a short string.
+
+    >>> human(1536), human(3 * 10**12)
+    ('1.5 KiB', '2.7 TiB')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def sizes(spec) -> Sizes:
+    """The sizes of ``spec``'s store and blocks; cheap for any grid size."""
+    from .store import VARIABLES, chunk_lengths, dim_lengths  # local: store imports spec, which imports us
+
+    n, chunk = dim_lengths(spec), chunk_lengths(spec)
+    cells = store_bytes = chunks = 0
+    for dims, dtype, *_ in VARIABLES.values():
+        count = math.prod(n[d] for d in dims)
+        cells = max(cells, count)
+        store_bytes += count * np.dtype(dtype).itemsize
+        chunks += math.prod(-(-n[d] // chunk[d]) for d in dims)
+    blocks = n["L"] * n["m"] * -(-n["seed"] // chunk["seed"])
+    return Sizes(cells, store_bytes, chunks, blocks, block_peak_bytes(spec))
+
+
+def block_peak_bytes(spec) -> int:
+    """Estimated peak memory of the largest block of ``spec`` (L and m largest).
+
+    A model of pipeline/measure.py: the weights of two networks, the perturbed
+    columns of one network (every input, ratio, present layer, draw and worst direction) in four
+    buffers of the widest layer, its Jacobians, one materialised noise matrix for models that
+    need it, and the block's results. tests/test_sizes.py checks it against
+    the peak that tracemalloc measures.
+    """
+    from .network import layer_shapes  # local: network imports spec, which imports us
+
+    g, net, nz = spec.grid, spec.network, spec.noise
+    L, m = max(g.L), max(g.m)
+    shapes = layer_shapes(L, m, net.input_dim, net.output_dim)
+    per_block = min(spec.execution.seeds_per_block, len(g.seeds))
+    # the next network is built while the last one is still held, rescaling to the norm
+    # bound makes a copy, and one matrix is being drawn
+    networks = min(per_block, 2) + (1 if net.weight_norm_bound is not None else 0)
+    weights = sum(a * b for a, b in shapes) * networks + max(a * b for a, b in shapes)
+    rows = max(a for a, _ in shapes)
+    n = net.n_inputs
+    present = sum(1 for i in g.layer if i <= L)
+    # every (input, ratio, draw) and the worst direction of every (input, ratio), for each present layer
+    columns = len(g.ratio) * (nz.draws + 1) * present * n
+    work = 4.2 * rows * columns + rows * (nz.draws + 1) * n + present * n * net.output_dim * rows  # + Jacobians
+    if not (nz.norm == "frobenius" and nz.distribution in ("gaussian", "sphere")):
+        work += 3 * max(a * b for a, b in shapes)  # one eta, its scaled copy, a norm's workspace
+    elif min(min(s) for s in shapes) < 128:
+        work += max(a * b for a, b in shapes)  # a dense SVD's workspace for the spectral norms
+    results = 8 * len(g.ratio) * len(g.layer) * n * nz.draws * per_block
+    return int(8 * (weights + work + results))
+
+
+def limit(name: str) -> int:
+    """The limit ``name`` (a key of :data:`LIMITS`): its environment variable, or the default."""
+    var, default, _ = LIMITS[name]
+    raw = os.environ.get(var)
+    if raw is None:
+        return default
+    from dask.utils import parse_bytes
+
+    try:
+        value = int(parse_bytes(raw)) if name != "blocks" else int(raw)
+    except (ValueError, TypeError):
+        raise SpecError(f"{var}={raw!r} is not allowed; expected a count or a size such as 64GB.") from None
+    if value <= 0:
+        raise SpecError(f"{var}={raw!r} is not allowed; expected a number > 0.")
+    return value
+
+
+def check_sizes(spec) -> Sizes:
+    """Refuse a spec whose store, block count or block memory exceeds a limit.
+
+    Raises:
+        SpecError: naming the size, the limit and the variable that raises it.
+    """
+    s = sizes(spec)
+    where = f"{spec.source}: " if spec.source else ""
+    for name, value in (("store_bytes", s.store_bytes), ("blocks", s.blocks), ("block_bytes", s.block_bytes)):
+        cap = limit(name)
+        if value > cap:
+            var, _, what = LIMITS[name]
+            shown = f"{value:,}" if name == "blocks" else human(value)
+            cap_shown = f"{cap:,}" if name == "blocks" else human(cap)
+            raise SpecError(f"{where}this sweep is too large: {what} would be {shown}, above the limit of "
+                            f"{cap_shown} ({s}). Make the grid smaller (grid.seeds, noise.draws, "
+                            f"execution.seeds_per_block), or raise the limit with {var}=... if the machines "
+                            "can hold it. Nothing was written.")
+    return s
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes."""
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def check_fits(spec, memory_bytes: float, where: str) -> None:
+    """Refuse a spec whose largest block does not fit ``memory_bytes`` (one worker's memory).
+
+    Raises:
+        SpecError: naming the estimate and the memory.
+    """
+    need = block_peak_bytes(spec)
+    if need > memory_bytes:
+        raise SpecError(f"a block of this sweep needs about {human(need)} of memory, more than {where} has "
+                        f"({human(memory_bytes)}); use fewer seeds per block (--seeds-per-block), fewer or "
+                        "bigger workers (--workers), or a cluster (--cluster). Nothing was written.")

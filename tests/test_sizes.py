@@ -1,0 +1,78 @@
+"""Sizes from the spec alone, checked against a real store and the measured peak memory of a block."""
+
+from __future__ import annotations
+
+import math
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline import sizes, store
+from pipeline.measure import measure_block
+from pipeline.spec import Spec
+
+from pipeline_helpers import SMALL, build_store
+
+
+def test_dim_lengths_are_those_of_the_template():
+    spec = Spec.from_dict(SMALL)
+    assert store.dim_lengths(spec) == dict(store.template(spec).sizes)
+
+
+def test_sizes_match_a_complete_store(tmp_path):
+    spec = Spec.from_dict(SMALL)
+    path = build_store(tmp_path / "s.zarr", SMALL)
+    s = sizes.sizes(spec)
+    group = zarr.open_group(path, mode="r")
+    arrays = [group[name] for name in store.VARIABLES]
+    assert s.store_bytes == sum(a.nbytes for a in arrays)
+    assert s.cells == max(math.prod(a.shape) for a in arrays) == group["delta_norm"].size
+    files = sum(len(fs) for name in store.VARIABLES for _, _, fs in os.walk(os.path.join(path, name, "c")))
+    assert s.chunks == files
+    assert s.blocks == len(spec.grid.L) * len(spec.grid.m) * 4
+
+
+@pytest.mark.parametrize("grid, noise, network", [
+    ({"L": [4], "m": [256], "ratio": [0.1, 0.3], "seeds": 4}, {"draws": 32}, {"input_dim": 64}),
+    ({"L": [8], "m": [128], "ratio": [0.01, 0.1, 0.3], "seeds": 4}, {"draws": 64}, {"input_dim": 64}),
+    ({"L": [3], "m": [300], "ratio": [0.1], "seeds": 2}, {"draws": 16, "distribution": "rademacher"},
+     {"input_dim": 64}),
+    ({"L": [2], "m": [64], "ratio": [0.1], "seeds": 4}, {"draws": 16, "norm": "spectral"}, {"input_dim": 500}),
+    ({"L": [4], "m": [256], "ratio": [0.1], "seeds": 4}, {"draws": 8}, {"input_dim": 300, "weight_norm_bound": 2.0}),
+    ({"L": [2], "m": [32], "ratio": [0.1, 0.2], "seeds": 4}, {"draws": 512}, {"input_dim": 16}),
+    ({"L": [4], "m": [128], "ratio": [0.1, 0.3], "seeds": 4}, {"draws": 16}, {"input_dim": 64, "n_inputs": 32}),
+    ({"L": [3], "m": [64], "ratio": [0.1], "seeds": 4}, {"draws": 64}, {"input_dim": 32, "n_inputs": 100}),
+])
+def test_block_memory_estimate_bounds_the_measured_peak(grid, noise, network):
+    spec = Spec.from_dict({"grid": grid, "noise": noise, "network": network})
+    L, m = grid["L"][0], grid["m"][0]
+    measure_block(spec, L, m, spec.grid.seeds[:1])  # imports and caches outside the measurement
+    tracemalloc.start()
+    try:
+        measure_block(spec, L, m, spec.grid.seeds[:spec.execution.seeds_per_block])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = sizes.block_peak_bytes(spec)
+    assert peak <= estimate <= 2.5 * peak, (peak, estimate)
+
+
+def test_a_block_that_does_not_fit_a_local_worker_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline_helpers import raw_spec, write_spec
+
+    spec = write_spec(tmp_path, raw_spec(network={"input_dim": 16, "output_dim": 4},
+                                         grid={"L": [20], "m": [6000], "ratio": [0.1], "seeds": 2}))
+    need = sizes.block_peak_bytes(Spec.from_dict(raw_spec(network={"input_dim": 16, "output_dim": 4},
+                                                          grid={"L": [20], "m": [6000], "ratio": [0.1], "seeds": 2})))
+    workers = max(1, int(2 * sizes.machine_memory() / need))  # so many that each has half a block
+    result = CliRunner().invoke(main, ["run", str(spec), "--store", str(tmp_path / "s.zarr"), "--workers",
+                                       str(workers), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert f"more than each of the {workers} local workers has" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s.zarr").exists()
