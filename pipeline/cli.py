@@ -245,17 +245,13 @@ def run(spec_path, store, scheduler, workers, seeds_per_block, cluster_file, sto
 
     Example: nnsweep run sweeps/quickstart.yaml
     """
-    import logging
-
     from .clusterconfig import exposure, load_cluster_config
-
-    if not verbose:  # our own summary reports failures; Dask's reconnect tracebacks would bury it
-        import distributed  # noqa: F401  (configures its loggers, which we then quieten)
-
-        for name in [n for n in logging.root.manager.loggerDict if n.startswith("distributed")] + ["distributed"]:
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+    from .execute import quiet_dask_logs
     from .execute import run as run_sweep
     from .sizes import check_fits, machine_memory, sizes
+
+    if not verbose:  # our own summary reports failures; Dask's reconnect tracebacks would bury it
+        quiet_dask_logs()
     from .spec import load_spec
 
     spec = load_spec(spec_path)  # refuses a grid beyond the size limits

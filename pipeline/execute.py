@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import dask
 from distributed import Client, LocalCluster, Security, as_completed
+from distributed.core import Status
 from distributed.scheduler import KilledWorker
 from tqdm.auto import tqdm
 
@@ -65,6 +66,16 @@ class RunSummary:
         if any(not msg.startswith(ResultNotFinite.__name__) for _, msg in self.failed):  # those would repeat
             lines.append("Rerun the same command to retry only the missing blocks.")
         return "\n".join(lines)
+
+
+def quiet_dask_logs() -> None:
+    """Silence Dask's own log messages (reconnects, worker events, a refused job's traceback).
+
+    The run's summary reports what failed; ``nnsweep run --verbose`` keeps them.
+    """
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("distributed")]
+    for name in ["distributed", *names, "tornado.application"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def run_block(spec: Spec, path: str | StoreLocation, key: BlockKey) -> dict:
@@ -174,6 +185,44 @@ def job_script(cfg: ClusterConfig) -> str:
 
 
 @contextlib.contextmanager
+def _refused_job_is_user_error(cfg: ClusterConfig) -> Iterator[None]:
+    """Report a job the batch system refuses (sbatch / qsub exit status) as a UserError."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "Command exited with non-zero exit code" not in str(e):
+            raise
+        # dask-jobqueue's message: the exit code, the command, its stdout and its stderr
+        detail = " ".join(str(e).rpartition("stderr:")[2].split()) or " ".join(str(e).split())
+        raise UserError(f"{cfg.source or 'cluster file'}: the batch system refused the first job ({detail}). "
+                        "Check queue, account, walltime, memory and cores in the file against the cluster's "
+                        "limits (`nnsweep cluster show` prints the script). Nothing was written.") from None
+
+
+def _submit_first_job(cluster) -> None:
+    """Submit a job now and wait for the submission (not for the job to start).
+
+    dask-jobqueue submits from a background task and only logs a failed sbatch /
+    qsub, which would leave the run waiting forever for workers.
+    """
+    async def submit() -> None:
+        # in the cluster's event loop, so that this waits for the submission that
+        # scale() schedules, not for a later one that finds nothing left to do
+        if not cluster.worker_spec:
+            cluster.scale(jobs=1)
+        try:
+            await cluster._correct_state()
+        except RuntimeError:
+            # a job that was never submitted has nothing to cancel: mark it failed, forget it
+            for name in [n for n, job in cluster.workers.items() if job.job_id is None]:
+                cluster.workers.pop(name).status = Status.failed
+                cluster.worker_spec.pop(name, None)
+            raise
+
+    cluster.sync(submit)
+
+
+@contextlib.contextmanager
 def start_cluster(cfg: ClusterConfig) -> Iterator[Client]:
     """Start the cluster a config describes and yield a client of it."""
     if cfg.backend == "local":
@@ -181,7 +230,13 @@ def start_cluster(cfg: ClusterConfig) -> Iterator[Client]:
         with local_cluster(opts.pop("n_workers", None), opts.pop("memory_limit", "auto"), **opts) as client:
             yield client
         return
-    with make_cluster(cfg) as cluster:
+    jobqueue = cfg.backend in ("slurm", "pbs")
+    with _refused_job_is_user_error(cfg):
+        cluster = make_cluster(cfg)
+    with cluster:
+        if jobqueue:
+            with _refused_job_is_user_error(cfg):
+                _submit_first_job(cluster)
         if cfg.adapt:
             cluster.adapt(**cfg.adapt)
         elif not cfg.options.get("n_workers"):
