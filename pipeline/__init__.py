@@ -14,7 +14,7 @@ import importlib
 
 _EXPORTS = {
     "BlockFailed": "errors", "ClusterLost": "errors", "SpecError": "errors", "StoreError": "errors",
-    "UserError": "errors",
+    "UserError": "errors", "Interrupted": "errors",
     "Spec": "spec", "load_spec": "spec",
     "Network": "network", "build_network": "network", "make_inputs": "network", "make_labels": "network",
     "BlockResult": "measure", "measure_block": "measure", "measure_network": "measure",

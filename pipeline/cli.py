@@ -10,12 +10,12 @@ import click
 
 from .cliopts import dumps
 from .cliopts import storage_option as _storage_option
-from .errors import ClusterLost, UserError
+from .errors import ClusterLost, Interrupted, UserError
 
 
 class _Cli(click.Group):
     """Reports a UserError as one paragraph on stderr with exit status 2, no traceback;
-    a lost cluster with exit status 1."""
+    a lost cluster with exit status 1; an interrupted run as one line with 128 + the signal."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -26,6 +26,12 @@ class _Cli(click.Group):
         except ClusterLost as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(1)
+        except Interrupted as e:  # SIGINT / SIGTERM: one line, exit 130 / 143
+            click.echo(str(e), err=True)
+            ctx.exit(e.exit_status)
+        except KeyboardInterrupt:  # Ctrl-C outside a run: nothing to resume
+            click.echo("interrupted (SIGINT)", err=True)
+            ctx.exit(130)
 
 
 class _Ratio(click.ParamType):

@@ -23,3 +23,34 @@ class BlockFailed(RuntimeError):
 
 class ClusterLost(RuntimeError):
     """The scheduler went away mid-run; finished blocks are kept, a rerun resumes."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run; finished blocks are kept, a rerun resumes.
+
+    A KeyboardInterrupt, so that no ``except Exception`` swallows it; the CLI
+    prints its message as one line and exits with :attr:`exit_status`.
+    """
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"interrupted ({signal_name(signum)})")
+        self.signum = signum
+        self.detailed = bool(message)  # says what was kept and how to resume
+
+    @property
+    def signal_name(self) -> str:
+        return signal_name(self.signum)
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal number, as a shell reports a process killed by it (130, 143)."""
+        return 128 + self.signum
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -15,8 +15,10 @@ import hashlib
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
@@ -28,13 +30,15 @@ from distributed.core import Status
 from distributed.scheduler import KilledWorker
 from tqdm.auto import tqdm
 
-from .errors import BlockFailed, ClusterLost, ResultNotFinite, UserError
+from .errors import BlockFailed, ClusterLost, Interrupted, ResultNotFinite, UserError
 from .lock import store_lock
 from .measure import measure_block
 from .plan import BlockKey, all_blocks, pending_blocks
 from .clusterconfig import ClusterConfig
 from .spec import Spec
 from .store import StoreLocation, as_location, check_store, create_or_resume, done_mask, write_block
+
+logger = logging.getLogger(__name__)
 
 # One single-threaded worker per core: BLAS must not spawn threads of its own.
 BLAS_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -111,9 +115,30 @@ def local_cluster(workers: int | None = None, memory_limit: str | None = "auto",
     environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
     os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
-            LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _sigint_ignored():
+        cluster = LocalCluster(**kwargs)
+    with cluster, Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while the embedded cluster starts: its worker processes inherit that.
+
+    Ctrl-C reaches the terminal's whole process group; only this process should
+    act on it (cancel, close the cluster, print one line), not every worker with
+    a KeyboardInterrupt traceback. An ignored disposition is the only one that
+    survives the exec of a spawned process (a blocked mask does not); the price
+    is that a Ctrl-C during the second or two of start-up is lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def security(tls: dict | None) -> Security | None:
@@ -245,6 +270,93 @@ def start_cluster(cfg: ClusterConfig) -> Iterator[Client]:
             yield client
 
 
+class _Window:
+    """The blocks in flight: submits in a bounded window and yields futures as they finish.
+
+    The window follows the cluster's size as workers join (jobqueue, adapt,
+    remote), so that a grid of 10^5 blocks never becomes one giant graph.
+    """
+
+    def __init__(self, client: Client, spec: Spec, path: StoreLocation, todo: list[BlockKey],
+                 window: int | None):
+        self.client, self.spec, self.path, self.window = client, spec, path, window
+        self.pending = iter(todo)
+        self.futures: dict[str, tuple[BlockKey, object]] = {}
+        # the store is part of a task's key: the same spec run into two stores on one
+        # scheduler must not be merged into one task
+        self.prefix = f"block-{spec.hash[:8]}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        self.done = as_completed()
+
+    def top_up(self) -> None:
+        limit = self.window or max(64, 2 * sum(self.client.nthreads().values()))
+        while len(self.futures) < limit:
+            key = next(self.pending, None)
+            if key is None:
+                return
+            fut = self.client.submit(run_block, self.spec, self.path, key, key=f"{self.prefix}-{key}", pure=False)
+            self.futures[fut.key] = (key, fut)
+            self.done.add(fut)
+
+    def __iter__(self) -> Iterator[tuple[BlockKey, object]]:
+        self.top_up()
+        for fut in self.done:
+            key, _ = self.futures.pop(fut.key)
+            yield key, fut
+            fut.release()
+            self.top_up()
+
+    def cancel(self) -> int:
+        """Cancel every block in flight on the scheduler; returns how many there were."""
+        futures = [fut for _, fut in self.futures.values()]
+        if not futures or self.client.status != "running":  # a lost scheduler holds nothing to cancel
+            return 0
+        self.client.cancel(futures, force=True)
+        logger.info("cancelled %d blocks in flight", len(futures))
+        return len(futures)
+
+
+def _lost(client: Client, summary: RunSummary, error: BaseException) -> ClusterLost:
+    return ClusterLost(
+        f"lost the scheduler {client.scheduler.address} mid-run ({type(error).__name__}: {error}); "
+        f"{summary.done} blocks finished in this run and are kept in {summary.store}. Rerun the same command "
+        "against a running scheduler to compute only the missing blocks.")
+
+
+def _failure(key: BlockKey, error: BaseException, client: Client, summary: RunSummary) -> str:
+    """What to report for a block whose task raised; a lost scheduler stops the run instead."""
+    if isinstance(error, CancelledError):
+        if client.status != "running":
+            raise _lost(client, summary, error) from None
+        return f"cancelled ({error})"
+    if isinstance(error, KilledWorker):
+        return (f"its worker died repeatedly ({error}); if it ran out of memory, use fewer seeds per block "
+                "(--seeds-per-block)")
+    if isinstance(error, BlockFailed):
+        return str(error).removeprefix(f"block {key}: ")
+    return f"{type(error).__name__}: {error}"
+
+
+def _record(summary: RunSummary, key: BlockKey, fut, client: Client) -> None:
+    """Add one finished (or failed) block to the summary."""
+    try:
+        info = fut.result()
+    except Exception as e:
+        logger.debug("block %s failed", key, exc_info=True)
+        summary.failed.append((str(key), _failure(key, e, client, summary)))
+        return
+    summary.done += 1
+    summary.cells += info["cells"]
+    summary.task_seconds += info["seconds"]
+
+
+def _interrupted(e: Interrupted, summary: RunSummary, cancelled: int) -> Interrupted:
+    """The one line an interrupted run ends with: what is kept and how to resume."""
+    done = summary.skipped + summary.done
+    return Interrupted(e.signum, f"interrupted ({e.signal_name}): {done} of {summary.total} blocks are done in "
+                       f"{summary.store} ({summary.done} in this run); cancelled {cancelled} submitted. Run the "
+                       f"same command again to compute only the {summary.total - done} still to do.")
+
+
 def run_sweep(spec: Spec, path: str | StoreLocation, client: Client, progress: bool = True,
               window: int | None = None) -> RunSummary:
     """Compute every block of ``spec`` not yet done in the store at ``path``.
@@ -258,62 +370,60 @@ def run_sweep(spec: Spec, path: str | StoreLocation, client: Client, progress: b
 
     Returns:
         The run's summary; ``summary.ok`` is False if any block failed.
+
+    Raises:
+        Interrupted: SIGINT or SIGTERM (see :func:`interruptible`); the blocks in
+            flight are cancelled on the scheduler first.
     """
     t0 = time.perf_counter()
     path = as_location(path)
     spec, existed = create_or_resume(spec, path)
-    blocks = all_blocks(spec)
     todo = pending_blocks(spec, done_mask(path))
-    summary = RunSummary(store=str(path), total=len(blocks), skipped=len(blocks) - len(todo))
+    total = len(all_blocks(spec))
+    summary = RunSummary(store=str(path), total=total, skipped=total - len(todo))
     if existed:
         print(f"resuming {path}: {summary.skipped} of {summary.total} blocks already done, "
               f"{len(todo)} to compute", file=sys.stderr)
-    pending = iter(todo)
-    submitted: dict = {}
-    # the store is part of a task's key: the same spec run into two stores on one
-    # scheduler must not be merged into one task
-    prefix = f"block-{spec.hash[:8]}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-
-    def top_up(ac: as_completed) -> None:
-        # bounded, but following the cluster as workers join (jobqueue, adapt, remote)
-        limit = window or max(64, 2 * sum(client.nthreads().values()))
-        while len(submitted) < limit:
-            key = next(pending, None)
-            if key is None:
-                return
-            fut = client.submit(run_block, spec, path, key, key=f"{prefix}-{key}", pure=False)
-            submitted[fut.key] = key
-            ac.add(fut)
-
-    ac = as_completed()
-    top_up(ac)
-    with tqdm(total=len(todo), unit="block", desc="sweep", disable=not progress, file=sys.stderr) as bar:
-        for fut in ac:
-            key = submitted.pop(fut.key)
-            try:
-                info = fut.result()
-                summary.done += 1
-                summary.cells += info["cells"]
-                summary.task_seconds += info["seconds"]
-            except CancelledError as e:
-                if client.status != "running":
-                    raise ClusterLost(
-                        f"lost the scheduler {client.scheduler.address} mid-run ({e}); {summary.done} blocks "
-                        f"finished in this run and are kept in {path}. Rerun the same command against a "
-                        "running scheduler to compute only the missing blocks.") from None
-                summary.failed.append((str(key), f"cancelled ({e})"))
-            except KilledWorker as e:
-                summary.failed.append((str(key), f"its worker died repeatedly ({e}); if it ran out of "
-                                       "memory, use fewer seeds per block (--seeds-per-block)"))
-            except BlockFailed as e:
-                summary.failed.append((str(key), str(e).removeprefix(f"block {key}: ")))
-            except Exception as e:
-                summary.failed.append((str(key), f"{type(e).__name__}: {e}"))
-            fut.release()
-            bar.update()
-            top_up(ac)
+    flight = _Window(client, spec, path, todo, window)
+    try:
+        with tqdm(total=len(todo), unit="block", desc="sweep", disable=not progress, file=sys.stderr) as bar:
+            for key, fut in flight:
+                _record(summary, key, fut, client)
+                bar.update()
+    except Interrupted as e:
+        raise _interrupted(e, summary, flight.cancel()) from None
+    except OSError as e:  # submitting: the scheduler went away between two blocks
+        raise _lost(client, summary, e) from None
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread.
+
+    The run can then cancel its blocks on the scheduler and close its cluster;
+    a second signal during that clean-up exits at once. Outside the main
+    thread (where Python delivers no signals) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def again(signum, frame):
+        os._exit(128 + signum)
+
+    def first(signum, frame):
+        for sig in old:
+            signal.signal(sig, again)
+        raise Interrupted(signum)
+
+    old = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def run(spec: Spec, store: str | None = None, scheduler: str | None = None, workers: int | None = None,
@@ -359,9 +469,16 @@ def run(spec: Spec, store: str | None = None, scheduler: str | None = None, work
         cm = start_cluster(cluster)
     else:
         cm = local_cluster(workers)
-    with store_lock(loc), cm as client:  # one writer per store, taken before the cluster starts
-        print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
-        return run_sweep(resumed_spec, loc, client, progress=progress)
+    with interruptible():
+        try:
+            with store_lock(loc), cm as client:  # one writer per store, taken before the cluster starts
+                print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+                return run_sweep(resumed_spec, loc, client, progress=progress)
+        except Interrupted as e:
+            if e.detailed:
+                raise
+            raise Interrupted(e.signum, f"interrupted ({e.signal_name}) before the sweep started; run the same "
+                              "command again to start it.") from None
 
 
 def default_store_path(spec: Spec) -> str:

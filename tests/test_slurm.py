@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,16 @@ def test_a_job_the_batch_system_refuses_fails_at_once_naming_the_reason(slurm, t
     assert "Traceback" not in r.stderr, r.stderr
     assert not out.exists()
     assert not slurm.jobs()
+
+
+def test_ctrl_c_cancels_the_jobs_and_says_how_to_resume(slurm, tmp_path):
+    spec = write_spec(tmp_path, LONGER)
+    out = tmp_path / "run.zarr"
+    client = nnsweep(spec, out, cluster_file(tmp_path), tmp_path / "client.log")
+    wait_until(lambda: n_done_seeds(out) >= 3, 90, "a first block", interval=0.1)
+    assert slurm.jobs(), "no job running mid-sweep"
+    client.send_signal(signal.SIGINT)
+    assert client.wait(timeout=60) == 130, (tmp_path / "client.log").read_text()
+    last = (tmp_path / "client.log").read_text().strip().splitlines()[-1]
+    assert last.startswith("interrupted (SIGINT): ") and "Run the same command again" in last, last
+    wait_until(lambda: not slurm.jobs(), 30, "the run's jobs to be cancelled", interval=0.2)
