@@ -305,6 +305,21 @@ def status(store, as_json, storage_options):
     click.echo(f"noise:     {z['distribution']}, {z['norm']} norm, {z['draws']} draws; "
                f"random_seed={s['random_seed']}")
     click.echo(f"created:   {s['created']} with " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
+    for line in _history_lines(s):
+        click.echo(line)
+
+
+def _history_lines(s: dict) -> list[str]:
+    """A grown store's history: the spec it was created from, then each growth in place."""
+    history = s["history"]
+    if not history:
+        return []
+    hashes = [h["spec_hash"] for h in history] + [s["spec_hash"]]
+    lines = [f"history:   created {s['created']} from spec {hashes[0][:12]}"]
+    for h, after in zip(history, hashes[1:]):
+        grew = ", ".join(f"{field} {n} -> {m} values" for field, (n, m) in h["grown"].items())
+        lines.append(f"           grown {h['time']}: {grew} (spec {after[:12]})")
+    return lines
 
 
 @main.command()

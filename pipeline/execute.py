@@ -36,7 +36,7 @@ from .measure import measure_block
 from .plan import BlockKey, all_blocks, pending_blocks
 from .clusterconfig import ClusterConfig
 from .spec import Spec
-from .store import StoreLocation, as_location, check_store, create_or_resume, done_mask, write_block
+from .store import StoreLocation, as_location, check_store, create_or_resume, done_mask, growth, write_block
 
 logger = logging.getLogger(__name__)
 
@@ -377,10 +377,14 @@ def run_sweep(spec: Spec, path: str | StoreLocation, client: Client, progress: b
     """
     t0 = time.perf_counter()
     path = as_location(path)
+    grown = growth(spec, path) if check_store(spec, path)[1] else {}
     spec, existed = create_or_resume(spec, path)
     todo = pending_blocks(spec, done_mask(path))
     total = len(all_blocks(spec))
     summary = RunSummary(store=str(path), total=total, skipped=total - len(todo))
+    if grown:
+        print(f"grew {path} in place: " + ", ".join(f"{field} {len(a)} -> {len(b)} values"
+                                                   for field, (a, b) in grown.items()), file=sys.stderr)
     if existed:
         print(f"resuming {path}: {summary.skipped} of {summary.total} blocks already done, "
               f"{len(todo)} to compute", file=sys.stderr)

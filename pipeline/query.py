@@ -41,6 +41,8 @@ def status(path) -> dict:
         "created": attrs["created"],
         "versions": json.loads(attrs["versions"]),
         "compute_seconds": _compute_seconds(path, ds, starts),
+        # one entry per growth in place: when, the spec before it (and its hash), what grew
+        "history": json.loads(attrs.get("history", "[]")),
     }
 
 

@@ -177,15 +177,7 @@ class Spec:
     @property
     def result_fields(self) -> dict:
         """Everything that determines a number: files by content (sha256), never by path."""
-        d = self.to_dict()
-        for key in ("name", "description", "execution"):
-            d.pop(key)
-        net = d["network"]
-        net["init"] = self.network.init_kind if self.network.init_is_file else self.network.init
-        net["input"] = "gaussian" if self.network.input == "gaussian" else "file"
-        net["labels"] = self.network.labels is not None
-        net["files"] = {role: digest for role, _, digest in self.network.files}
-        return d
+        return result_fields(self.to_dict())
 
     @property
     def hash(self) -> str:
@@ -201,6 +193,32 @@ class Spec:
 
         check_sizes(spec)
         return spec
+
+
+def result_fields(d: dict) -> dict:
+    """:attr:`Spec.result_fields` of a spec given as plain data (:meth:`Spec.to_dict`, as a store records it)."""
+    d = json.loads(json.dumps(d))  # a deep copy
+    for key in ("name", "description", "execution"):
+        d.pop(key, None)
+    net = d["network"]
+    if net["init"] not in INITS:
+        net["init"] = "template" if "{" in net["init"] else "file"
+    net["input"] = "gaussian" if net["input"] == "gaussian" else "file"
+    net["labels"] = net["labels"] is not None
+    net["files"] = {role: digest for role, _, digest in net["files"]}
+    return d
+
+
+def differences(old: Any, new: Any, field: str = "") -> list[tuple[str, Any, Any]]:
+    """The fields (dotted names) whose values differ between two specs given as plain data.
+
+    >>> differences({"grid": {"m": [8], "L": [2]}}, {"grid": {"m": [8, 16], "L": [2]}})
+    [('grid.m', [8], [8, 16])]
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [diff for key in sorted(set(old) | set(new), key=str)
+                for diff in differences(old.get(key), new.get(key), f"{field}.{key}" if field else str(key))]
+    return [] if old == new else [(field, old, new)]
 
 
 def load_spec(path: str | Path) -> Spec:

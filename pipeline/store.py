@@ -33,7 +33,8 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from .errors import ResultNotFinite, StoreError
 from .measure import BlockResult
 from .plan import BlockKey
-from .spec import Spec
+from .spec import Spec, differences, result_fields
+from .spec import short as short_value
 
 SCHEMA_VERSION = 2  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
 MARK = "spec_hash"  # the root attribute written last: a directory is a results store once it has it
@@ -271,7 +272,7 @@ def check_store(spec: Spec, where: str | StoreLocation) -> tuple[Spec, bool]:
                          "results store made from this spec. Nothing was written.")
     attrs = read_attrs(loc)
     check_arrays(loc)
-    if attrs["spec_hash"] != spec.hash:
+    if attrs["spec_hash"] != spec.hash and not growth(spec, loc, attrs):
         raise StoreError(
             f"store {loc.url!r} was made from another spec (its hash {attrs['spec_hash'][:12]} differs from "
             f"{spec.hash[:12]} for {spec.source or spec.name}); resuming would mix results. Use a new "
@@ -296,6 +297,9 @@ def create_or_resume(spec: Spec, where: str | StoreLocation) -> tuple[Spec, bool
     loc = as_location(where)
     spec, existed = check_store(spec, loc)
     if existed:
+        if growth(spec, loc):
+            with store_lock(loc):
+                grow(spec, loc)
         return spec, existed
     with store_lock(loc):
         spec, existed = check_store(spec, loc)  # another run may have created it meanwhile
@@ -338,6 +342,111 @@ def _remove(loc: StoreLocation, missing_ok: bool = False) -> None:
         fs.rm(root, recursive=True)
     except FileNotFoundError:
         pass
+
+
+# The fields along which a store grows in place: values appended to its grid.
+GROWABLE = ("grid.L", "grid.m", "grid.seeds", "grid.layer")
+
+
+def growth(spec: Spec, where: str | StoreLocation, attrs: dict | None = None) -> dict[str, tuple[list, list]]:
+    """How ``spec`` extends the grid of the store at ``where``: {field: (old values, new values)}.
+
+    Empty when the store was made from ``spec`` itself. A store grows by values
+    appended to ``grid.L``, ``grid.m`` or ``grid.seeds``, and by layers beyond
+    its largest L (whose cells are absent, NaN, in every block it holds), with
+    every other field equal; a network file may be added for a new cell.
+
+    Raises:
+        StoreError: any other difference, naming the first field that differs.
+    """
+    loc = as_location(where)
+    attrs = attrs if attrs is not None else read_attrs(loc)
+    if attrs["spec_hash"] == spec.hash:
+        return {}
+    old_spec = json.loads(attrs["spec"])
+    old, new = result_fields(old_spec), spec.result_fields
+    grown = {}
+    for field, a, b in differences(old, new):
+        if field.startswith("network.files.") and a is None:
+            continue  # the file of a new grid cell
+        reason = _why_not_appended(field, a, b, max(old["grid"]["L"]))
+        if reason:
+            source = spec.source or spec.name or "the new spec"
+            raise StoreError(
+                f"store {short(loc.url)} was made from another spec (its hash {attrs['spec_hash'][:12]} differs "
+                f"from {spec.hash[:12]} for {source}): {field} is {short_value(a)} there and {short_value(b)} in "
+                f"the new spec; {reason}. A store grows in place only by values appended to grid.L, grid.m or "
+                "grid.seeds (and layers beyond its largest L), everything else equal. Use a new --store path, or "
+                "the spec the store was made from (`nnsweep status` shows it). Nothing was written.")
+        grown[field] = (a, b)
+    return grown
+
+
+def _why_not_appended(field: str, old: Any, new: Any, old_max_L: int) -> str:
+    """Why a difference cannot be grown in place; empty if it can."""
+    if field not in GROWABLE:
+        return "that field must stay as it is"
+    removed = [v for v in old if v not in new]
+    if removed:
+        return f"the store's values {short_value(removed)} are missing from it, and a store never shrinks"
+    inside = [v for v in new if v not in old and v < max(old)]
+    if inside:
+        return (f"the values {short_value(inside)} would fall between the store's values, whose order is fixed; "
+                f"new values must come after the largest ({max(old)})")
+    if field == "grid.layer" and min(new[len(old):]) <= old_max_L:
+        return f"a new layer must lie beyond the store's largest L ({old_max_L}), or its blocks would be incomplete"
+    return ""
+
+
+def grow(spec: Spec, where: str | StoreLocation) -> dict[str, tuple[list, list]]:
+    """Grow the store at ``where`` in place to the grid of ``spec`` (see :func:`growth`).
+
+    Every array is resized (new cells read as the fill value: NaN, not done) and
+    its coordinates extended; a block that was the short last block along seed
+    is marked not done, so that it is computed again as a full block. The root
+    attributes (spec, hash, history) are written last: a reader that opens the
+    store meanwhile may see arrays of different sizes, which :func:`open_results`
+    reports as a store being grown.
+
+    Returns:
+        What grew, as :func:`growth` reports it.
+    """
+    loc = as_location(where)
+    attrs = read_attrs(loc)
+    grown = growth(spec, loc, attrs)
+    if not grown:
+        return grown
+    new = template(spec.with_execution(seeds_per_block=int(attrs["seeds_per_block"])))
+    group = zarr.open_group(loc.url, mode="r+", **loc.zarr_kwargs)
+    old_sizes = {dim: group[dim].shape[0] for dim in new.dims}
+    for dim, n in old_sizes.items():
+        if not np.array_equal(group[dim][...], new[dim].values[:n]):
+            raise StoreError(f"store {short(loc.url)}: its {dim} coordinate does not match the start of the new "
+                             f"grid's; it cannot grow in place. Nothing was written.")
+    for name in VARIABLES:
+        group[name].resize(new[name].shape)
+    _restart_short_blocks(group, old_sizes["seed"], int(attrs["seeds_per_block"]))
+    for dim in new.dims:
+        group[dim].resize(new[dim].shape)
+        group[dim][...] = new[dim].values
+    history = json.loads(attrs.get("history", "[]"))
+    history.append({"time": _now(), "spec": json.loads(attrs["spec"]), "spec_hash": attrs["spec_hash"],
+                    "grown": {field: [len(a), len(b)] for field, (a, b) in grown.items()}})
+    group.attrs.update({"spec": new.attrs["spec"], "spec_hash": spec.hash, "history": json.dumps(history)})
+    return grown
+
+
+def _restart_short_blocks(group: zarr.Group, n_seeds: int, seeds_per_block: int) -> None:
+    """Unmark the last block along seed if it was short: with more seeds it is a larger block."""
+    short = n_seeds % seeds_per_block
+    if short:
+        done = group["done"]
+        index = tuple(slice(n_seeds - short, n_seeds) if d == "seed" else slice(None) for d in VARIABLES["done"][0])
+        done[index] = 0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def done_mask(where: str | StoreLocation) -> np.ndarray:
@@ -443,7 +552,13 @@ def open_results(where: str | os.PathLike | StoreLocation, storage_options: dict
     loc = as_location(where, storage_options)
     read_attrs(loc)
     check_arrays(loc)
-    ds = xr.open_zarr(loc.url, consolidated=False, **loc.zarr_kwargs)
+    try:
+        ds = xr.open_zarr(loc.url, consolidated=False, **loc.zarr_kwargs)
+    except ValueError as e:
+        if "conflicting sizes" not in str(e):
+            raise
+        raise StoreError(f"store {short(loc.url)} is being grown by `nnsweep run` (its arrays are resized one by "
+                         "one and differ in size for a moment); open it again.") from None
     rel = ds["delta_norm"] / ds["output_norm"]
     rel.attrs = {"units": "1", "description": "relative output change ||v - v*|| / ||v||"}
     return ds.assign(rel_change=rel)
