@@ -9,6 +9,7 @@ once through the command line.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -185,4 +186,29 @@ def test_cli_refusal_is_one_paragraph_with_exit_2(tmp_path, client):
     r = CliRunner().invoke(main, ["run", str(other), "--store", str(path), "--no-progress"])
     assert r.exit_code == 2, r.output
     assert "noise.draws is 4 there and 5 in the new spec" in r.output and "Traceback" not in r.output
+    assert snapshot(path) == before
+
+
+def test_one_file_per_cell_grows_with_the_files_of_the_new_cells(tmp_path, client, digits_zoo):
+    # trained networks, a file per (L, m, seed), 20 inputs with labels: L and seeds grow at once
+    np.save(tmp_path / "x.npy", digits_zoo["x"][:20])
+    np.save(tmp_path / "y.npy", digits_zoo["y"][:20])
+    models = tmp_path / "models"
+    shutil.copytree(digits_zoo["models"], models)
+
+    def spec(L, seeds):
+        return Spec.from_dict({
+            "random_seed": 3,
+            "network": {"init": str(models / "digits_L{L}_m{m}_seed{seed}.safetensors"),
+                        "input": str(tmp_path / "x.npy"), "labels": str(tmp_path / "y.npy"),
+                        "input_dim": 64, "output_dim": 10},
+            "grid": {"L": L, "m": [16], "ratio": [0.1, 0.3], "layer": [1, 2], "seeds": seeds},
+            "noise": {"draws": 4}, "execution": {"seeds_per_block": 1}})
+
+    path, _ = grow_case(tmp_path, client, spec([2], 1), spec([2, 3], 2), blocks_new=3, blocks_kept=1)
+    # a network of the store replaced by another: refused, naming its file
+    shutil.copy(models / "digits_L2_m16_seed1.safetensors", models / "digits_L2_m16_seed0.safetensors")
+    before = snapshot(path)
+    with pytest.raises(StoreError, match="network.files.init L=2 m=16 seed=0 is "):
+        run_sweep(spec([2, 3], 2), path, client, progress=False)
     assert snapshot(path) == before
