@@ -126,18 +126,18 @@ class Slurm:
         self._spawn("munged", "munged", "-F", "--force", f"--socket={sock}", f"--key-file={key}",
                     f"--pid-file={self.dir}/munged.pid", f"--log-file={self.dir}/munged.log",
                     f"--seed-file={self.dir}/munged.seed")
-        self._wait(sock.exists, "munged's socket", "munged")
+        self._wait(sock.exists, "munged's socket")
         self._spawn("slurmctld", "slurmctld", "-D", "-i", "-f", str(self.conf))
         self._spawn("slurmd", "slurmd", "-D", "-N", NODE, "-f", str(self.conf))
         self._wait(lambda: self.command("sinfo", "-h", "-n", NODE, "-o", "%T", check=False).strip() == "idle",
-                   f"node {NODE} idle", "slurmctld")
+                   f"node {NODE} idle")
 
     def _spawn(self, name: str, *args: str) -> None:
         log = open(self.dir / f"{name}.out", "w")
         self.procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                            cwd=self.dir))
 
-    def _wait(self, cond, what: str, log: str, timeout: float = 60) -> None:
+    def _wait(self, cond, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not cond():
             dead = [p.args[0] for p in self.procs if p.poll() is not None]
@@ -152,7 +152,7 @@ class Slurm:
         """Cancel every job of this cluster and wait until none is left."""
         if self.jobs():
             self.command("scancel", "--full", *self.jobs(), check=False)
-        self._wait(lambda: not self.jobs(), "all jobs to end", "slurmctld", timeout)
+        self._wait(lambda: not self.jobs(), "all jobs to end", timeout)
 
     def stop(self) -> None:
         """Stop exactly the daemons started here, newest first: SIGTERM, then SIGKILL."""
