@@ -95,9 +95,11 @@ def start_run(spec: Path, store: Path, log: Path, *where: str) -> subprocess.Pop
 
 def assert_one_line_how_to_resume(log: Path, signame: str, total_blocks: int) -> str:
     lines = [line for line in log.read_text().splitlines() if line.strip()]
-    assert lines[0].startswith("dashboard: "), lines
-    assert len(lines) == 2, "\n".join(lines)
-    line = lines[1]
+    started = [i for i, line in enumerate(lines) if line.startswith("dashboard: ")]
+    assert started, lines
+    after = lines[started[0] + 1:]
+    assert len(after) == 1, "\n".join(lines)
+    line = after[0]
     assert line.startswith(f"interrupted ({signame}): ") and "Run the same command again" in line, line
     assert f"of {total_blocks} blocks are done" in line, line
     return line
