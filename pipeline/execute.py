@@ -4,7 +4,10 @@ The client creates (or checks) the store, plans the pending blocks and submits
 them in a bounded window with ``as_completed``. Each task measures its block,
 writes it into its own region of the store and returns a small summary; blocks
 lost with a worker are rescheduled by the scheduler, and a block that raises is
-reported with its coordinates while the others go on.
+reported with its coordinates while the others go on. SIGINT and SIGTERM cancel
+the run's blocks on the scheduler and end the run with one line saying how to
+resume (:func:`interruptible`); a batch system that refuses the first job stops
+the run at once instead of leaving it waiting for workers.
 """
 
 from __future__ import annotations
