@@ -83,7 +83,7 @@ def test_shipped_sweeps_load(tmp_path):
             assert n_cells(load_spec(path)) > 0
     (tmp_path / "sweeps").mkdir()
     shutil.copy(root / "sweeps" / "digits.yaml", tmp_path / "sweeps")
-    with pytest.raises(SpecError, match=r"digits_L3_m32_seed0.safetensors.*grid cell L=3, m=32, seed=0"):
+    with pytest.raises(SpecError, match=r"L3_m32_seed0.safetensors.*grid cell L=3, m=32, seed=0"):
         load_spec(tmp_path / "sweeps" / "digits.yaml")
     subprocess.run([sys.executable, str(root / "examples" / "digits" / "train.py"), "--out",
                     str(tmp_path / "examples" / "digits"), "--max-iter", "3"], check=True, capture_output=True)
