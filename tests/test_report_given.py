@@ -175,3 +175,22 @@ def test_one_network_file_is_fitted_over_its_draws(digits_zoo, tmp_path):
     assert "(24 draws, layers i = 1..3)" in answer and "networks" not in answer and "theory" not in answer
     assert "one network per (L, m): the statistical units are its noise draws" in index
     shutil.rmtree(tmp_path / "rep")
+
+
+def test_fit_json_has_the_linear_answer_per_cell(zoo_store):
+    path, _, ds, _ = zoo_store
+    res = invoke("fit", path, "--json", "--bootstrap", "10", "--no-progress")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)["linear_answer"]
+    assert len(rows) == len(RATIOS) * 5
+    v = ds.output_norm
+    for row in rows:
+        cell = {k: row[k] for k in ("L", "m", "ratio")} | {"layer": row["layer"]}
+        rms = float(np.sqrt(((ds.delta_norm / v).sel(cell) ** 2).mean()))
+        lin = float(np.sqrt(((ds.linear_rms / v).sel(cell) ** 2).mean()))
+        assert row["rms"] == pytest.approx(rms, rel=1e-9) and row["linear_rms"] == pytest.approx(lin, rel=1e-9)
+        assert row["nonlinearity"] == pytest.approx(rms / lin, rel=1e-9)
+    small = [r["nonlinearity"] for r in rows if r["ratio"] == 0.03]
+    assert all(abs(x - 1) < 0.1 for x in small)  # small r: the linear answer holds
+    text = invoke("fit", path, "--bootstrap", "10", "--no-progress").output
+    assert "Each network's linear answer: sqrt(E R^2) / linear prediction from" in text

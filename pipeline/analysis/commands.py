@@ -39,12 +39,22 @@ def fit_command(store, as_json, out, n_boot, seed, progress, storage_options):
     from ..store import as_location
     from .fit import fit, load, to_text
 
-    result = fit(load(as_location(store, dict(storage_options)), progress), n_boot=n_boot, seed=seed, progress=progress,
-                 with_cells=out is not None)
+    loc = as_location(store, dict(storage_options))
+    result = fit(load(loc, progress), n_boot=n_boot, seed=seed, progress=progress, with_cells=out is not None)
+    result["linear_answer"] = linear_rows(loc)
     if out is not None:
         _write(Path(out), dumps(result, indent=2))
         result.pop("cells")
     click.echo(dumps(result, indent=2) if as_json else to_text(result))
+
+
+def linear_rows(store) -> list[dict]:
+    """Per (L, m, ratio, layer): Monte Carlo mean and RMS of R beside the linear answer, the worst
+    direction and the bound, relative to ||v|| (see pipeline.analysis.linear)."""
+    from . import linear
+
+    summary = linear.linear_summary(linear.done_dataset(store))
+    return [{"ratio": float(r), **row} for r in summary.ratio.values for row in linear.linear_table(summary, r)]
 
 
 @click.command("report")

@@ -603,4 +603,12 @@ def to_text(result: dict) -> str:
     if v:
         lines.append(f"Var log R = slope (L - i) / m + intercept: slope = {p(v['slope'])} (theory 2), "
                      f"intercept = {p(v['intercept'])} (theory 1/k = {1 / result['k']:.4g}); R^2 = {_r2(v)}")
+    rows = [r for r in result.get("linear_answer", []) if r["nonlinearity"] is not None]
+    if rows:
+        lo, hi = min(rows, key=lambda r: r["nonlinearity"]), max(rows, key=lambda r: r["nonlinearity"])
+        gain = [r["worst_over_rms"] for r in rows if r["worst_over_rms"]]
+        lines.append(f"Each network's linear answer: sqrt(E R^2) / linear prediction from {lo['nonlinearity']:.4g} "
+                     f"(r = {lo['ratio']:g}) to {hi['nonlinearity']:.4g} (r = {hi['ratio']:g}); the worst direction "
+                     f"moves the output {min(gain):.3g} to {max(gain):.3g} times the RMS change (--json: "
+                     "linear_answer, per cell)")
     return "\n".join(lines)

@@ -502,7 +502,7 @@ def make_report(store: str, out_dir: str, n_boot: int = 1000, seed: int = 0, pro
         raise UserError(f"--out {out_dir!r}: cannot create the report directory ({e.strerror}); "
                         "pass a new or existing directory path.") from None
     ratio = closest_ratio(sample.net.ratio.values)
-    ds = linear.done_dataset(sample.path)
+    ds = linear.done_dataset(store)
     summary = linear.linear_summary(ds)
     given = linear.given_networks(ds) if linear.is_given(sample.spec) else None
     sections = {"linear": linear.linear_lines(linear.linear_table(summary, ratio), ratio),
