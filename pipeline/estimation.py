@@ -42,7 +42,8 @@ def summarise(block: BlockResult, ratio_index: list[int], layer_index: list[int]
     delta = cells(block.delta_norm)  # (seed, input, draw, cell)
     rel = delta / block.output_norm[:, :, None, None]
     per_draw = rel.mean(axis=1)  # (seed, draw, cell): one perturbed network each
-    per_unit = per_draw.mean(axis=(1, 2)) if units == "networks" else per_draw.ravel()
+    # one network: a draw is one sample, whatever the cells pooled (every ratio reuses the same draws)
+    per_unit = per_draw.mean(axis=(1, 2)) if units == "networks" else per_draw.mean(axis=2).ravel()
     out = {
         "mean_abs_change": _num(delta.mean()),
         "mean_rel_change": _num(rel.mean()),
@@ -60,7 +61,8 @@ def summarise(block: BlockResult, ratio_index: list[int], layer_index: list[int]
     accuracy = cells(block.accuracy)
     if np.all(np.isfinite(accuracy)):
         out["accuracy"] = _num(accuracy.mean())
-        out["accuracy_ci95"] = t_interval(accuracy.mean(axis=(1, 2)) if units == "networks" else accuracy.ravel())
+        out["accuracy_ci95"] = t_interval(accuracy.mean(axis=(1, 2)) if units == "networks"
+                                          else accuracy.mean(axis=2).ravel())
         out["clean_accuracy"] = _num(block.clean_accuracy.mean())
     return out
 

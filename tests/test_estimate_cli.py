@@ -282,3 +282,13 @@ def test_bad_inputs_and_labels_exit_2(tmp_path, make, option, words):
     assert "Traceback" not in res.output and "network." not in res.output
     for w in words:
         assert w in res.output, (w, res.output)
+
+
+def test_one_network_pools_ratios_by_draw():
+    """Every ratio reuses the same draws: pooled over ratios, one network still has one sample per draw,
+    so two nearly equal ratios give the interval of one (not a narrower one)."""
+    base = [*SMALL[:-4], "--seeds", "1", "--draws", "20", "--layer", "2", "--json"]
+    one = json.loads(run(*base, "--ratio", "0.1").output)
+    two = json.loads(run(*base, "--ratio", "0.1,0.1000001").output)
+    assert two["ci95"] == pytest.approx(one["ci95"], rel=1e-4)
+    assert two["ci95_over"] == "draws"

@@ -194,3 +194,18 @@ def test_fit_json_has_the_linear_answer_per_cell(zoo_store):
     assert all(abs(x - 1) < 0.35 for x in small)  # small r: the linear answer holds (to MC error of 6 draws)
     text = invoke("fit", path, "--bootstrap", "10", "--no-progress").output
     assert "Each network's linear answer: sqrt(E R^2) / linear prediction from" in text
+
+
+def test_one_network_looseness_is_against_the_mean_change(digits_zoo, tmp_path):
+    """With draws as units, the looseness stays bound / E||v - v*|| (not a mean of bound / ||v - v*||)."""
+    model = str(digits_zoo["models"] / "digits_L2_m16_seed0.safetensors")
+    np.save(tmp_path / "x.npy", digits_zoo["x"][:10])
+    path = build_store(tmp_path / "one.zarr", {"network": {"init": model, "input": str(tmp_path / "x.npy")},
+                                               "grid": {"ratio": [0.1]}, "noise": {"draws": 12}})
+    sample = fit.load(path, progress=False)
+    ds = xr.open_zarr(path, consolidated=False).isel(seed=0)
+    want = (ds.bound / ds.delta_norm.mean("draw")).mean("input")
+    got = sample.net["looseness"].sel(L=2, m=16, ratio=0.1)
+    for i in (1, 2):
+        np.testing.assert_allclose(got.sel(layer=i).values, float(want.sel(L=2, m=16, ratio=0.1, layer=i)),
+                                   rtol=1e-12)

@@ -76,8 +76,11 @@ def network_summaries(ds: xr.Dataset) -> xr.Dataset:
     draw's inputs); dask reduces the store chunk by chunk. The unit's axis is ``seed``."""
     rel = ds["rel_change"]
     log = np.log(rel)
-    delta = ds["delta_norm"].mean("draw") if "draw" in ds["delta_norm"].dims else ds["delta_norm"]
-    looseness = ds["bound"] / delta  # per input: how far the worst-case bound sits above the mean change
+    if "draw" in ds["delta_norm"].dims:
+        delta = mean_change = ds["delta_norm"].mean("draw")
+    else:  # the units are one network's draws: the looseness is against its mean change over them
+        delta, mean_change = ds["delta_norm"], ds["delta_norm"].mean("seed")
+    looseness = ds["bound"] / mean_change  # per input: how far the worst-case bound sits above the mean change
     return xr.Dataset({
         "mean": _over_network(rel),
         "sq": _over_network(rel**2),
