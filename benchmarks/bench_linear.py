@@ -76,8 +76,8 @@ def measure_shape(L: int, m: int, a) -> dict:
     fwd = net.forward(X)
 
     def backward():
-        for i, J in jacobians(net, fwd, layers).items():
-            linear_answer(J, net.weights[i - 1], fwd.post[i - 1], "frobenius")
+        for i, J in jacobians(net, fwd, layers):
+            linear_answer(J, fwd.post[i - 1], float(np.linalg.norm(net.weights[i - 1])), "frobenius")
 
     out = {
         "backward": best(backward, a.repeat),

@@ -11,11 +11,12 @@ in a single GEMM.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .network import NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, spectral_norm, stream
+from .network import NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, stream
 from .noise import matrix_norm, pre_activation_noise
 from .spec import Spec
 
@@ -121,7 +122,8 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]) 
                 out[:, :active] += net.biases[j - 1][:, None]
         if j in perturbations:
             c = perturbations[j].shape[1]
-            np.add(z, perturbations[j].reshape(z.shape[0], n, -1), out=out[:, active:active + c].reshape(z.shape[0], n, -1))
+            np.add(z, perturbations[j].reshape(z.shape[0], n, -1),
+                   out=out[:, active:active + c].reshape(z.shape[0], n, -1))
             active += c
         if j < net.depth:
             d = differs[:z.shape[0], :active]
@@ -136,11 +138,11 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]) 
     for run in runs(moved):
         run -= z
     delta = np.linalg.norm(moved, axis=0)
-    return {i: Moved(delta[starts[k]:starts[k + 1]], flips[starts[k]:starts[k + 1]], argmax[starts[k]:starts[k + 1]])
-            for k, i in enumerate(origins)}
+    cols = [slice(starts[k], starts[k + 1]) for k in range(len(origins))]
+    return {i: Moved(delta[c], flips[c], argmax[c]) for i, c in zip(origins, cols)}
 
 
-def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, norm: str) -> np.ndarray:
+def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, size: float) -> np.ndarray:
     """The Lipschitz bound on ||v - v*|| for ratio 1 (it is linear in r), per input.
 
     ||eta||_2 * prod_{j != i} ||W_j||_2 * ||x*||, where ||eta||_2 is r ||W_i||_2
@@ -152,15 +154,15 @@ def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, norm
 
     Args:
         x: the inputs as columns, (d, n); ``fwd`` is the clean pass over them.
+        size: ||W_i|| in the noise's norm (exact), at least ||eta||_2 for ratio 1.
 
     Returns:
         The bound of each input, shape (n,).
     """
     s = net.spectral_norms
-    eta = matrix_norm(net.weights[layer - 1], norm)  # the noise's own size (exact); <= it in the 2-norm
     before = np.prod(s[:layer - 1]) * np.linalg.norm(x, axis=0) if net.biases is None \
         else np.linalg.norm(fwd.post[layer - 1], axis=0)
-    return eta * before * np.prod(s[layer:])
+    return size * before * np.prod(s[layer:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,30 +182,29 @@ class LinearAnswer:
     direction: np.ndarray  # (n_i, n)
 
 
-def jacobians(net: Network, fwd: Forward, layers) -> dict[int, np.ndarray]:
-    """J_i = dv/dz_i of every input for the given layers, each (n, k, n_i).
+def jacobians(net: Network, fwd: Forward, layers) -> Iterator[tuple[int, np.ndarray]]:
+    """(i, J_i) for the given layers, last first: J_i = dv/dz_i of every input, (n, k, n_i).
 
     One backward pass from the identity on the k outputs through W_j and the
     clean ReLU masks, J_i = J_{i+1} W_{i+1} D_i with J_L = I_k: every input's
-    Jacobian in one GEMM per layer, O(n k m^2). Only the requested layers are
-    kept, so memory is one layer's worth.
+    Jacobian in one GEMM per layer, O(n k m^2). A generator, so a caller that
+    reduces each J_i at once holds one layer's worth.
     """
     n = fwd.output.shape[1]
     k = fwd.output.shape[0]
     J = np.broadcast_to(np.eye(k), (n, k, k)).copy()
-    out = {}
     for i in range(net.depth, min(layers) - 1, -1):
         if i < net.depth:
             w = net.weights[i]  # W_{i+1}
             J = (J.reshape(n * k, -1) @ w).reshape(n, k, w.shape[1])
             J *= (fwd.pre[i - 1] > 0).T[:, None, :]
         if i in layers:
-            out[i] = J
-    return out
+            yield i, J
 
 
-def linear_answer(J: np.ndarray, w: np.ndarray, h: np.ndarray, norm: str) -> LinearAnswer:
-    """First-order change of layer i's perturbation for each input: J (n, k, n_i), h = h_{i-1} (n_in, n).
+def linear_answer(J: np.ndarray, h: np.ndarray, size: float, norm: str) -> LinearAnswer:
+    """First-order change of layer i's perturbation for each input: J (n, k, n_i), h = h_{i-1} (n_in, n),
+    size = ||W_i|| in the noise's ``norm``.
 
     For noise whose entries satisfy E[eta_ab eta_cd] = s^2 / (n_i n_{i-1}) [a=c][b=d]
     (any Frobenius-scaled uniform direction, and Rademacher scaled by the
@@ -213,8 +214,7 @@ def linear_answer(J: np.ndarray, w: np.ndarray, h: np.ndarray, norm: str) -> Lin
     NaN. The worst case over ||eta|| <= s (Frobenius or spectral: the optimum is
     rank one, where both agree) is s ||J||_2 ||h||.
     """
-    n_i, n_in = w.shape
-    size = float(np.linalg.norm(w)) if norm == "frobenius" else float(spectral_norm(w))
+    n_i, n_in = J.shape[2], h.shape[0]
     h_norm = np.linalg.norm(h, axis=0)
     fro = np.sqrt(np.einsum("nki,nki->n", J, J))
     rms = size * h_norm * fro / np.sqrt(n_i * n_in) if norm == "frobenius" else np.full(len(h_norm), np.nan)
@@ -261,13 +261,15 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     fwd = net.forward(X)
     clean_pred = fwd.output.argmax(axis=0)
     present = [i for i in layers if i <= net.depth]
-    linear = {i: linear_answer(J, net.weights[i - 1], fwd.post[i - 1], norm)
-              for i, J in (jacobians(net, fwd, present).items() if present and with_linear else ())}
+    # ||W_i|| in the noise's norm, once per layer (an ARPACK run for spectral scaling)
+    sizes = {i: matrix_norm(net.weights[i - 1], norm) for i in present}
+    linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm)
+              for i, J in (jacobians(net, fwd, present) if present and with_linear else ())}
     extra = 1 if linear else 0  # the worst direction's column
     perturbations = {}
     for i in present:
         u = pre_activation_noise(rng_for_layer(i), net.weights[i - 1], fwd.post[i - 1], D,
-                                 distribution, norm)  # (n_i, draw, input)
+                                 distribution, norm, sizes[i])  # (n_i, draw, input)
         if linear:  # the worst direction rides along as one more draw, the last
             u = np.concatenate([u, linear[i].direction[:, None, :]], axis=1)
         # columns (input, ratio, draw): one run per input, as propagate wants
@@ -298,7 +300,7 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         if labels is not None:
             accuracy[:, col] = (pred == labels[:, None]).mean(axis=1)
         if with_bound:
-            bound[:, col] = ratios[:, None] * worst_case_bound(net, fwd, X, i, norm)[None, :]
+            bound[:, col] = ratios[:, None] * worst_case_bound(net, fwd, X, i, sizes[i])[None, :]
     clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
     return NetworkResult(delta, flips, changed, accuracy, bound, linear_rms, worst_linear, worst_realised,
                          np.linalg.norm(fwd.output, axis=0), margins(fwd.output), clean_accuracy)

@@ -48,7 +48,7 @@ def is_fast(distribution: str, norm: str) -> bool:
 
 
 def pre_activation_noise(rng: np.random.Generator, w: np.ndarray, h: np.ndarray, draws: int,
-                         distribution: str, norm: str) -> np.ndarray:
+                         distribution: str, norm: str, size: float | None = None) -> np.ndarray:
     """eta @ H for ``draws`` independent eta with ||eta||_norm = ||w||_norm, one eta for all inputs.
 
     Args:
@@ -58,16 +58,17 @@ def pre_activation_noise(rng: np.random.Generator, w: np.ndarray, h: np.ndarray,
         draws: number of independent noise matrices.
         distribution: gaussian, rademacher or sphere.
         norm: frobenius or spectral.
+        size: ||w|| in ``norm`` when the caller has it (a spectral norm is an ARPACK run).
 
     Returns:
         Array of shape (n_out, draws, n); [:, d, j] is eta_d @ h_j.
     """
     h = h[:, None] if h.ndim == 1 else h
     (n_out, n_in), n = w.shape, h.shape[1]
+    w_norm = matrix_norm(w, norm) if size is None else size
     if is_fast(distribution, norm):
-        return _uniform_direction_noise(rng, np.linalg.norm(w), n_out, h, draws)
+        return _uniform_direction_noise(rng, w_norm, n_out, h, draws)
     out = np.empty((n_out, draws, n))
-    w_norm = matrix_norm(w, norm)
     for d in range(draws):
         e = sample_matrix(rng, w.shape, distribution)
         out[:, d] = (e @ h) * (w_norm / matrix_norm(e, norm))

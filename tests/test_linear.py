@@ -24,7 +24,7 @@ def test_jacobians_against_finite_differences(biases):
     net = random_net(rng, L, d, m, k, biases)
     X = rng.standard_normal((d, n))
     fwd = net.forward(X)
-    J = jacobians(net, fwd, range(1, L + 1))
+    J = dict(jacobians(net, fwd, range(1, L + 1)))
     eps = 1e-6
     for i in range(1, L + 1):
         for j in range(n):
