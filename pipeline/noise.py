@@ -64,7 +64,7 @@ def pre_activation_noise(rng: np.random.Generator, w: np.ndarray, h: np.ndarray,
         Array of shape (n_out, draws, n); [:, d, j] is eta_d @ h_j.
     """
     h = h[:, None] if h.ndim == 1 else h
-    (n_out, n_in), n = w.shape, h.shape[1]
+    n_out, n = w.shape[0], h.shape[1]
     w_norm = matrix_norm(w, norm) if size is None else size
     if is_fast(distribution, norm):
         return _uniform_direction_noise(rng, w_norm, n_out, h, draws)

@@ -111,6 +111,16 @@ def fill_in_process(spec: Spec, path, skip: int = 0) -> tuple[Spec, list[plan.Bl
     return spec, blocks[len(keep):]
 
 
+def reference_run(directory: Path, raw: dict) -> tuple[Path, dict[str, np.ndarray]]:
+    """``raw`` written as DIRECTORY/spec.yaml, and its results computed block by block in this process,
+    without Dask (stored in DIRECTORY/ref.zarr): what a run of that file must reproduce."""
+    from pipeline.spec import load_spec
+
+    spec = write_spec(directory, raw)
+    fill_in_process(load_spec(spec), Path(directory) / "ref.zarr")
+    return spec, read_arrays(Path(directory) / "ref.zarr")
+
+
 def build_store(path, raw: dict, skip=lambda key: False) -> str:
     """Create a store from a raw spec and write, in this process, every block for which
     ``skip(key)`` is false; return its path."""

@@ -13,12 +13,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 from click.testing import CliRunner
 
 from pipeline import lock, store
@@ -27,7 +25,7 @@ from pipeline.lock import StoreLocked, lock_path, store_lock
 from pipeline.spec import Spec
 
 from pipeline_helpers import (
-    RESULT_VARS, SMALL, build_store, fill_in_process, raw_spec, read_arrays, snapshot, wait_until, write_spec,
+    RESULT_VARS, SMALL, Procs, build_store, fill_in_process, raw_spec, read_arrays, snapshot, write_spec,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -175,26 +173,13 @@ RACE_B = raw_spec(RACE_A, grid={"L": [2], "m": [8, 16], "ratio": [0.1], "seeds":
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory):
     """A real scheduler and one worker on 127.0.0.1, shared by every run of the race."""
-    tmp = tmp_path_factory.mktemp("cluster")
-    sfile = tmp / "scheduler.json"
-    dask = [sys.executable, "-m"]
-    procs = [subprocess.Popen(dask + ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                                      "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sfile)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
-                              start_new_session=True)]
+    procs = Procs(tmp_path_factory.mktemp("cluster"))
     try:
-        wait_until(lambda: sfile.exists() and sfile.read_text().strip(), 60, "the scheduler", 0.1)
-        address = json.loads(sfile.read_text())["address"]
-        procs.append(subprocess.Popen(dask + ["distributed.cli.dask_worker", address, "--host", "127.0.0.1",
-                                              "--nthreads", "1", "--no-dashboard"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
-                                      start_new_session=True))
+        _, address = procs.scheduler()
+        procs.worker(address, "w1")
         yield address
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=30)
+        procs.kill_all()
 
 
 def _run_process(spec: Path, path: Path, address: str) -> tuple[int, str]:

@@ -7,7 +7,6 @@ to the whole process group) or a batch system (SIGTERM to the process) would.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,13 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.spec import load_spec
-from pipeline_helpers import assert_bit_identical, fill_in_process, n_done_seeds, read_arrays, wait_until, write_spec
+from pipeline_helpers import ENV, assert_bit_identical, n_done_seeds, read_arrays, reference_run, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-       "PYTHONUNBUFFERED": "1"}
 # 8 blocks of most of a second each: a signal after the first lands mid-sweep.
 SLOW = {
     "name": "slow", "random_seed": 3,
@@ -39,38 +35,16 @@ TOTAL_SEEDS = 24
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory) -> tuple[Path, dict]:
     """SLOW's spec file and its results computed block by block in this process, without Dask."""
-    tmp = tmp_path_factory.mktemp("slow")
-    spec = write_spec(tmp, SLOW)
-    fill_in_process(load_spec(spec), tmp / "ref.zarr")
-    return spec, read_arrays(tmp / "ref.zarr")
+    return reference_run(tmp_path_factory.mktemp("slow"), SLOW)
 
 
 @pytest.fixture
-def scheduler(tmp_path):
+def scheduler(procs):
     """A `dask scheduler` and two single-threaded `dask worker` processes; yields the address."""
-    procs = []
-
-    def start(*args: str, name: str) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-m", *args], stdout=(tmp_path / f"{name}.log").open("w"),
-                             stderr=subprocess.STDOUT, env=ENV, start_new_session=True, cwd=tmp_path)
-        procs.append(p)
-        return p
-
-    sfile = tmp_path / "scheduler.json"
-    start("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-          "127.0.0.1:0", "--scheduler-file", str(sfile), name="scheduler")
-    wait_until(lambda: sfile.exists() and sfile.read_text().strip(), 60, "the scheduler file", interval=0.1)
-    address = json.loads(sfile.read_text())["address"]
+    _, address = procs.scheduler()
     for i in (1, 2):
-        start("distributed.cli.dask_worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
-              "--name", f"w{i}", name=f"w{i}")
-    try:
-        yield address
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=30)
+        procs.worker(address, f"w{i}")
+    return address
 
 
 def run_state(address: str) -> tuple[dict[str, str], int]:

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.spec import load_spec
-from pipeline_helpers import (assert_bit_identical, fill_in_process, n_done_seeds, read_arrays, wait_until,
+from pipeline_helpers import (assert_bit_identical, n_done_seeds, read_arrays, reference_run, wait_until,
                               write_spec)
 from slurm_fixture import slurm  # noqa: F401  (the fixture)
 
@@ -87,10 +86,7 @@ def finish(p: subprocess.Popen, log: Path, timeout: float = 150) -> str:
 @pytest.fixture(scope="module")
 def longer(tmp_path_factory) -> tuple[Path, dict]:
     """LONGER's spec file, and its results computed block by block in this process, without Dask."""
-    tmp = tmp_path_factory.mktemp("longer")
-    spec = write_spec(tmp, LONGER)
-    fill_in_process(load_spec(spec), tmp / "ref.zarr")
-    return spec, read_arrays(tmp / "ref.zarr")
+    return reference_run(tmp_path_factory.mktemp("longer"), LONGER)
 
 
 def test_run_on_slurm_equals_a_local_run_bit_for_bit(slurm, tmp_path):
