@@ -124,7 +124,8 @@ def test_linear_section_against_the_store(zoo_store):
 
 def test_given_plot_holds_the_data(zoo_store):
     path, _, ds, _ = zoo_store
-    g = linear.given_networks(linear.done_dataset(path))
+    ds_done = linear.done_dataset(path)
+    g = linear.given_networks(ds_done, linear.linear_summary(ds_done))
     fig = linear.plot_given(g)
     top = fig.axes[0]
     L = int(top.get_title().split("L = ")[1].split(",")[0])

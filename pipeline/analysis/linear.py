@@ -137,10 +137,10 @@ class Given:
     note: str = ""
 
 
-def given_summary(ds: xr.Dataset) -> xr.Dataset:
+def given_summary(ds: xr.Dataset, mean: xr.DataArray) -> xr.Dataset:
+    """E R (``mean``, the cell means of :func:`linear_summary`), predictions changed and accuracy per cell."""
     keep = ("L", "m", "ratio", "layer")
-    return xr.Dataset({"mean": _mean(ds["delta_norm"] / ds["output_norm"], keep),
-                       "pred_change_rate": _mean(ds["pred_changed"], keep),
+    return xr.Dataset({"mean": mean, "pred_change_rate": _mean(ds["pred_changed"], keep),
                        "accuracy": _mean(ds["accuracy"], keep)})
 
 
@@ -154,14 +154,15 @@ def random_reference(spec: dict, seeds: int = 4, draws: int = 16) -> Spec:
                            "noise": {**spec["noise"], "draws": min(draws, spec["noise"]["draws"])}})
 
 
-def given_networks(ds: xr.Dataset) -> Given:
+def given_networks(ds: xr.Dataset, summary: xr.Dataset) -> Given:
     """The given networks' numbers, and random He networks of the same shapes on the same inputs
-    (measured here, in this process: a few networks and draws, enough for a reference line)."""
+    (measured here, in this process: a few networks and draws, enough for a reference line).
+    ``summary`` is :func:`linear_summary` of ``ds``, whose E R is reused."""
     from ..measure import measure_block
     from ..errors import UserError
 
     spec = json.loads(ds.attrs["spec"])
-    given = given_summary(ds)
+    given = given_summary(ds, summary["mean"])
     clean = _mean(ds["clean_accuracy"], ("L", "m"))
     try:
         ref = random_reference(spec)

@@ -504,7 +504,7 @@ def make_report(store: str, out_dir: str, n_boot: int = 1000, seed: int = 0, pro
     ratio = closest_ratio(sample.net.ratio.values)
     ds = linear.done_dataset(store)
     summary = linear.linear_summary(ds)
-    given = linear.given_networks(ds) if linear.is_given(sample.spec) else None
+    given = linear.given_networks(ds, summary) if linear.is_given(sample.spec) else None
     sections = {"linear": linear.linear_lines(linear.linear_table(summary, ratio), ratio),
                 "given": linear.given_lines(given, ratio) if given is not None else None}
     plots = []
