@@ -358,12 +358,12 @@ class _Validator:
             return v
         if not isinstance(v, str) or not v.endswith(NETWORK_SUFFIXES):
             raise self.fail("network.init", v, allowed)
-        try:
-            fields = {f for _, f, spec, conv in string.Formatter().parse(v) if f is not None}
-        except ValueError:
-            fields = {"?"}
-        if fields - {"L", "m", "seed"} or any(
-                spec or conv for _, f, spec, conv in string.Formatter().parse(v) if f is not None):
+        try:  # (field, format spec, conversion) of every placeholder
+            holes = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+        except ValueError:  # an unmatched brace
+            holes = [("?", "", None)]
+        fields = {f for f, _, _ in holes}
+        if fields - {"L", "m", "seed"} or any(spec or conv for _, spec, conv in holes):
             raise self.fail("network.init", v, allowed + " (no other placeholders or formats)")
         return str((self.base_dir / v).resolve()) if fields else self.path(v, "network.init", NETWORK_SUFFIXES,
                                                                          allowed)
