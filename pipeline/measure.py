@@ -3,21 +3,26 @@
 Plain numpy, no Dask, no zarr. Layers before the perturbed one are not rerun:
 the clean pass is kept, the perturbation enters at layer i as z_i + eta @ h_{i-1},
 and from there the perturbed columns travel through the remaining layers as
-one matrix product. With n inputs, one eta per draw perturbs all of them. Columns perturbed at different layers share every later
-weight matrix, so at layer j the columns of all origins i < j go through W_j
-in a single GEMM.
+one matrix product, holding their difference from the clean pass. With n
+inputs, one eta per draw perturbs all of them. Columns perturbed at different
+layers share every later weight matrix, so at layer j the columns of all
+origins i < j go through W_j in a single GEMM. One pass does it all, the clean
+pass included, fetching each weight matrix once (:func:`run_pass`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .network import NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, stream
-from .noise import matrix_norm, pre_activation_noise
+from .network import (NOISE_STREAM, Forward, Network, build_network, frobenius_norm, make_inputs, make_labels,
+                      spectral_norm, spectral_norm_estimate, stream)
+from .noise import pre_activation_noise
 from .spec import Spec
 
 
@@ -76,79 +81,153 @@ class Moved:
     argmax: np.ndarray  # the perturbed network's predicted class
 
 
-def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray]) -> dict[int, Moved]:
-    """Push pre-activation perturbations through the rest of the network.
+class Clock:
+    """Adds the seconds spent in each phase to ``into`` (a dict); does nothing without one."""
 
-    The clean pass holds n inputs (``fwd.pre[j]`` has n columns); the c
-    perturbed columns of an origin are n equal runs, one per input, so column
-    b of the run of input j is compared with clean input j (a run of columns
-    against one clean column keeps numpy's inner loops long). Columns are laid out by origin layer, so at layer j
-    the columns perturbed at layers i < j form a prefix that goes through W_j
-    as one GEMM; the columns of origin j are then appended after it. Two
-    preallocated buffers alternate as input and output.
+    def __init__(self, into: dict[str, float] | None = None):
+        self.into = into
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        if self.into is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.into[phase] = self.into.get(phase, 0.0) + time.perf_counter() - start
+
+
+Visit = Callable[[int, np.ndarray, np.ndarray], "np.ndarray | None"]
+
+
+def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int], visit: Visit,
+             clock: Clock = Clock()) -> tuple[Forward, dict[int, Moved]]:
+    """One pass through the network's layers: perturbed columns, and the clean pass unless given.
+
+    Each layer's matrix is fetched once (drawn, for a drawn network) and
+    dropped after use. At layer j, ``visit(j, W_j, h_{j-1})`` may return the
+    perturbation of z_j for the ``columns[j]`` columns that start there
+    (n equal runs, one per input, input slowest). The columns hold
+    differences from the clean pass, not perturbed values: the change
+    delta_j = z'_j - z_j goes through W_{j+1} (biases cancel) and through
+    ReLU as relu(z + delta) - relu(z) = max(delta + min(z, 0), -max(z, 0)),
+    which never subtracts two nearly equal numbers. So the rounding error of
+    ||v' - v|| is relative to the change itself, whatever the ratio: what
+    makes float32 accurate. Columns are laid out by origin, so at layer j the
+    columns of origins i < j are a prefix that goes through W_j as one GEMM.
 
     Args:
-        net: the network.
-        fwd: its clean forward pass over n inputs.
+        clean: the inputs as columns (d, n), or their clean pass when already known
+            (then the pass starts at the first origin).
+        columns: origin layer -> number of columns it starts.
+        visit: called at every layer the pass goes through.
+
+    Returns:
+        The clean pass, and origin layer -> :class:`Moved` with one entry per column.
+    """
+    origins = sorted(columns)
+    given = isinstance(clean, Forward)
+    n = (clean.output if given else clean).shape[1]
+    starts = dict(zip(origins, np.cumsum([0] + [columns[i] for i in origins])))
+    total = sum(columns.values())
+    first = origins[0] if given and origins else 1
+    rows = max([s[0] for s in net.shapes[first - 1:]], default=0)
+    buf_in, buf_out = np.empty((rows, total), net.dtype), np.empty((rows, total), net.dtype)
+    differs = np.empty((rows, total), dtype=bool)
+    flips = np.zeros(total, dtype=np.int64)
+    alive = np.ones(total, dtype=bool)  # some unit of the perturbed layer is on
+    input_of = np.concatenate([np.repeat(np.arange(n), columns[i] // n) for i in origins]) if origins else None
+    pre, post = (list(clean.pre), list(clean.post)) if given else ([], [])
+    h = None if given else np.asarray(clean, net.dtype)
+    active = 0  # columns in use: those of origins <= j
+
+    def runs(a: np.ndarray) -> list[np.ndarray]:
+        """The columns of ``a`` as (rows, n, c) views: each origin's n runs, one per input."""
+        if n == 1:
+            return [a[:, None, :]]
+        return [a[:, starts[i]:starts[i] + columns[i]].reshape(a.shape[0], n, -1)
+                for i in origins if starts[i] + columns[i] <= a.shape[1]]
+
+    for j in range(first, net.depth + 1):
+        with clock("weights"):
+            w, b = net.params(j)
+        if not given:
+            with clock("clean"):
+                post.append(h)
+                z = w @ h
+                if b is not None:
+                    z += b[:, None]
+                pre.append(z)
+                h = np.maximum(z, 0.0)
+        cols = visit(j, w, post[j - 1])
+        with clock("kernel"):
+            z = pre[j - 1]
+            out = buf_out[:w.shape[0]]
+            if active:
+                np.matmul(w, buf_in[:w.shape[1], :active], out=out[:, :active])
+                if not alive[:active].all():
+                    # every unit off: z' is exactly b_j (or 0), so delta = b_j - z_j; the GEMM's rounding
+                    # would leave z + delta a few ulps from b_j, and a tie at 0 would go either way
+                    dead = np.flatnonzero(~alive[:active])
+                    out[:, dead] = (0 if b is None else b[:, None]) - z[:, input_of[dead]]
+            if cols is not None:
+                out[:, active:active + columns[j]] = cols
+                active += columns[j]
+            del w, b
+            if j == net.depth or not active:
+                continue
+            # relu(z + delta) - relu(z); a unit is on afterwards iff delta + min(z, 0) > -max(z, 0)
+            zneg, zcut, on = np.minimum(z, 0)[:, :, None], -np.maximum(z, 0)[:, :, None], (z > 0)[:, :, None]
+            for t, d, a in zip(runs(out[:, :active]), runs(differs[:z.shape[0], :active]),
+                               runs(alive[None, :active])):
+                t += zneg
+                np.greater(t, zcut, out=d)
+                np.any(d, axis=0, out=a[0])
+                np.not_equal(d, on, out=d)
+                np.maximum(t, zcut, out=t)
+            flips[:active] += differs[:z.shape[0], :active].sum(axis=0)
+            buf_in, buf_out = buf_out, buf_in
+    fwd = Forward(tuple(pre), tuple(post))
+    if not active:
+        return fwd, {}
+    with clock("kernel"):
+        moved = out[:, :active].astype(np.float64)  # k x columns: the change of the output
+        delta = np.linalg.norm(moved, axis=0)
+        v = fwd.output.astype(np.float64)
+        argmax = np.concatenate([(v[:, :, None] + run).argmax(axis=0).ravel() for run in runs(moved)])
+    return fwd, {i: Moved(delta[s], flips[s], argmax[s])
+                 for i in origins for s in [slice(starts[i], starts[i] + columns[i])]}
+
+
+def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray],
+              clock: Clock = Clock()) -> dict[int, Moved]:
+    """Push given pre-activation perturbations through the rest of the network.
+
+    Args:
+        fwd: the clean pass over n inputs.
         perturbations: layer i -> array (n_i, c) added to z_i; c is a multiple of n, input slowest.
 
     Returns:
         layer i -> :class:`Moved` with one entry per column.
     """
-    origins = sorted(perturbations)
-    if not origins:
+    if not perturbations:
         return {}
-    n = fwd.pre[0].shape[1] if fwd.pre[0].ndim == 2 else 1
-    sizes = [perturbations[i].shape[1] for i in origins]
-    starts = np.cumsum([0] + sizes)
-    total = starts[-1]
-    rows = max(w.shape[0] for w in net.weights)
-    buf_in, buf_out = np.empty((rows, total)), np.empty((rows, total))
-    flips = np.zeros(total, dtype=np.int64)
-    differs = np.empty((rows, total), dtype=bool)
-    active = 0  # columns in use, a prefix: the columns of origins <= j
-
-    def runs(a: np.ndarray):
-        """Each origin's columns in ``a`` (rows, active) as (rows, n, c / n) views, one run per input."""
-        return [a[:, starts[k]:starts[k + 1]].reshape(a.shape[0], n, -1)
-                for k in range(len(origins)) if starts[k + 1] <= a.shape[1]]
-
-    for j in range(origins[0], net.depth + 1):
-        z = fwd.pre[j - 1].reshape(-1, n)[:, :, None]  # (rows, n, 1): one clean column per input run
-        out = buf_out[:z.shape[0]]
-        if active:
-            np.matmul(net.weights[j - 1], buf_in[:net.weights[j - 1].shape[1], :active], out=out[:, :active])
-            if net.biases is not None:
-                out[:, :active] += net.biases[j - 1][:, None]
-        if j in perturbations:
-            c = perturbations[j].shape[1]
-            np.add(z, perturbations[j].reshape(z.shape[0], n, -1),
-                   out=out[:, active:active + c].reshape(z.shape[0], n, -1))
-            active += c
-        if j < net.depth:
-            d = differs[:z.shape[0], :active]
-            np.greater(out[:, :active], 0.0, out=d)
-            for run in runs(d):
-                np.not_equal(run, z > 0, out=run)
-            flips[:active] += d.sum(axis=0)
-            np.maximum(out[:, :active], 0.0, out=out[:, :active])
-            buf_in, buf_out = buf_out, buf_in
-    moved = out[:, :active]
-    argmax = moved.argmax(axis=0)
-    for run in runs(moved):
-        run -= z
-    delta = np.linalg.norm(moved, axis=0)
-    cols = [slice(starts[k], starts[k + 1]) for k in range(len(origins))]
-    return {i: Moved(delta[c], flips[c], argmax[c]) for i, c in zip(origins, cols)}
+    columns = {i: p.shape[1] for i, p in perturbations.items()}
+    if fwd.output.ndim == 1:  # the pass of one input given as a vector
+        fwd = Forward(*(tuple(a[:, None] for a in arrays) for arrays in (fwd.pre, fwd.post)))
+    return run_pass(net, fwd, columns, lambda j, w, h: perturbations.get(j), clock)[1]
 
 
-def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, size: float) -> np.ndarray:
+def worst_case_bound(norms: np.ndarray, fwd: Forward, x: np.ndarray, layer: int, size: float,
+                     biases: bool) -> np.ndarray:
     """The Lipschitz bound on ||v - v*|| for ratio 1 (it is linear in r), per input.
 
     ||eta||_2 * prod_{j != i} ||W_j||_2 * ||x*||, where ||eta||_2 is r ||W_i||_2
     for spectral scaling and at most r ||W_i||_F for Frobenius scaling. With
     biases, prod_{j < i} ||W_j||_2 ||x*|| is replaced by ||h_{i-1}||, which the
-    product does not bound. The ||W_j||_2 are Lanczos estimates
+    product does not bound. The ||W_j||_2 (``norms``) are Lanczos estimates
     (:func:`pipeline.network.spectral_norm_estimate`), a fraction of a percent
     low at most; the bound exceeds measured changes by orders of magnitude.
 
@@ -159,10 +238,9 @@ def worst_case_bound(net: Network, fwd: Forward, x: np.ndarray, layer: int, size
     Returns:
         The bound of each input, shape (n,).
     """
-    s = net.spectral_norms
-    before = np.prod(s[:layer - 1]) * np.linalg.norm(x, axis=0) if net.biases is None \
-        else np.linalg.norm(fwd.post[layer - 1], axis=0)
-    return size * before * np.prod(s[layer:])
+    before = np.prod(norms[:layer - 1]) * np.linalg.norm(x, axis=0) if not biases \
+        else np.linalg.norm(fwd.post[layer - 1].astype(np.float64), axis=0)
+    return size * before * np.prod(norms[layer:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,22 +260,25 @@ class LinearAnswer:
     direction: np.ndarray  # (n_i, n)
 
 
-def jacobians(net: Network, fwd: Forward, layers) -> Iterator[tuple[int, np.ndarray]]:
+def jacobians(net: Network, fwd: Forward, layers, clock: Clock = Clock()) -> Iterator[tuple[int, np.ndarray]]:
     """(i, J_i) for the given layers, last first: J_i = dv/dz_i of every input, (n, k, n_i).
 
     One backward pass from the identity on the k outputs through W_j and the
     clean ReLU masks, J_i = J_{i+1} W_{i+1} D_i with J_L = I_k: every input's
-    Jacobian in one GEMM per layer, O(n k m^2). A generator, so a caller that
+    Jacobian in one GEMM per layer, O(n k m^2), fetching (for a drawn network,
+    drawing again) one matrix at a time. A generator, so a caller that
     reduces each J_i at once holds one layer's worth.
     """
-    n = fwd.output.shape[1]
-    k = fwd.output.shape[0]
-    J = np.broadcast_to(np.eye(k), (n, k, k)).copy()
+    n, k = fwd.output.shape[1], fwd.output.shape[0]
+    J = np.broadcast_to(np.eye(k, dtype=net.dtype), (n, k, k)).copy()
     for i in range(net.depth, min(layers) - 1, -1):
         if i < net.depth:
-            w = net.weights[i]  # W_{i+1}
-            J = (J.reshape(n * k, -1) @ w).reshape(n, k, w.shape[1])
-            J *= (fwd.pre[i - 1] > 0).T[:, None, :]
+            with clock("weights"):
+                w = net.params(i + 1)[0]
+            with clock("linear"):
+                J = (J.reshape(n * k, -1) @ w).reshape(n, k, w.shape[1])
+                J *= (fwd.pre[i - 1] > 0).T[:, None, :]
+            del w
         if i in layers:
             yield i, J
 
@@ -214,6 +295,7 @@ def linear_answer(J: np.ndarray, h: np.ndarray, size: float, norm: str) -> Linea
     NaN. The worst case over ||eta|| <= s (Frobenius or spectral: the optimum is
     rank one, where both agree) is s ||J||_2 ||h||.
     """
+    J, h = J.astype(np.float64), h.astype(np.float64)  # a few columns: the float64 answer is cheap
     n_i, n_in = J.shape[2], h.shape[0]
     h_norm = np.linalg.norm(h, axis=0)
     fro = np.sqrt(np.einsum("nki,nki->n", J, J))
@@ -240,43 +322,58 @@ def margins(v: np.ndarray) -> np.ndarray:
 def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tuple[int, ...],
                     draws: int, distribution: str, norm: str, rng_for_layer,
                     labels: np.ndarray | None = None, with_bound: bool = True,
-                    with_linear: bool = True) -> NetworkResult:
-    """Measure one network at every (ratio, layer, input, draw).
+                    with_linear: bool = True, timings: dict[str, float] | None = None) -> NetworkResult:
+    """Measure one network at every (ratio, layer, input, draw), in the network's precision.
 
     Every draw is one perturbed matrix applied to all inputs, so the
     accuracy of draw d is that of one real perturbed network. Layers beyond
     the network's depth are NaN. ``rng_for_layer(i)`` gives the noise stream
-    of layer i; the same draws serve every ratio. The bound needs the spectral
-    norm of every matrix; ``with_bound=False`` skips it (NaN), and
-    ``with_linear=False`` the backward pass and the worst direction, which lets
-    the benchmarks time the parts apart.
+    of layer i; the same draws serve every ratio.
+
+    One pass through the layers computes the clean pass, the noise, the
+    bound's spectral norms and the perturbed columns, fetching each matrix
+    once. The linear answer then needs a backward pass, and its worst
+    direction a forward pass of its own (one column per ratio and input):
+    a drawn network that does not keep its weights draws them again for
+    each. ``with_bound=False`` skips the bound (NaN) and ``with_linear=False``
+    the linear answer and worst direction; ``timings`` (a dict) receives the
+    seconds spent per phase: weights, clean, noise, kernel, bound, linear.
 
     Args:
         x: one input (d,) or n inputs (n, d).
         labels: class index per input, or None.
     """
+    clock = Clock(timings)
     ratios = np.asarray(ratios, dtype=np.float64)
     X = np.atleast_2d(x).T  # (d, n): inputs as columns
     R, D, n = len(ratios), draws, X.shape[1]
-    fwd = net.forward(X)
-    clean_pred = fwd.output.argmax(axis=0)
     present = [i for i in layers if i <= net.depth]
-    # ||W_i|| in the noise's norm, once per layer (an ARPACK run for spectral scaling)
-    sizes = {i: matrix_norm(net.weights[i - 1], norm) for i in present}
-    linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm)
-              for i, J in (jacobians(net, fwd, present) if present and with_linear else ())}
-    extra = 1 if linear else 0  # the worst direction's column
-    perturbations = {}
-    for i in present:
-        u = pre_activation_noise(rng_for_layer(i), net.weights[i - 1], fwd.post[i - 1], D,
-                                 distribution, norm, sizes[i])  # (n_i, draw, input)
-        if linear:  # the worst direction rides along as one more draw, the last
-            u = np.concatenate([u, linear[i].direction[:, None, :]], axis=1)
-        # columns (input, ratio, draw): one run per input, as propagate wants
-        perturbations[i] = (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(
-            -1, n * R * (D + extra))
-    moved = propagate(net, fwd, perturbations)
-    hidden = sum(w.shape[0] for w in net.weights[:-1])
+    sizes, norms = {}, np.full(net.depth, np.nan)
+
+    def columns(u: np.ndarray) -> np.ndarray:
+        """(n_i, draw, input) at ratio 1 -> (n_i, input * ratio * draw): one run per input, as run_pass wants."""
+        return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
+
+    def noise(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+        if with_bound:
+            with clock("bound"):
+                norms[j - 1] = spectral_norm_estimate(w)
+        if j not in present:
+            return None
+        with clock("noise"):
+            # ||W_j|| in the noise's norm, once per layer (an ARPACK run for spectral scaling)
+            sizes[j] = frobenius_norm(w) if norm == "frobenius" else spectral_norm(w.astype(np.float64, copy=False))
+            u = pre_activation_noise(rng_for_layer(j), w, h.astype(np.float64), D, distribution, norm, sizes[j])
+            return columns(u)
+
+    fwd, moved = run_pass(net, X, {i: n * R * D for i in present}, noise, clock)
+    linear, worst = {}, {}
+    if present and with_linear:
+        linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm)
+                  for i, J in jacobians(net, fwd, present, clock)}
+        worst = propagate(net, fwd, {i: columns(linear[i].direction[:, None, :]) for i in present}, clock)
+    clean_pred = fwd.output.argmax(axis=0)
+    hidden = sum(s[0] for s in net.shapes[:-1])
     shape = (R, len(layers), n, D)
     delta, flips, changed = (np.full(shape, np.nan) for _ in range(3))
     accuracy = np.full((R, len(layers), D), np.nan)
@@ -286,27 +383,29 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             continue
         mv = moved[i]
 
-        def cells(a: np.ndarray) -> np.ndarray:  # columns (input, ratio, draw [+ worst]) -> (ratio, input, draw)
-            return a.reshape(n, R, D + extra).transpose(1, 0, 2)[:, :, :D]
+        def cells(a: np.ndarray) -> np.ndarray:  # columns (input, ratio, draw) -> (ratio, input, draw)
+            return a.reshape(n, R, D).transpose(1, 0, 2)
 
         delta[:, col] = cells(mv.delta)
-        if linear:
-            worst_realised[:, col] = mv.delta.reshape(n, R, D + 1)[:, :, D].T
-            linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
-            worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
         flips[:, col] = cells(mv.flips / hidden if hidden else 0.0 * mv.flips)
         pred = cells(mv.argmax)
         changed[:, col] = pred != clean_pred[:, None]
         if labels is not None:
             accuracy[:, col] = (pred == labels[:, None]).mean(axis=1)
+        if linear:
+            worst_realised[:, col] = worst[i].delta.reshape(n, R).T
+            linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
+            worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
         if with_bound:
-            bound[:, col] = ratios[:, None] * worst_case_bound(net, fwd, X, i, sizes[i])[None, :]
+            bound[:, col] = ratios[:, None] * worst_case_bound(norms, fwd, X, i, sizes[i], net.has_biases)[None, :]
     clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
+    v = fwd.output.astype(np.float64)
     return NetworkResult(delta, flips, changed, accuracy, bound, linear_rms, worst_linear, worst_realised,
-                         np.linalg.norm(fwd.output, axis=0), margins(fwd.output), clean_accuracy)
+                         np.linalg.norm(v, axis=0), margins(v), clean_accuracy)
 
 
-def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...]) -> BlockResult:
+def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...],
+                  timings: dict[str, float] | None = None) -> BlockResult:
     """Measure the networks (L, m, seed) for ``seeds``: every ratio, layer and draw.
 
     Each network's numbers depend only on the spec and (L, m, seed): the
@@ -316,10 +415,10 @@ def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...]) -> BlockRe
     the last bits depend on the machine's thread count.
     """
     with threadpool_limits(limits=1, user_api="blas"):
-        return _measure_block(spec, L, m, seeds)
+        return _measure_block(spec, L, m, seeds, timings)
 
 
-def _measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...]) -> BlockResult:
+def _measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...], timings) -> BlockResult:
     x, labels = make_inputs(spec), make_labels(spec)
     g, nz = spec.grid, spec.noise
     results = []
@@ -327,5 +426,5 @@ def _measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...]) -> BlockR
         net = build_network(spec, L, m, seed)
         results.append(measure_network(
             net, x, np.array(g.ratio), g.layer, nz.draws, nz.distribution, nz.norm,
-            lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i), labels))
+            lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i), labels, timings=timings))
     return BlockResult.stack(results)

@@ -40,27 +40,72 @@ class Forward:
         return self.pre[-1]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Network:
-    """Fixed weights (and optional biases) of a feed-forward ReLU network."""
+# A drawn network whose weights take at most this many bytes keeps them between the kernel's passes
+# (the clean and perturbed pass, the backward pass, the worst directions); a larger one draws each
+# matrix again from its stream when a pass reaches it, so it holds one matrix at a time.
+KEEP_WEIGHTS_BYTES = 256 * 2**20
 
-    weights: tuple[np.ndarray, ...]
-    biases: tuple[np.ndarray, ...] | None = None
+Layer = tuple[np.ndarray, "np.ndarray | None"]
+
+
+class Network:
+    """A feed-forward ReLU network whose layers are fetched one at a time.
+
+    ``params(j)`` gives (W_j, b_j) in the network's ``dtype``. A network made
+    from arrays holds them; one made by :meth:`drawn` draws W_j from its own
+    random stream when asked, so a pass through it holds one matrix at a
+    time, and asking again gives the same numbers. ``weights`` and ``biases``
+    fetch every layer at once, for tests and references.
+
+    >>> import numpy as np
+    >>> net = Network((np.eye(2), 2 * np.eye(2)))
+    >>> net.forward(np.array([1.0, -1.0])).output
+    array([2., 0.])
+    """
+
+    def __init__(self, weights, biases=None, dtype=np.float64):
+        weights = tuple(np.asarray(w, dtype) for w in weights)
+        biases = None if biases is None else tuple(np.asarray(b, dtype) for b in biases)
+        self._setup(tuple(w.shape for w in weights), lambda j: (weights[j - 1], None if biases is None else biases[j - 1]),
+                    biases is not None, dtype)
+
+    @classmethod
+    def drawn(cls, shapes, draw, has_biases: bool, dtype, keep: bool) -> Network:
+        """A network whose layer j is ``draw(j)`` (deterministic), memoised when ``keep``."""
+        net = cls.__new__(cls)
+        net._setup(tuple(shapes), functools.cache(draw) if keep else draw, has_biases, dtype)
+        return net
+
+    def _setup(self, shapes, fetch, has_biases, dtype):
+        self.shapes, self._fetch, self.has_biases, self.dtype = shapes, fetch, has_biases, np.dtype(dtype)
 
     @property
     def depth(self) -> int:
-        return len(self.weights)
+        return len(self.shapes)
+
+    def params(self, j: int) -> Layer:
+        """(W_j, b_j) of layer j (1-based); b_j is None without biases."""
+        return self._fetch(j)
 
     def layer(self, j: int, h: np.ndarray) -> np.ndarray:
         """Pre-activation of layer j (1-based) for inputs ``h`` (a vector or columns)."""
-        z = self.weights[j - 1] @ h
-        if self.biases is not None:
-            b = self.biases[j - 1]
+        w, b = self.params(j)
+        z = w @ h
+        if b is not None:
             z += b if h.ndim == 1 else b[:, None]
         return z
 
+    @property
+    def weights(self) -> tuple[np.ndarray, ...]:
+        return tuple(self.params(j)[0] for j in range(1, self.depth + 1))
+
+    @property
+    def biases(self) -> tuple[np.ndarray, ...] | None:
+        return tuple(self.params(j)[1] for j in range(1, self.depth + 1)) if self.has_biases else None
+
     def forward(self, x: np.ndarray) -> Forward:
-        pre, post, h = [], [], x
+        """The clean pass over one input (d,) or columns (d, n), keeping every activation."""
+        pre, post, h = [], [], np.asarray(x, self.dtype)
         for j in range(1, self.depth + 1):
             post.append(h)
             z = self.layer(j, h)
@@ -71,7 +116,13 @@ class Network:
     @functools.cached_property
     def spectral_norms(self) -> np.ndarray:
         """||W_j||_2 of every layer, by :func:`spectral_norm_estimate` (what the bound uses)."""
-        return np.array([spectral_norm_estimate(w) for w in self.weights])
+        return np.array([spectral_norm_estimate(self.params(j)[0]) for j in range(1, self.depth + 1)])
+
+
+def frobenius_norm(w: np.ndarray) -> float:
+    """||W||_F: each row's sum of squares in the matrix's precision (relative error below 1e-5
+    for float32 rows of up to 10^5 entries), the rows added in float64."""
+    return float(np.sqrt(np.einsum("ij,ij->i", w, w).sum(dtype=np.float64)))
 
 
 def spectral_norm(w: np.ndarray) -> float:
@@ -110,7 +161,7 @@ def spectral_norm_estimate(w: np.ndarray, steps: int = LANCZOS_STEPS) -> float:
         return float(np.linalg.norm(w, 2))
     from scipy.linalg import eigh_tridiagonal
 
-    a = (w if w.shape[0] >= w.shape[1] else w.T).astype(np.float32)  # the smaller Gram matrix a^T a
+    a = (w if w.shape[0] >= w.shape[1] else w.T).astype(np.float32, copy=False)  # the smaller Gram matrix a^T a
     steps = min(steps, a.shape[1])
     basis = np.zeros((steps, a.shape[1]))
     alpha, beta = np.zeros(steps), np.zeros(steps)
@@ -162,44 +213,58 @@ def make_labels(spec: Spec) -> np.ndarray | None:
     return files.load_labels(*net.file("labels"), net.n_inputs, net.output_dim)
 
 
-def build_network(spec: Spec, L: int, m: int, seed: int) -> Network:
-    """The network of one grid cell, from the spec's init scheme or file, biases and norm bound."""
-    net = spec.network
+def build_network(spec: Spec, L: int, m: int, seed: int, keep: bool | None = None) -> Network:
+    """The network of one grid cell, in the spec's precision.
+
+    A random-init network draws W_j (and b_j) from its own stream, keyed by
+    (L, m, seed, j), when a pass reaches layer j; it keeps its matrices when
+    they fit in :data:`KEEP_WEIGHTS_BYTES` (or as ``keep`` says). A file
+    network is read whole.
+    """
+    net, dtype = spec.network, spec.compute.dtype
     if net.init_is_file:
         arrays = files.load_network(*net.network_file(L, m, seed))
-        weights, biases = arrays.weights, arrays.biases
-    else:
-        rng = stream(spec, WEIGHT_STREAM, L, m, seed)
-        shapes = layer_shapes(L, m, net.input_dim, net.output_dim)
-        weights = tuple(_init_matrix(net.init, s, rng) for s in shapes)
-        biases = None
-        if net.bias_std > 0:
-            biases = tuple(net.bias_std * rng.standard_normal(s[0]) for s in shapes)
-    if net.weight_norm_bound is not None:
-        weights = _rescale(weights, net.weight_norm_bound)
-    return Network(weights, biases)
+        weights = arrays.weights
+        if net.weight_norm_bound is not None:
+            weights = tuple(w * _bound_scale(w, net.weight_norm_bound, j) for j, w in enumerate(weights, 1))
+        return Network(weights, arrays.biases, dtype)
+    shapes = layer_shapes(L, m, net.input_dim, net.output_dim)
+
+    def draw(j: int) -> Layer:
+        rng = stream(spec, WEIGHT_STREAM, L, m, seed, j)
+        w = _init_matrix(net.init, shapes[j - 1], rng, dtype)
+        b = net.bias_std * rng.standard_normal(shapes[j - 1][0]) if net.bias_std > 0 else None
+        if net.weight_norm_bound is not None:
+            if j not in scales:  # an ARPACK run: once per layer, not once per draw
+                scales[j] = _bound_scale(w, net.weight_norm_bound, j)
+            w *= scales[j]
+        return w.astype(dtype, copy=False), None if b is None else b.astype(dtype, copy=False)
+
+    scales: dict[int, float] = {}
+
+    if keep is None:
+        keep = sum(a * b for a, b in shapes) * dtype.itemsize <= KEEP_WEIGHTS_BYTES
+    return Network.drawn(shapes, draw, net.bias_std > 0, dtype, keep)
 
 
-def _rescale(weights: tuple[np.ndarray, ...], bound: float) -> tuple[np.ndarray, ...]:
-    """Every W_j rescaled to spectral norm ``bound``, refusing what float64 cannot hold."""
-    out = []
-    for j, w in enumerate(weights, 1):
-        s = spectral_norm(w)
-        scaled = w * (bound / s) if s > 0 else w
-        if s == 0 or not np.all(np.isfinite(scaled)) or not np.any(scaled):
-            raise SpecError(f"network.weight_norm_bound: {bound!r} cannot be applied to W{j} (spectral norm "
-                            f"{s:.3g}): {'it is all zeros' if s == 0 else 'the rescaled weights leave float64'}; "
-                            "use weight_norm_bound: null or a bound nearer the weights' own norms.")
-        out.append(scaled)
-    return tuple(out)
+def _bound_scale(w: np.ndarray, bound: float, j: int) -> float:
+    """The factor that gives W_j the spectral norm ``bound``, refusing what float64 cannot hold."""
+    s = spectral_norm(w)
+    scaled = w * (bound / s) if s > 0 else w
+    if s == 0 or not np.all(np.isfinite(scaled)) or not np.any(scaled):
+        raise SpecError(f"network.weight_norm_bound: {bound!r} cannot be applied to W{j} (spectral norm "
+                        f"{s:.3g}): {'it is all zeros' if s == 0 else 'the rescaled weights leave float64'}; "
+                        "use weight_norm_bound: null or a bound nearer the weights' own norms.")
+    return bound / s
 
 
-def _init_matrix(scheme: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def _init_matrix(scheme: str, shape: tuple[int, int], rng: np.random.Generator, dtype=np.float64) -> np.ndarray:
+    """One initial matrix; Gaussian schemes draw in ``dtype`` itself (numpy's float32 sampler is faster)."""
     n_out, n_in = shape
-    if scheme == "he":
-        return rng.standard_normal(shape) * np.sqrt(2.0 / n_in)
-    if scheme == "xavier":
-        return rng.standard_normal(shape) * np.sqrt(2.0 / (n_in + n_out))
+    if scheme in ("he", "xavier"):
+        w = rng.standard_normal(shape, dtype=dtype)
+        w *= np.sqrt(2.0 / n_in) if scheme == "he" else np.sqrt(2.0 / (n_in + n_out))
+        return w
     # orthogonal with the ReLU gain sqrt(2): rows (or columns) orthonormal
     a = rng.standard_normal((max(shape), min(shape)))
     q, r = np.linalg.qr(a)

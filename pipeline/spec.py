@@ -134,6 +134,27 @@ class NoiseSpec:
     draws: int = 16
 
 
+PRECISIONS = ("float64", "float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeSpec:
+    """How the numbers are computed: the precision of weights, noise and matrix products.
+
+    float32 halves memory traffic and roughly doubles the GEMM rate; norms and
+    sums are accumulated in float64 either way (docs/performance.md gives the
+    accuracy of each).
+    """
+
+    precision: str = "float64"
+
+    @property
+    def dtype(self):
+        import numpy as np
+
+        return np.dtype(self.precision)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExecutionSpec:
     """Layout and execution settings. They never change a number."""
@@ -153,6 +174,7 @@ class Spec:
     grid: GridSpec
     noise: NoiseSpec
     execution: ExecutionSpec
+    compute: ComputeSpec = ComputeSpec()
     source: str | None = None  # the file it was read from, for messages only
 
     @classmethod
@@ -247,7 +269,7 @@ def load_spec(path: str | Path) -> Spec:
 class _Validator:
     """Turns raw YAML data into a Spec, or raises SpecError naming the field."""
 
-    SECTIONS = {"name", "description", "random_seed", "network", "grid", "noise", "execution"}
+    SECTIONS = {"name", "description", "random_seed", "network", "grid", "noise", "compute", "execution"}
 
     def __init__(self, source: str | None, base_dir: Path, names: dict[str, str] | None = None):
         self.source = source
@@ -344,12 +366,13 @@ class _Validator:
         network = self.network(net_raw, init, single, grid)
         noise = self.noise(raw.get("noise"))
         execution = self.execution(raw.get("execution"))
-        spec = Spec(name, description, random_seed, network, grid, noise, execution, self.source)
+        compute = self.compute(raw.get("compute"))
+        spec = Spec(name, description, random_seed, network, grid, noise, execution, compute, self.source)
         from .sizes import check_sizes  # local: sizes reads the store schema, which imports this module
 
         check_sizes(spec)  # before a seed list is built: a count can be 10**9
         grid = dataclasses.replace(grid, seeds=tuple(grid.seeds))
-        return Spec(name, description, random_seed, network, grid, noise, execution, self.source)
+        return Spec(name, description, random_seed, network, grid, noise, execution, compute, self.source)
 
     def init(self, v: Any) -> str:
         allowed = (f"{', '.join(INITS)}, the path of a network file ({' or '.join(NETWORK_SUFFIXES)}), "
@@ -506,6 +529,11 @@ class _Validator:
             norm=self.choice(raw.get("norm", d.norm), "noise.norm", NORMS),
             draws=self.int_(raw.get("draws", d.draws), "noise.draws", 1),
         )
+
+    def compute(self, raw: Any) -> ComputeSpec:
+        raw = self.mapping(raw, "compute", {f.name for f in dataclasses.fields(ComputeSpec)})
+        return ComputeSpec(self.choice(raw.get("precision", ComputeSpec.precision), "compute.precision",
+                                       PRECISIONS))
 
     def execution(self, raw: Any) -> ExecutionSpec:
         raw = self.mapping(raw, "execution", {f.name for f in dataclasses.fields(ExecutionSpec)})

@@ -36,7 +36,8 @@ from .plan import BlockKey
 from .spec import Spec, differences, result_fields
 from .spec import short as short_value
 
-SCHEMA_VERSION = 2  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
+SCHEMA_VERSION = 3  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
+# 3: every weight matrix drawn from a stream of its own, float32 weights drawn in float32; compute.precision
 MARK = "spec_hash"  # the root attribute written last: a directory is a results store once it has it
 CREATING = "nnsweep_creating"  # the root attribute of a store whose creation has not finished
 CODECS = (ZstdCodec(), Crc32cCodec())  # bytes-to-bytes codecs of every array: compress, then checksum
@@ -244,9 +245,10 @@ def read_attrs(where: str | StoreLocation) -> dict:
     if version != SCHEMA_VERSION:
         made_by = json.loads(attrs.get("versions", "{}")).get("nnsweep", "an older nnsweep")
         raise StoreError(f"store {short(loc.url)} has schema version {version}, written by nnsweep {made_by}; "
-                         f"this nnsweep reads version {SCHEMA_VERSION} (which added the input dimension, the "
-                         "classifier metrics and the linear answer, and renamed flip_fraction to "
-                         "hidden_flip_fraction). Rerun its spec "
+                         f"this nnsweep reads version {SCHEMA_VERSION}, whose random networks draw each weight "
+                         "matrix from a stream of its own (so the same spec gives other networks than version "
+                         "2 did, and version 1 had no input dimension), and whose spec has compute.precision. "
+                         "Rerun its spec "
                          "into a new store (nnsweep run SPEC --store NEW.zarr), or read it with the nnsweep "
                          "version that wrote it. Nothing was changed.")
     return attrs
