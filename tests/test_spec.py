@@ -387,18 +387,20 @@ def test_ratios_that_cannot_be_told_apart_are_refused(tiny_raw):
     assert "grid.ratio" in msg and "differ by more than 1e-09" in msg and "--sel" in msg
 
 
-def test_ratio_too_small_for_float64_is_refused_with_the_reason(tiny_raw):
+def test_ratio_below_the_tested_range_is_refused_with_the_reason(tiny_raw):
     msg = _error(tiny_raw(grid={"ratio": [1e-14, 0.1]}))
-    assert "grid.ratio: 1e-14 is not allowed" in msg and "float64 cannot resolve" in msg
+    assert "grid.ratio: 1e-14 is not allowed" in msg and "ratios >= 1e-10, the smallest ratio whose accuracy" in msg
 
 
-def test_min_ratio_is_resolved():
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_min_ratio_is_resolved(precision):
     """At MIN_RATIO the measured change, divided by r, is the small-r limit to 1e-4 (L = 16, m = 256)."""
     from pipeline.measure import measure_block
     from pipeline.spec import MIN_RATIO
 
     spec = Spec.from_dict({"network": {"input_dim": 64}, "grid": {"L": [16], "m": [256],
-                           "ratio": [MIN_RATIO, 1e-6], "seeds": 2}, "noise": {"draws": 8}})
+                           "ratio": [MIN_RATIO, 1e-6], "seeds": 2}, "noise": {"draws": 8},
+                           "compute": {"precision": precision}})
     d = measure_block(spec, 16, 256, (0, 1)).delta_norm
     scaled = d[0] / MIN_RATIO, d[1] / 1e-6
     assert np.nanmax(np.abs(scaled[0] / scaled[1] - 1)) < 1e-4

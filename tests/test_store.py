@@ -233,3 +233,29 @@ def test_open_results_reads_with_xarray_like_any_zarr(full_store):
     ours = store.open_results(path)
     for name in RESULT_VARS:
         assert np.array_equal(plain[name].values, ours[name].values, equal_nan=True)
+
+
+def test_a_store_of_an_older_schema_is_refused_untouched(full_store, tmp_path):
+    """Schema 3 draws every weight matrix from its own stream: a schema-2 store's numbers are of other
+    networks, so resuming into it or reading it is refused, with what to do, and nothing changes."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    spec, path = full_store
+    old = tmp_path / "old.zarr"
+    shutil.copytree(path, old)
+    group = zarr.open_group(str(old), mode="r+")
+    group.attrs["schema_version"] = 2
+    before = snapshot(old)
+    for action in (lambda: store.create_or_resume(spec, str(old)), lambda: store.open_results(str(old))):
+        with pytest.raises(StoreError) as e:
+            action()
+        msg = str(e.value)
+        assert "schema version 2" in msg and f"reads version {store.SCHEMA_VERSION}" in msg
+        assert "stream of its own" in msg and "nnsweep run SPEC --store NEW.zarr" in msg
+    res = CliRunner().invoke(main, ["query", str(old)])
+    assert res.exit_code == 2 and "schema version 2" in res.output and "Traceback" not in res.output
+    assert snapshot(old) == before
