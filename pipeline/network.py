@@ -42,8 +42,26 @@ class Forward:
 
 # A drawn network whose weights take at most this many bytes keeps them between the kernel's passes
 # (the clean and perturbed pass, the backward pass, the worst directions); a larger one draws each
-# matrix again from its stream when a pass reaches it, so it holds one matrix at a time.
+# matrix again from its stream when a pass reaches it, so it holds one matrix at a time. The
+# environment variable NNSWEEP_KEEP_WEIGHTS (bytes, e.g. 64MB) changes it; it never changes a number.
 KEEP_WEIGHTS_BYTES = 256 * 2**20
+
+
+def keeps_weights(shapes, dtype) -> bool:
+    """Whether a drawn network of these layer shapes keeps its matrices between passes."""
+    import os
+
+    raw = os.environ.get("NNSWEEP_KEEP_WEIGHTS")
+    limit = KEEP_WEIGHTS_BYTES
+    if raw is not None:
+        from dask.utils import parse_bytes
+
+        try:
+            limit = int(parse_bytes(raw))
+        except (ValueError, TypeError):
+            raise SpecError(f"NNSWEEP_KEEP_WEIGHTS={raw!r} is not allowed; expected a size such as 64MB "
+                            "or 0 (never keep).") from None
+    return sum(a * b for a, b in shapes) * np.dtype(dtype).itemsize <= limit
 
 Layer = tuple[np.ndarray, "np.ndarray | None"]
 
@@ -243,7 +261,7 @@ def build_network(spec: Spec, L: int, m: int, seed: int, keep: bool | None = Non
     scales: dict[int, float] = {}
 
     if keep is None:
-        keep = sum(a * b for a, b in shapes) * dtype.itemsize <= KEEP_WEIGHTS_BYTES
+        keep = keeps_weights(shapes, dtype)
     return Network.drawn(shapes, draw, net.bias_std > 0, dtype, keep)
 
 

@@ -91,34 +91,43 @@ def sizes(spec) -> Sizes:
 def block_peak_bytes(spec) -> int:
     """Estimated peak memory of the largest block of ``spec`` (L and m largest).
 
-    A model of pipeline/measure.py: the weights of two networks, the perturbed
-    columns of one network (every input, ratio, present layer, draw and worst direction) in four
-    buffers of the widest layer, its Jacobians, one materialised noise matrix for models that
-    need it, and the block's results. tests/test_sizes.py checks it against
-    the peak that tracemalloc measures.
+    A model of pipeline/measure.py, one network at a time: its weights (all of
+    them when the network keeps them, see :func:`pipeline.network.keeps_weights`,
+    else the matrix in use and the one being drawn), the perturbed columns of
+    every input, ratio, present layer and draw in two buffers of the widest
+    layer in the working precision plus a mask, the noise of one layer, the
+    Jacobians, the workspaces of the norms, and the block's results.
+    tests/test_sizes.py checks it against the peak that tracemalloc measures.
     """
-    from .network import layer_shapes  # local: network imports spec, which imports us
+    from .network import keeps_weights, layer_shapes  # local: network imports spec, which imports us
 
     g, net, nz = spec.grid, spec.network, spec.noise
     L, m = max(g.L), max(g.m)
     shapes = layer_shapes(L, m, net.input_dim, net.output_dim)
+    item = spec.compute.dtype.itemsize
+    biggest = max(a * b for a, b in shapes)
     per_block = min(spec.execution.seeds_per_block, len(g.seeds))
-    # the next network is built while the last one is still held, rescaling to the norm
-    # bound makes a copy, and one matrix is being drawn
-    networks = min(per_block, 2) + (1 if net.weight_norm_bound is not None else 0)
-    weights = sum(a * b for a, b in shapes) * networks + max(a * b for a, b in shapes)
+    if net.init_is_file or keeps_weights(shapes, spec.compute.dtype):
+        weights = sum(a * b for a, b in shapes) * item + biggest * item
+    else:
+        weights = 2 * biggest * item
+    # copies of a matrix: float32 for the Lanczos estimate, float64 rescaled for the norm bound and for ARPACK
+    workspace = biggest * (4 * (item == 8) + 8 * (net.weight_norm_bound is not None) + 8 * (nz.norm == "spectral"))
     rows = max(a for a, _ in shapes)
     n = net.n_inputs
     present = sum(1 for i in g.layer if i <= L)
-    # every (input, ratio, draw) and the worst direction of every (input, ratio), for each present layer
-    columns = len(g.ratio) * (nz.draws + 1) * present * n
-    work = 4.2 * rows * columns + rows * (nz.draws + 1) * n + present * n * net.output_dim * rows  # + Jacobians
+    columns = len(g.ratio) * nz.draws * present * n
+    work = rows * columns * (2 * item + 1)  # two buffers and a mask
+    work += 24 * rows * len(g.ratio) * nz.draws * n  # one layer's noise, at every ratio (float64, with copies)
+    work += 3 * rows * len(g.ratio) * present * n * (2 * item + 1)  # the worst directions' own pass
+    work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
     if not (nz.norm == "frobenius" and nz.distribution in ("gaussian", "sphere")):
-        work += 3 * max(a * b for a, b in shapes)  # one eta, its scaled copy, a norm's workspace
+        workspace += 3 * 8 * biggest  # one eta, its scaled copy, a norm's workspace
     elif min(min(s) for s in shapes) < 128:
-        work += max(a * b for a, b in shapes)  # a dense SVD's workspace for the spectral norms
-    results = 8 * len(g.ratio) * len(g.layer) * n * nz.draws * per_block
-    return int(8 * (weights + work + results))
+        workspace += 8 * biggest  # a dense SVD's workspace for the spectral norms
+    # delta, flips and predictions per draw: one network's, and the block's stacked
+    results = 3 * 8 * len(g.ratio) * len(g.layer) * n * nz.draws * (per_block + 1)
+    return int(weights + workspace + work + results)
 
 
 def limit(name: str) -> int:

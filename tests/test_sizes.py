@@ -45,9 +45,18 @@ def test_sizes_match_a_complete_store(tmp_path):
     ({"L": [2], "m": [32], "ratio": [0.1, 0.2], "seeds": 4}, {"draws": 512}, {"input_dim": 16}),
     ({"L": [4], "m": [128], "ratio": [0.1, 0.3], "seeds": 4}, {"draws": 16}, {"input_dim": 64, "n_inputs": 32}),
     ({"L": [3], "m": [64], "ratio": [0.1], "seeds": 4}, {"draws": 64}, {"input_dim": 32, "n_inputs": 100}),
+    ({"L": [12], "m": [384], "ratio": [0.1], "seeds": 2}, {"draws": 4}, {"input_dim": 64, "keep": "1MB"}),
+    ({"L": [8], "m": [384], "ratio": [0.1, 0.3], "seeds": 2}, {"draws": 16},
+     {"input_dim": 64, "keep": "1MB", "precision": "float32"}),
+    ({"L": [6], "m": [256], "ratio": [0.1], "seeds": 2}, {"draws": 16}, {"input_dim": 64, "precision": "float32"}),
 ])
-def test_block_memory_estimate_bounds_the_measured_peak(grid, noise, network):
-    spec = Spec.from_dict({"grid": grid, "noise": noise, "network": network})
+def test_block_memory_estimate_bounds_the_measured_peak(grid, noise, network, monkeypatch):
+    """Also for networks that draw their weights again (NNSWEEP_KEEP_WEIGHTS small), and for float32."""
+    network = dict(network)
+    if "keep" in network:
+        monkeypatch.setenv("NNSWEEP_KEEP_WEIGHTS", network.pop("keep"))
+    compute = {"precision": network.pop("precision", "float64")}
+    spec = Spec.from_dict({"grid": grid, "noise": noise, "network": network, "compute": compute})
     L, m = grid["L"][0], grid["m"][0]
     measure_block(spec, L, m, spec.grid.seeds[:1])  # imports and caches outside the measurement
     tracemalloc.start()
