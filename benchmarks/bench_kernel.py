@@ -7,13 +7,15 @@ One run, the same work for all three:
       network from x for every draw (run on fewer networks and draws, then
       scaled per draw to the kernel's work, as the output says);
   (c) the machine's float64 GEMM rate: np.matmul of (m x m) by (m x n), best of
-      several, with the same BLAS thread count.
+      several, with the same BLAS thread count, measured before and after the
+      kernel's timings; the better of the two is the reference (one taken at a
+      cold or busy moment is no ceiling: shares above 100% were reported).
 
 Reports kernel and naive seconds per network, the speedup, the kernel's
 achieved GFLOP/s (counting the GEMMs it does: at layer j = 2..L the columns of
 all origins i < j go through W_j, 2 n_out n_in cols flops) against the GEMM
 rate, and the fraction. Targets: >= 50x the naive method and > 50% of the GEMM
-rate at m >= 512.
+rate at m >= 512. Prints the machine and its load average (benchmarks/machine.py).
 
     python benchmarks/bench_kernel.py                 # L=8 m=512 d=512 k=10, 1 BLAS thread
     python benchmarks/bench_kernel.py --threads 2 --json
@@ -23,11 +25,9 @@ rate at m >= 512.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+import machine  # benchmarks/machine.py: benchmarks/ is sys.path[0] when run as a script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,21 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 ARGS = parse_args()
-# Pin BLAS threads before numpy is imported; threadpoolctl (if present) enforces it again below.
-for _var in THREAD_VARS:
-    os.environ[_var] = str(ARGS.threads)
+# Pin BLAS threads before numpy is imported; threadpoolctl enforces it again below.
+machine.pin_threads(ARGS.threads)
 
 import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-try:
-    from threadpoolctl import threadpool_info, threadpool_limits
-except ImportError:  # env vars alone
-    threadpool_info = threadpool_limits = None
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from pipeline.measure import measure_network  # noqa: E402
 from pipeline.network import NOISE_STREAM, Network, build_network, make_inputs, stream  # noqa: E402
@@ -80,26 +73,10 @@ from pipeline.spec import Spec  # noqa: E402
 
 
 def machine_info(threads: int) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "blas_threads_requested": threads,
-        "thread_pinning": "threadpoolctl" if threadpool_limits else "environment variables",
-    }
-    if threadpool_info is not None:
-        blas = [f"{p.get('internal_api')} {p.get('version')} ({p.get('architecture', '?')}, "
-                f"{p.get('num_threads')} threads)" for p in threadpool_info() if p.get("user_api") == "blas"]
-        info["blas"] = "; ".join(blas) or "unknown"
-    else:
-        try:
-            cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-            info["blas"] = f"{cfg.get('name')} {cfg.get('version')}"
-        except Exception:  # noqa: BLE001 - informational only
-            info["blas"] = "unknown"
-    return info
+    """benchmarks/machine.py's description (cpu, cores, load average, BLAS, numpy) and the thread pinning."""
+    info = machine.describe()
+    return {**info, "processor": info["cpu"], "cpu_count": info["cores"], "blas_threads_requested": threads,
+            "thread_pinning": "threadpoolctl"}
 
 
 def kernel_flops(L: int, m: int, d: int, k: int, draws: int, n_ratios: int = 1) -> float:
@@ -191,24 +168,16 @@ def time_naive(spec: Spec, a, x) -> dict:
             "networks_run": a.naive_seeds, "draws_per_layer_run": a.naive_draws}
 
 
-def gemm_rate(a) -> dict:
-    """Best-of float64 GEMM rate, (m x m) @ (m x n) with n the kernel's widest batch."""
-    n = max((a.L - 1) * a.draws * len(a.ratio), 1)
-    rng = np.random.default_rng(1)
-    lhs, rhs = rng.standard_normal((a.m, a.m)), rng.standard_normal((a.m, n))
-    out = np.empty((a.m, n))
-    np.matmul(lhs, rhs, out=out)  # warm up
-    best = float("inf")
-    for _ in range(a.gemm_repeats):
-        reps, t0 = 0, time.perf_counter()
-        while True:
-            np.matmul(lhs, rhs, out=out)
-            reps += 1
-            dt = time.perf_counter() - t0
-            if dt > 0.05:
-                break
-        best = min(best, dt / reps)
-    return {"gflops": 2.0 * a.m * a.m * n / best / 1e9, "shape": f"({a.m} x {a.m}) @ ({a.m} x {n})"}
+def gemm_batch(a) -> int:
+    """Columns of the reference GEMM: the kernel's widest batch."""
+    return max((a.L - 1) * a.draws * len(a.ratio), 1)
+
+
+def gemm_reference(a, rate: machine.Bracket) -> dict:
+    """The float64 GEMM rate measured before and after the kernel; the better one is the reference."""
+    n = gemm_batch(a)
+    return {"gflops": rate.best / 1e9, "gflops_before": rate.before / 1e9, "gflops_after": rate.after / 1e9,
+            "shape": f"({a.m} x {a.m}) @ ({a.m} x {n})"}
 
 
 def profile_kernel(spec: Spec, a, x) -> str:
@@ -229,13 +198,13 @@ def profile_kernel(spec: Spec, a, x) -> str:
 def main(a) -> dict:
     spec = make_spec(a)
     x = make_inputs(spec)[0]  # one input, the question as asked
-    limits = threadpool_limits(limits=a.threads, user_api="blas") if threadpool_limits else nullcontext()
-    with limits:
+    with threadpool_limits(limits=a.threads, user_api="blas"):
         info = machine_info(a.threads)
-        gemm = gemm_rate(a)
         net = build_network(spec, a.L, a.m, 0)
         run_kernel(spec, a, net, x, 0)  # warm up: imports, ARPACK, allocator
-        kernel = time_kernel(spec, a, x)
+        with machine.bracket(lambda: machine.gemm_rate(a.m, gemm_batch(a), "float64", a.gemm_repeats)) as rate:
+            kernel = time_kernel(spec, a, x)
+        gemm = gemm_reference(a, rate)
         naive = time_naive(spec, a, x)
         profile = profile_kernel(spec, a, x) if a.profile else None
     flops = kernel_flops(a.L, a.m, a.d, a.k, a.draws, len(a.ratio))
@@ -261,6 +230,7 @@ def main(a) -> dict:
         "speedup >= 50 (kernel with bound)": result["speedup"] >= 50,
         "fraction_of_gemm_rate > 0.5 (with bound)": result["fraction_of_gemm_rate"] > 0.5,
     }
+    result["load_average_end"] = machine.load_average()
     if profile:
         result["profile"] = profile
     return result
@@ -269,8 +239,10 @@ def main(a) -> dict:
 def report(r: dict) -> str:
     m, w, k, n, g = r["machine"], r["work"], r["kernel"], r["naive"], r["gemm"]
     lines = [
-        f"machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs; numpy {m['numpy']}; "
-        f"BLAS {m['blas']}; {m['blas_threads_requested']} BLAS thread(s) via {m['thread_pinning']}",
+        f"machine: {machine.summary(m)}; {m['blas_threads_requested']} BLAS thread(s) via {m['thread_pinning']}",
+        "load:    " + " at the start, ".join("/".join(f"{x:.2f}" for x in load) or "unknown"
+                                              for load in (m["load_average"], r["load_average_end"]))
+        + " at the end (1/5/15 min)",
         f"work:    L={w['L']} m={w['m']} d={w['d']} k={w['k']}, every layer, {w['draws_per_layer']} draws per "
         f"layer and network, r={w['ratios']}, {w['noise']}; kernel on {w['kernel_networks']} networks, "
         f"best of {w['kernel_repeats']} runs each",
@@ -282,7 +254,8 @@ def report(r: dict) -> str:
         f"x {w['draws_per_layer']} draws, {n['seconds_per_draw'] * 1e3:.2f} ms per draw on average)",
         f"speedup: {r['speedup_without_bound']:9.1f} x      kernel without bound vs naive (target >= 50); "
         f"{r['speedup']:.1f} x with the bound",
-        f"GEMM:    {g['gflops']:9.2f} GFLOP/s  {g['shape']}, best of several",
+        f"GEMM:    {g['gflops']:9.2f} GFLOP/s  {g['shape']}, the better of {g['gflops_before']:.2f} before "
+        f"and {g['gflops_after']:.2f} after the kernel (each the best of several)",
         f"kernel:  {k['gflops_without_bound']:9.2f} GFLOP/s  ({w['gemm_flops_per_network'] / 1e6:.0f} MFLOP of "
         f"GEMMs per network) = {100 * r['fraction_of_gemm_rate_without_bound']:.1f}% of the GEMM rate "
         f"(target > 50%); {100 * r['fraction_of_gemm_rate']:.1f}% with the bound",
