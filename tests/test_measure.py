@@ -346,3 +346,6 @@ def test_benchmark_script_runs(tmp_path):
     assert r["kernel"]["seconds_per_network"] > 0 and r["naive"]["seconds_per_network"] > 0
     assert r["speedup"] == pytest.approx(r["naive"]["seconds_per_network"] / r["kernel"]["seconds_per_network"])
     assert r["gemm"]["gflops"] > 0 and r["machine"]["blas_threads_requested"] == 1
+    # the reference is the better of the rates measured before and after the kernel
+    assert r["gemm"]["gflops"] == max(r["gemm"]["gflops_before"], r["gemm"]["gflops_after"])
+    assert len(r["machine"]["load_average"]) == 3 and len(r["load_average_end"]) == 3

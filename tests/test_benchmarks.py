@@ -1,0 +1,96 @@
+"""The benchmarks' own arithmetic, and bench_sweep.py end to end on a tiny shape (no wall-clock thresholds)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("machine")
+
+
+@pytest.fixture
+def bench_sweep(machine, monkeypatch):
+    for var in machine.THREAD_VARS:  # importing it pins the threads; restore them afterwards
+        monkeypatch.setenv(var, "1")
+    return importlib.import_module("bench_sweep")
+
+
+def test_machine_doctests(machine):
+    assert doctest.testmod(machine).failed == 0
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_rates_and_bracket(machine, dtype):
+    calls = []
+
+    def rate():
+        calls.append(machine.gemm_rate(32, 16, dtype, repeats=1, min_time=0.001))
+        return calls[-1]
+
+    with machine.bracket(rate) as b:
+        assert len(calls) == 1 and b.after is None  # measured before the work, not yet after
+    assert (b.before, b.after) == tuple(calls) and b.best == max(calls) > 0
+    assert 0 <= b.spread < 1
+    assert machine.normal_rate(dtype, size=1024, repeats=1, min_time=0.001) > 0
+    info = machine.describe()
+    assert info["cores"] >= 1 and info["numpy"] and len(info["load_average"]) == 3
+
+
+def test_work_counts(bench_sweep):
+    # W_1 (4 x 5), W_2 (4 x 4), W_3 (2 x 4); 2 ratios x (3 draws + the worst direction) = 8 columns per origin
+    w = bench_sweep.work(L=3, m=4, d=5, k=2, ratios=2, draws=3)
+    parts = w["gemm_flops_parts"]
+    assert parts["perturbed"] == 2 * 4 * 4 * 8 + 2 * 2 * 4 * 16  # origin 1 through W_2; origins 1-2 through W_3
+    assert parts["clean"] == 2 * (20 + 16 + 8)
+    assert parts["backward"] == 2 * 2 * (16 + 8)  # k columns through W_2, W_3
+    assert parts["lanczos"] == 20 * 2 * 2 * (20 + 16 + 8)
+    assert w["gemm_flops"] == sum(parts.values())
+    assert w["normal_numbers_parts"] == {"weights": 20 + 16 + 8, "noise": 3 * (5 + 5 + 3)}
+    assert w["widest_batch"] == 16
+    lim = bench_sweep.limit(w, gemm_rate=1e3, normal_rate=10.0)
+    assert lim["seconds"] == pytest.approx(w["gemm_flops"] / 1e3 + w["normal_numbers"] / 10.0)
+
+
+def test_bench_sweep_script(bench_sweep):
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_sweep.py"), "--shapes", "3x64", "--repeat", "1",
+                          "--rate-repeats", "1", "--estimate", "2x16", "--json"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    r = json.loads(out)
+    assert [(c["L"], c["m"], c["precision"]) for c in r["cases"]] == [(3, 64, "float64"), (3, 64, "float32")]
+    w = r["work"]
+    expected = bench_sweep.work(3, 64, w["input_dim"], w["output_dim"], len(w["ratios"]), w["draws"])
+    for c in r["cases"]:
+        s = c["seconds"]
+        assert set(s) == {"weights", "clean", "noise", "kernel", "bound", "linear", "other"}
+        # every part the kernel reports did some work, and the split accounts for the total
+        assert all(s[k] > 0 for k in bench_sweep.SPLIT)
+        assert sum(s.values()) == pytest.approx(c["total"], rel=1e-9)
+        lim = c["limit"]
+        assert lim["work"] == expected
+        for rate in (lim["gemm_rate"], lim["normal_rate"]):
+            assert rate["best"] == max(rate["before"], rate["after"]) > 0
+        assert lim["normal_rate"]["dtype"] == bench_sweep.NORMAL_SAMPLING_DTYPE
+        assert lim["seconds"] == pytest.approx(expected["gemm_flops"] / lim["gemm_rate"]["best"]
+                                               + expected["normal_numbers"] / lim["normal_rate"]["best"])
+        assert c["total_over_limit"] == pytest.approx(c["total"] / lim["seconds"])
+        # wait4's peak of the child covers what the child saw of itself before the timed networks
+        assert c["peak_rss_mb"] >= c["peak_rss_before_mb"] > 0
+    f64, f32 = (c["total"] for c in r["cases"])
+    assert r["speed_ratios"] == [{"L": 3, "m": 64, "float64_over_float32": pytest.approx(f64 / f32)}]
+    e = r["estimate"]
+    assert e["command"] == "nnsweep estimate --L 2 --m 16 --seeds 1 --draws 4 --ratio 0.1 --layer all"
+    # the whole nnsweep process holds numpy and the pipeline; a bare interpreter does not
+    assert e["peak_rss_mb"] > e["python_pass"]["peak_rss_mb"] > 0
+    assert e["seconds"] > e["python_pass"]["seconds"] > 0
