@@ -17,7 +17,9 @@ k = 10, one input, every layer perturbed, 1 BLAS thread), at each (L, m) of
 - the peak resident memory of the process that measured it: every
   (shape, precision) runs in a fresh subprocess of this script, whose
   ru_maxrss is taken from os.wait4 (this also keeps one case's heap and
-  caches out of another's timing).
+  caches out of another's timing). The subprocesses are started by a small
+  helper (benchmarks/machine.py's Launcher): a child forked from this process
+  would report this process's own peak as its floor.
 
 Then the wall time and peak memory of the whole process ``nnsweep estimate
 --L 32 --m 2048 --seeds 1 --draws 4 --ratio 0.1 --layer all`` (target
@@ -43,11 +45,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -189,38 +188,11 @@ def run_case(L: int, m: int, precision: str, repeat: int) -> dict:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         runs = [time_network(spec, L, m, seed, x) for seed in range(repeat)]
     best = min(runs, key=lambda r: r["total"])
-    return {**best, "totals": [r["total"] for r in runs], "peak_rss_before_mb": rss_mb(rss_before)}
+    return {**best, "totals": [r["total"] for r in runs],
+            "peak_rss_before_networks_mb": machine.rss_mb(rss_before)}
 
 
-# ------------------------------------------------------------------ processes, measured from outside
-
-
-def rss_mb(maxrss: int) -> float:
-    """ru_maxrss in MB (kilobytes on Linux, bytes on macOS)."""
-    return maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def run_measured(cmd: list[str]) -> dict:
-    """Run ``cmd`` to completion; its stdout, wall seconds (start-up included) and peak RSS (os.wait4).
-
-    Raises:
-        RuntimeError: the command failed, with its stderr.
-    """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{stderr}")
-    return {"stdout": stdout, "seconds": seconds, "peak_rss_mb": rss_mb(usage.ru_maxrss)}
-
-
-def measure_case(L: int, m: int, precision: str, a) -> dict:
+def measure_case(L: int, m: int, precision: str, a, launcher: machine.Launcher) -> dict:
     """One (shape, precision) in a fresh process, bracketed by the GEMM and normal-sampling rates."""
     spec = make_spec(L, m, "float64")
     net = spec.network
@@ -230,7 +202,7 @@ def measure_case(L: int, m: int, precision: str, a) -> dict:
     load_before = machine.load_average()
     with machine.bracket(lambda: machine.gemm_rate(m, w["widest_batch"], precision, a.rate_repeats)) as gemm, \
          machine.bracket(lambda: machine.normal_rate(NORMAL_SAMPLING_DTYPE, repeats=a.rate_repeats)) as normal:
-        child = run_measured(cmd)
+        child = launcher.run(cmd, cwd=ROOT)
     case = json.loads(child["stdout"])
     lim = limit(w, gemm.best, normal.best)
     return {
@@ -251,10 +223,11 @@ def nnsweep_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "pipeline"]
 
 
-def measure_estimate(L: int, m: int) -> dict:
+def measure_estimate(L: int, m: int, launcher: machine.Launcher) -> dict:
     """Wall time and peak RSS of a whole `nnsweep estimate` process, and of `python -c pass` beside it."""
     args = ["estimate", "--L", str(L), "--m", str(m), *ESTIMATE_ARGS]
-    estimate, python = run_measured([*nnsweep_command(), *args]), run_measured([sys.executable, "-c", "pass"])
+    estimate = launcher.run([*nnsweep_command(), *args], cwd=ROOT)
+    python = launcher.run([sys.executable, "-c", "pass"], cwd=ROOT)
     return {"command": " ".join(["nnsweep", *args]), "L": L, "m": m,
             "seconds": estimate["seconds"], "peak_rss_mb": estimate["peak_rss_mb"],
             "python_pass": {"seconds": python["seconds"], "peak_rss_mb": python["peak_rss_mb"]}}
@@ -283,12 +256,17 @@ def targets(r: dict) -> dict:
 
 
 def main(a) -> dict:
+    with machine.Launcher() as launcher:  # first, while this process is small
+        return measure_all(a, launcher)
+
+
+def measure_all(a, launcher: machine.Launcher) -> dict:
     from threadpoolctl import threadpool_limits
 
     raw = load_raw()
     with threadpool_limits(limits=THREADS, user_api="blas"):
         info = machine.describe()
-        cases = [measure_case(L, m, p, a) for L, m in a.shapes for p in a.precision]
+        cases = [measure_case(L, m, p, a, launcher) for L, m in a.shapes for p in a.precision]
     result = {
         "machine": info,
         "work": {"spec": str(SPEC_FILE.relative_to(ROOT)), "ratios": raw["grid"]["ratio"],
@@ -300,7 +278,7 @@ def main(a) -> dict:
         "speed_ratios": speed_ratios(cases),
     }
     if not a.no_estimate:
-        result["estimate"] = measure_estimate(*a.estimate)
+        result["estimate"] = measure_estimate(*a.estimate, launcher)
     result["load_average_end"] = machine.load_average()
     result["targets"] = targets(result)
     return result

@@ -10,7 +10,9 @@ root, so this module is importable as ``machine``):
 - :func:`bracket`: a rate measured before AND after the timed work, of which
   the best is the limit. A single reference taken at a cold or busy moment is
   not a ceiling: a kernel could then appear to run above 100% of it;
-- :func:`describe`: CPU model, cores, load average, BLAS and numpy versions.
+- :func:`describe`: CPU model, cores, load average, BLAS and numpy versions;
+- :class:`Launcher`: runs a command and measures its wall time and its own peak
+  resident memory.
 
 Pin the BLAS thread count around the rates and the work alike: a rate is only
 a limit for work done with the same number of threads. :func:`pin_threads` does
@@ -21,8 +23,12 @@ imports numpy only inside its functions: import it, pin, then import numpy.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -160,3 +166,85 @@ def summary(info: dict) -> str:
     load = "/".join(f"{x:.2f}" for x in info["load_average"]) or "unknown"
     return (f"{info['cpu']}, {info['cores']} cores, load {load} (1/5/15 min); {info['blas']}; "
             f"numpy {info['numpy']}, Python {info['python']}")
+
+
+def rss_mb(maxrss: int) -> float:
+    """``ru_maxrss`` in MB (kilobytes on Linux, bytes on macOS)."""
+    return maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+# The helper process of Launcher: reads one JSON request per line, forks and execs it with stdin from
+# /dev/null and stdout/stderr to the files named, and answers one JSON line with its wait4 figures.
+_LAUNCHER = r"""
+import json, os, sys, time
+for line in sys.stdin:
+    req = json.loads(line)
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.chdir(req["cwd"])
+            for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["stdout"], os.O_WRONLY | os.O_TRUNC),
+                                    (2, req["stderr"], os.O_WRONLY | os.O_TRUNC)):
+                os.dup2(os.open(path, flags), fd)
+            os.execvp(req["argv"][0], req["argv"])
+        finally:
+            os._exit(127)
+    _, status, usage = os.wait4(pid, 0)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "maxrss": usage.ru_maxrss,
+                      "returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+class Launcher:
+    """Runs commands from a small helper process, so that their measured peak memory is their own.
+
+    A child's ``ru_maxrss`` (from ``wait4``) starts at its parent's peak
+    resident memory: fork copies the parent's memory map (vfork shares it), and
+    exec keeps that map's high-water mark. Every child of a benchmark that has
+    imported numpy and allocated GEMM buffers would report at least that much.
+    Start a Launcher before the parent grows (before numpy is imported): the
+    commands are forked from its helper, a bare interpreter of a few MB, below
+    any Python process's own peak. Use it as a context manager.
+    """
+
+    def __init__(self):
+        self._dir = tempfile.TemporaryDirectory(prefix="launcher-")
+        self._helper = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+
+    def run(self, argv: list[str], cwd: str | Path = ".") -> dict:
+        """Run ``argv`` to completion (environment: this process's at the Launcher's start).
+
+        Returns:
+            ``stdout``, ``seconds`` (wall, start-up included), ``peak_rss_mb`` (the command's ru_maxrss).
+
+        Raises:
+            RuntimeError: the command failed; the message holds its stderr.
+        """
+        out, err = Path(self._dir.name, "stdout"), Path(self._dir.name, "stderr")
+        out.touch()
+        err.touch()
+        request = {"argv": [str(a) for a in argv], "cwd": str(Path(cwd).resolve()), "stdout": str(out),
+                   "stderr": str(err)}
+        self._helper.stdin.write(json.dumps(request) + "\n")
+        self._helper.stdin.flush()
+        line = self._helper.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the launcher's helper process ended before running {' '.join(request['argv'])}")
+        answer = json.loads(line)
+        if answer["returncode"] != 0:
+            raise RuntimeError(f"{' '.join(request['argv'])} exited with {answer['returncode']}:\n{err.read_text()}")
+        return {"stdout": out.read_text(), "seconds": answer["seconds"], "peak_rss_mb": rss_mb(answer["maxrss"])}
+
+    def close(self) -> None:
+        self._helper.stdin.close()
+        self._helper.wait()
+        self._helper.stdout.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

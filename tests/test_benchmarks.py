@@ -48,6 +48,25 @@ def test_rates_and_bracket(machine, dtype):
     assert info["cores"] >= 1 and info["numpy"] and len(info["load_average"]) == 3
 
 
+def test_launcher_measures_a_commands_own_peak_memory(machine):
+    import resource
+
+    import numpy as np
+
+    with machine.Launcher() as launcher:
+        held = np.ones(2**24)  # 128 MB in this process, after the helper started
+        bare = launcher.run([sys.executable, "-c", "pass"])
+        grown = launcher.run([sys.executable, "-c", "import sys; b = b'x' * 2**27; print(len(b))"])
+        with pytest.raises(RuntimeError, match="exited with 3"):
+            launcher.run([sys.executable, "-c", "import sys; sys.exit(3)"])
+    own = machine.rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    assert held.sum() == 2**24 and own > 128
+    # a child forked from this process would start at `own`; the bare interpreter is far below it
+    assert 0 < bare["peak_rss_mb"] < 64 < own
+    assert grown["stdout"] == f"{2**27}\n" and grown["peak_rss_mb"] > 128 > bare["peak_rss_mb"]
+    assert grown["seconds"] > 0 and bare["seconds"] > 0
+
+
 def test_work_counts(bench_sweep):
     # W_1 (4 x 5), W_2 (4 x 4), W_3 (2 x 4); 2 ratios x (3 draws + the worst direction) = 8 columns per origin
     w = bench_sweep.work(L=3, m=4, d=5, k=2, ratios=2, draws=3)
@@ -86,7 +105,7 @@ def test_bench_sweep_script(bench_sweep):
                                                + expected["normal_numbers"] / lim["normal_rate"]["best"])
         assert c["total_over_limit"] == pytest.approx(c["total"] / lim["seconds"])
         # wait4's peak of the child covers what the child saw of itself before the timed networks
-        assert c["peak_rss_mb"] >= c["peak_rss_before_mb"] > 0
+        assert c["peak_rss_mb"] >= c["peak_rss_before_networks_mb"] > 0
     f64, f32 = (c["total"] for c in r["cases"])
     assert r["speed_ratios"] == [{"L": 3, "m": 64, "float64_over_float32": pytest.approx(f64 / f32)}]
     e = r["estimate"]
