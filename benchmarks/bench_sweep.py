@@ -52,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import machine  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+import machine  # noqa: E402  (benchmarks/machine.py: this script's folder is on sys.path)
 
 THREADS = 1
 machine.pin_threads(THREADS)  # before numpy is imported, here and in every child process
@@ -62,7 +62,6 @@ SPEC_FILE = ROOT / "sweeps" / "scaling.yaml"
 DEFAULT_SHAPES = "8x2048 16x1024 32x1024"
 PRECISIONS = ("float64", "float32")
 SPLIT = ("weights", "clean", "noise", "kernel", "bound", "linear")  # what measure_network reports
-LANCZOS_MATVECS = 2 * 20  # per layer: pipeline.network.LANCZOS_STEPS steps, W and W^T each
 # The dtype in which weights and noise are DRAWN, in both precisions (float32 casts them today). The limit's
 # normal-sampling rate is measured in it; change it when the kernel draws in float32.
 NORMAL_SAMPLING_DTYPE = "float64"
@@ -114,12 +113,14 @@ def layer_shapes(L: int, m: int, d: int, k: int) -> list[tuple[int, int]]:
 
 def work(L: int, m: int, d: int, k: int, ratios: int, draws: int) -> dict:
     """GEMM flops and normal numbers of one network, one input, every layer perturbed, linear answer on."""
+    from pipeline.network import LANCZOS_STEPS  # the bound's spectral norms: a product with W and W^T per step
+
     shapes = layer_shapes(L, m, d, k)
     columns = ratios * (draws + 1)  # per origin; + 1: the worst direction of each ratio
     perturbed = sum(2.0 * o * i * (j - 1) * columns for j, (o, i) in enumerate(shapes, 1) if j >= 2)
     clean = sum(2.0 * o * i for o, i in shapes)
     backward = sum(2.0 * k * o * i for j, (o, i) in enumerate(shapes, 1) if j >= 2)
-    lanczos = sum(LANCZOS_MATVECS * 2.0 * o * i for o, i in shapes)
+    lanczos = sum(LANCZOS_STEPS * 2 * 2.0 * o * i for o, i in shapes)
     weights = sum(o * i for o, i in shapes)
     noise = sum((o + 1) * draws for o, _ in shapes)
     return {"gemm_flops": perturbed + clean + backward + lanczos,
