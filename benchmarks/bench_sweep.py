@@ -10,8 +10,9 @@ k = 10, one input, every layer perturbed, 1 BLAS thread), at each (L, m) of
   network with the smallest total, with its own split);
 - the LIMIT computed in the same run for the same work: the GEMM flops the
   measurement needs at the measured GEMM rate of that precision, plus the
-  normal numbers it draws at the measured normal-sampling rate, each rate the
-  best of a measurement before and after the case (benchmarks/machine.py);
+  normal numbers it draws at the measured normal-sampling rate of the dtype
+  they are drawn in (SAMPLING_DTYPES), each rate the best of a measurement
+  before and after the case (benchmarks/machine.py);
   total / limit (target <= 1.5), and float64 / float32 per network (target
   >= 1.7 at (8, 2048));
 - the peak resident memory of the process that measured it: every
@@ -44,6 +45,7 @@ every layer 1..L and W_1 (m x d), W_2..W_{L-1} (m x m), W_L (k x m):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -62,9 +64,10 @@ SPEC_FILE = ROOT / "sweeps" / "scaling.yaml"
 DEFAULT_SHAPES = "8x2048 16x1024 32x1024"
 PRECISIONS = ("float64", "float32")
 SPLIT = ("weights", "clean", "noise", "kernel", "bound", "linear")  # what measure_network reports
-# The dtype in which weights and noise are DRAWN, in both precisions (float32 casts them today). The limit's
-# normal-sampling rate is measured in it; change it when the kernel draws in float32.
-NORMAL_SAMPLING_DTYPE = "float64"
+# The dtypes the kernel DRAWS its normal numbers in: pipeline/network.py draws the weights in the compute
+# precision ("compute"), pipeline/noise.py the noise in float64 in both precisions. The limit's normal-sampling
+# rates are measured in these dtypes: change them with the kernel.
+SAMPLING_DTYPES = {"weights": "compute", "noise": "float64"}
 ESTIMATE_ARGS = ("--seeds", "1", "--draws", "4", "--ratio", "0.1", "--layer", "all")
 TARGET_OVER_LIMIT, TARGET_SPEEDUP, TARGET_SPEEDUP_SHAPE, TARGET_RSS_MB = 1.5, 1.7, (8, 2048), 450.0
 
@@ -130,10 +133,16 @@ def work(L: int, m: int, d: int, k: int, ratios: int, draws: int) -> dict:
             "widest_batch": (L - 1) * columns}
 
 
-def limit(w: dict, gemm_rate: float, normal_rate: float) -> dict:
-    """Seconds the work needs at the given rates (flop/s, numbers/s)."""
-    gemm, normal = w["gemm_flops"] / gemm_rate, w["normal_numbers"] / normal_rate
-    return {"seconds": gemm + normal, "gemm_seconds": gemm, "normal_seconds": normal}
+def sampling_dtypes(precision: str) -> dict[str, str]:
+    """SAMPLING_DTYPES for a network computed in ``precision``."""
+    return {kind: precision if dtype == "compute" else dtype for kind, dtype in SAMPLING_DTYPES.items()}
+
+
+def limit(w: dict, gemm_rate: float, normal_rates: dict[str, float]) -> dict:
+    """Seconds the work needs at the given rates: GEMM flop/s, and normal numbers/s per kind (weights, noise)."""
+    gemm = w["gemm_flops"] / gemm_rate
+    normal = {kind: count / normal_rates[kind] for kind, count in w["normal_numbers_parts"].items()}
+    return {"seconds": gemm + sum(normal.values()), "gemm_seconds": gemm, "normal_seconds": normal}
 
 
 # ------------------------------------------------------------------ one case, in its own process
@@ -200,18 +209,22 @@ def measure_case(L: int, m: int, precision: str, a, launcher: machine.Launcher) 
     w = work(L, m, net.input_dim, net.output_dim, len(spec.grid.ratio), spec.noise.draws)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--case", f"{L}x{m}", "--precision", precision,
            "--repeat", str(a.repeat)]
+    dtypes = sampling_dtypes(precision)
     load_before = machine.load_average()
-    with machine.bracket(lambda: machine.gemm_rate(m, w["widest_batch"], precision, a.rate_repeats)) as gemm, \
-         machine.bracket(lambda: machine.normal_rate(NORMAL_SAMPLING_DTYPE, repeats=a.rate_repeats)) as normal:
+    with contextlib.ExitStack() as stack:
+        gemm = stack.enter_context(
+            machine.bracket(lambda: machine.gemm_rate(m, w["widest_batch"], precision, a.rate_repeats)))
+        normal = {dt: stack.enter_context(machine.bracket(lambda dt=dt: machine.normal_rate(dt, repeats=a.rate_repeats)))
+                  for dt in sorted(set(dtypes.values()))}
         child = launcher.run(cmd, cwd=ROOT)
     case = json.loads(child["stdout"])
-    lim = limit(w, gemm.best, normal.best)
+    lim = limit(w, gemm.best, {kind: normal[dt].best for kind, dt in dtypes.items()})
     return {
         "L": L, "m": m, "precision": precision, **case, "peak_rss_mb": child["peak_rss_mb"],
         "limit": {**lim, "work": w,
                   "gemm_rate": {**gemm.as_dict(), "dtype": precision,
                                 "shape": f"({m} x {m}) @ ({m} x {w['widest_batch']})"},
-                  "normal_rate": {**normal.as_dict(), "dtype": NORMAL_SAMPLING_DTYPE}},
+                  "normal_rates": {dt: b.as_dict() for dt, b in normal.items()}, "sampling_dtypes": dtypes},
         "total_over_limit": case["total"] / lim["seconds"],
         "load_average": {"before": load_before, "after": machine.load_average()},
     }
@@ -292,21 +305,22 @@ def report(r: dict) -> str:
         f"work:    per network of {w['spec']}: {len(w['ratios'])} ratios, {w['draws']} draws, d={w['input_dim']}, "
         f"k={w['output_dim']}, {w['inputs']} input, every layer, {w['noise']}, {w['blas_threads']} BLAS thread; "
         f"each case in a fresh process, best of {w['networks_per_case']} network(s)",
-        f"limit:   GEMM flops / GEMM rate of the precision + normal numbers / {NORMAL_SAMPLING_DTYPE} "
-        "normal-sampling rate; each rate the best of before and after the case",
+        "limit:   GEMM flops / GEMM rate of the precision + normal numbers / normal-sampling rate of the dtype "
+        f"they are drawn in ({', '.join(f'{k}: {v}' for k, v in SAMPLING_DTYPES.items())}); each rate the best "
+        "of before and after the case",
         "",
         f"{'L':>3} {'m':>5} {'prec':>7} | {'weights':>7} {'clean':>6} {'noise':>6} {'kernel':>6} {'bound':>6} "
         f"{'linear':>6} {'other':>6} | {'total':>6} {'limit':>6} {'/limit':>6} | {'GEMM GFLOP/s b/a':>16} "
-        f"{'normal M/s':>10} | {'peak MB':>7} {'load':>5}",
+        f"{'normal M/s w/n':>14} | {'peak MB':>7} {'load':>5}",
     ]
     for c in r["cases"]:
         s, lim = c["seconds"], c["limit"]
-        g, n = lim["gemm_rate"], lim["normal_rate"]
+        g, n = lim["gemm_rate"], {kind: lim["normal_rates"][dt]["best"] for kind, dt in lim["sampling_dtypes"].items()}
         lines.append(
             f"{c['L']:>3} {c['m']:>5} {c['precision']:>7} | "
             + " ".join(f"{s[k]:>{max(len(k), 6)}.3f}" for k in (*SPLIT, "other"))
             + f" | {c['total']:>6.3f} {lim['seconds']:>6.3f} {c['total_over_limit']:>6.2f} | "
-            f"{g['before'] / 1e9:>7.1f}/{g['after'] / 1e9:<8.1f} {n['best'] / 1e6:>10.1f} | "
+            f"{g['before'] / 1e9:>7.1f}/{g['after'] / 1e9:<8.1f} {n['weights'] / 1e6:>6.1f}/{n['noise'] / 1e6:<7.1f} | "
             f"{c['peak_rss_mb']:>7.0f} {c['load_average']['after'][0] if c['load_average']['after'] else '?':>5}")
     lines.append("seconds per network; /limit target <= %.1f" % TARGET_OVER_LIMIT)
     for s in r["speed_ratios"]:

@@ -78,8 +78,9 @@ def test_work_counts(bench_sweep):
     assert w["gemm_flops"] == sum(parts.values())
     assert w["normal_numbers_parts"] == {"weights": 20 + 16 + 8, "noise": 3 * (5 + 5 + 3)}
     assert w["widest_batch"] == 16
-    lim = bench_sweep.limit(w, gemm_rate=1e3, normal_rate=10.0)
-    assert lim["seconds"] == pytest.approx(w["gemm_flops"] / 1e3 + w["normal_numbers"] / 10.0)
+    assert w["normal_numbers"] == sum(w["normal_numbers_parts"].values())
+    lim = bench_sweep.limit(w, gemm_rate=1e3, normal_rates={"weights": 10.0, "noise": 2.0})
+    assert lim["seconds"] == pytest.approx(w["gemm_flops"] / 1e3 + 44 / 10.0 + 39 / 2.0)
 
 
 def test_bench_sweep_script(bench_sweep):
@@ -98,11 +99,13 @@ def test_bench_sweep_script(bench_sweep):
         assert sum(s.values()) == pytest.approx(c["total"], rel=1e-9)
         lim = c["limit"]
         assert lim["work"] == expected
-        for rate in (lim["gemm_rate"], lim["normal_rate"]):
+        dtypes = lim["sampling_dtypes"]
+        assert dtypes == bench_sweep.sampling_dtypes(c["precision"]) and set(lim["normal_rates"]) == set(dtypes.values())
+        for rate in (lim["gemm_rate"], *lim["normal_rates"].values()):
             assert rate["best"] == max(rate["before"], rate["after"]) > 0
-        assert lim["normal_rate"]["dtype"] == bench_sweep.NORMAL_SAMPLING_DTYPE
-        assert lim["seconds"] == pytest.approx(expected["gemm_flops"] / lim["gemm_rate"]["best"]
-                                               + expected["normal_numbers"] / lim["normal_rate"]["best"])
+        normal = {kind: lim["normal_rates"][dt]["best"] for kind, dt in dtypes.items()}
+        assert lim["seconds"] == pytest.approx(expected["gemm_flops"] / lim["gemm_rate"]["best"] + sum(
+            expected["normal_numbers_parts"][kind] / normal[kind] for kind in ("weights", "noise")))
         assert c["total_over_limit"] == pytest.approx(c["total"] / lim["seconds"])
         # wait4's peak of the child covers what the child saw of itself before the timed networks
         assert c["peak_rss_mb"] >= c["peak_rss_before_networks_mb"] > 0
