@@ -81,7 +81,7 @@ def measure_shape(L: int, m: int, a) -> dict:
 
     out = {
         "backward": best(backward, a.repeat),
-        "weights": best(lambda: build_network(spec, L, m, 0), a.repeat),
+        "weights": best(lambda: build_network(spec, L, m, 0, keep=False).weights, a.repeat),
         "kernel": best(lambda: run(False), a.repeat),
         "kernel_with_linear": best(lambda: run(True), a.repeat),
         "bound_lanczos": best(lambda: [spectral_norm_estimate(w) for w in net.weights], a.repeat),

@@ -349,3 +349,8 @@ def test_benchmark_script_runs(tmp_path):
     # the reference is the better of the rates measured before and after the kernel
     assert r["gemm"]["gflops"] == max(r["gemm"]["gflops_before"], r["gemm"]["gflops_after"])
     assert len(r["machine"]["load_average"]) == 3 and len(r["load_average_end"]) == 3
+    # the whole `nnsweep estimate` process on the same networks, draws and ratio
+    p = r["process"]
+    assert p["command"].startswith("nnsweep estimate --L 3 --m 16 --d 8 --k 4 --ratio 0.1 --seeds 2 --draws 4")
+    assert p["seconds"] > p["python_pass_seconds"] > 0
+    assert p["speedup"] == pytest.approx(2 * r["naive"]["seconds_per_network"] / p["seconds"])
