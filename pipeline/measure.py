@@ -330,13 +330,15 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     the network's depth are NaN. ``rng_for_layer(i)`` gives the noise stream
     of layer i; the same draws serve every ratio.
 
-    One pass through the layers computes the clean pass, the noise, the
-    bound's spectral norms and the perturbed columns, fetching each matrix
-    once. The linear answer then needs a backward pass, and its worst
-    direction a forward pass of its own (one column per ratio and input):
-    a drawn network that does not keep its weights draws them again for
-    each. ``with_bound=False`` skips the bound (NaN) and ``with_linear=False``
-    the linear answer and worst direction; ``timings`` (a dict) receives the
+    Without the linear answer, one pass through the layers computes the clean
+    pass, the bound's spectral norms, the noise and the perturbed columns,
+    fetching each matrix once. The linear answer needs a backward pass, which
+    needs the clean pass: then the clean pass (with the norms) comes first,
+    the backward pass next, and the perturbed columns last, where the worst
+    direction of each layer rides along as one more draw. A drawn network that
+    does not keep its weights draws them again for each pass.
+    ``with_bound=False`` skips the bound (NaN) and ``with_linear=False`` the
+    linear answer and worst direction; ``timings`` (a dict) receives the
     seconds spent per phase: weights, clean, noise, kernel, bound, linear.
 
     Args:
@@ -348,30 +350,37 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     X = np.atleast_2d(x).T  # (d, n): inputs as columns
     R, D, n = len(ratios), draws, X.shape[1]
     present = [i for i in layers if i <= net.depth]
-    sizes, norms = {}, np.full(net.depth, np.nan)
+    with_linear = with_linear and bool(present)
+    extra = 1 if with_linear else 0  # the worst direction's column, after the draws
+    sizes, norms, linear = {}, np.full(net.depth, np.nan), {}
 
-    def columns(u: np.ndarray) -> np.ndarray:
-        """(n_i, draw, input) at ratio 1 -> (n_i, input * ratio * draw): one run per input, as run_pass wants."""
-        return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
-
-    def noise(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+    def measure_norms(j: int, w: np.ndarray) -> None:
+        """What the bound and the noise need of W_j, while it is at hand."""
         if with_bound:
             with clock("bound"):
                 norms[j - 1] = spectral_norm_estimate(w)
+        if j in present:
+            with clock("noise"):  # an ARPACK run for spectral scaling
+                sizes[j] = frobenius_norm(w) if norm == "frobenius" else spectral_norm(w.astype(np.float64, copy=False))
+
+    def perturbation(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+        """Layer j's columns, (n_j, input * ratio * (draw [+ worst])): one run per input, as run_pass wants."""
         if j not in present:
             return None
         with clock("noise"):
-            # ||W_j|| in the noise's norm, once per layer (an ARPACK run for spectral scaling)
-            sizes[j] = frobenius_norm(w) if norm == "frobenius" else spectral_norm(w.astype(np.float64, copy=False))
-            u = pre_activation_noise(rng_for_layer(j), w, h.astype(np.float64), D, distribution, norm, sizes[j])
-            return columns(u)
+            u = pre_activation_noise(rng_for_layer(j), w, h.astype(np.float64), D, distribution,
+                                     norm, sizes[j])  # (n_j, draw, input) at ratio 1
+            if with_linear:
+                u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
+            return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
 
-    fwd, moved = run_pass(net, X, {i: n * R * D for i in present}, noise, clock)
-    linear, worst = {}, {}
-    if present and with_linear:
-        linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm)
-                  for i, J in jacobians(net, fwd, present, clock)}
-        worst = propagate(net, fwd, {i: columns(linear[i].direction[:, None, :]) for i in present}, clock)
+    columns = {i: n * R * (D + extra) for i in present}
+    if with_linear:
+        fwd, _ = run_pass(net, X, {}, lambda j, w, h: measure_norms(j, w), clock)
+        linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm) for i, J in jacobians(net, fwd, present, clock)}
+        fwd, moved = run_pass(net, fwd, columns, perturbation, clock)
+    else:
+        fwd, moved = run_pass(net, X, columns, lambda j, w, h: measure_norms(j, w) or perturbation(j, w, h), clock)
     clean_pred = fwd.output.argmax(axis=0)
     hidden = sum(s[0] for s in net.shapes[:-1])
     shape = (R, len(layers), n, D)
@@ -383,8 +392,8 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             continue
         mv = moved[i]
 
-        def cells(a: np.ndarray) -> np.ndarray:  # columns (input, ratio, draw) -> (ratio, input, draw)
-            return a.reshape(n, R, D).transpose(1, 0, 2)
+        def cells(a: np.ndarray) -> np.ndarray:  # columns (input, ratio, draw [+ worst]) -> (ratio, input, draw)
+            return a.reshape(n, R, D + extra).transpose(1, 0, 2)[:, :, :D]
 
         delta[:, col] = cells(mv.delta)
         flips[:, col] = cells(mv.flips / hidden if hidden else 0.0 * mv.flips)
@@ -393,7 +402,7 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         if labels is not None:
             accuracy[:, col] = (pred == labels[:, None]).mean(axis=1)
         if linear:
-            worst_realised[:, col] = worst[i].delta.reshape(n, R).T
+            worst_realised[:, col] = mv.delta.reshape(n, R, D + 1)[:, :, D].T
             linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
             worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
         if with_bound:
