@@ -8,8 +8,8 @@ per network (every layer perturbed, ``--draws`` draws per layer, one input):
       kernel's own ||W_i|| in the noise's norm, one per layer;
   (b) the sampler alone, pipeline.noise.pre_activation_noise at every layer
       with ||W_i|| given, as the kernel calls it.
-Each is the best of ``--repeat`` runs per network, averaged over networks, and
-printed with its factor over gaussian+frobenius (the fast path that never
+Each is the best of ``--repeat`` runs per network (rounds over all models in
+turn, so load changes fall on all alike), averaged over networks, and printed with its factor over gaussian+frobenius (the fast path that never
 materialises eta). Target: every model at most 5x the fast path in (a).
 
     python benchmarks/bench_noise.py                  # L=8 m=512 d=512 k=10 draws=64, 1 BLAS thread
@@ -103,40 +103,41 @@ def noise_streams(seed: int):
     return lambda i: np.random.default_rng([seed, i])
 
 
-def best_of(repeat: int, run) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t0)
+def kernel_run(a, net, x, seed, distribution, norm):
+    layers = tuple(range(1, a.L + 1))
+    return lambda: measure_network(net, x, np.array([a.ratio]), layers, a.draws, distribution, norm,
+                                   noise_streams(seed), with_bound=a.full, with_linear=a.full)
+
+
+def sampler_run(a, net, x, seed, distribution, norm, dtype_kw: dict):
+    """pre_activation_noise at every layer, ||W_i|| given (the kernel computes it, outside this timing)."""
+    post = net.forward(np.atleast_2d(x).T).post
+    sizes = [matrix_norm(w, norm) for w in net.weights]
+    rngs = noise_streams(seed)
+
+    def run():
+        for i, w in enumerate(net.weights, 1):
+            pre_activation_noise(rngs(i), w, post[i - 1], a.draws, distribution, norm, sizes[i - 1], **dtype_kw)
+    return run
+
+
+def best_times(a, runs: dict) -> dict:
+    """Best of ``--repeat`` seconds per key; the rounds go over every key in turn, so a change in the
+    machine's load mid-run falls on every model alike."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(a.repeat):
+        for key, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            best[key] = min(best[key], time.perf_counter() - t0)
     return best
 
 
-def time_kernel(a, nets, x, distribution, norm) -> float:
-    """Seconds per network of measure_network, best of ``--repeat`` per network, mean over networks."""
-    layers = tuple(range(1, a.L + 1))
-
-    def run(seed, net):
-        measure_network(net, x, np.array([a.ratio]), layers, a.draws, distribution, norm, noise_streams(seed),
-                        with_bound=a.full, with_linear=a.full)
-
-    return float(np.mean([best_of(a.repeat, lambda: run(s, net)) for s, net in enumerate(nets)]))
-
-
-def time_sampler(a, nets, x, distribution, norm, dtype_kw: dict) -> float:
-    """Seconds per network of pre_activation_noise at every layer, ||W_i|| given (the kernel computes it)."""
-    per_net = []
-    for seed, net in enumerate(nets):
-        post = net.forward(np.atleast_2d(x).T).post
-        sizes = [matrix_norm(w, norm) for w in net.weights]
-        rngs = noise_streams(seed)
-
-        def run():
-            for i, w in enumerate(net.weights, 1):
-                pre_activation_noise(rngs(i), w, post[i - 1], a.draws, distribution, norm, sizes[i - 1], **dtype_kw)
-
-        per_net.append(best_of(a.repeat, run))
-    return float(np.mean(per_net))
+def time_models(a, nets, x, make_run) -> dict:
+    """Seconds per network for every model: best of ``--repeat`` per network, mean over networks."""
+    per_net = [best_times(a, {f"{d}/{n}": make_run(net, seed, d, n) for d, n in MODELS})
+               for seed, net in enumerate(nets)]
+    return {key: float(np.mean([t[key] for t in per_net])) for key in per_net[0]}
 
 
 def main(a) -> dict:
@@ -153,8 +154,8 @@ def main(a) -> dict:
         for dist, norm in MODELS:  # warm up: imports, ARPACK, allocator
             measure_network(nets[0], x, np.array([a.ratio]), (1,), 2, dist, norm, noise_streams(0),
                             with_bound=False, with_linear=False)
-        kernel = {f"{d}/{n}": time_kernel(a, nets, x, d, n) for d, n in MODELS}
-        sampler = {f"{d}/{n}": time_sampler(a, nets, x, d, n, dtype_kw) for d, n in MODELS}
+        kernel = time_models(a, nets, x, lambda net, s, d, n: kernel_run(a, net, x, s, d, n))
+        sampler = time_models(a, nets, x, lambda net, s, d, n: sampler_run(a, net, x, s, d, n, dtype_kw))
     info["load_average_after"] = list(os.getloadavg())
     base_k, base_s = kernel["gaussian/frobenius"], sampler["gaussian/frobenius"]
     return {
