@@ -82,6 +82,7 @@ def pre_activation_noise(rng: np.random.Generator, w: np.ndarray, h: np.ndarray,
     size = matrix_norm(w, norm) if size is None else size
     if distribution == "rademacher" or h.shape[1] >= shape[1]:
         return _materialised_noise(rng, shape, h, draws, distribution, norm, size, np.dtype(dtype))
+    h = h.astype(np.float64, copy=False)  # these samplers are cheap: float64 throughout, then cast
     if norm == "frobenius":
         out = _uniform_direction_noise(rng, size, shape[0], h, draws)
     else:
