@@ -66,7 +66,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from pipeline.measure import measure_network  # noqa: E402
-from pipeline.network import build_network, make_inputs  # noqa: E402
+from pipeline.network import build_network, make_inputs, spectral_norm  # noqa: E402
 from pipeline.noise import matrix_norm, pre_activation_noise  # noqa: E402
 from pipeline.spec import Spec  # noqa: E402
 
@@ -140,6 +140,15 @@ def time_models(a, nets, x, make_run) -> dict:
     return {key: float(np.mean([t[key] for t in per_net])) for key in per_net[0]}
 
 
+def size_times(a, nets) -> dict:
+    """Seconds per network for ||W_i||_2 of every layer: ARPACK (pipeline.network.spectral_norm)
+    against the converged Lanczos of pipeline.noise.matrix_norm (same 1e-6 tolerance)."""
+    runs = {"arpack": lambda net: [spectral_norm(w) for w in net.weights],
+            "lanczos": lambda net: [matrix_norm(w, "spectral") for w in net.weights]}
+    per_net = [best_times(a, {k: (lambda f=f, net=net: f(net)) for k, f in runs.items()}) for net in nets]
+    return {key: float(np.mean([t[key] for t in per_net])) for key in runs}
+
+
 def main(a) -> dict:
     spec = make_spec(a)
     x = make_inputs(spec)[:a.n]
@@ -156,6 +165,7 @@ def main(a) -> dict:
                             with_bound=False, with_linear=False)
         kernel = time_models(a, nets, x, lambda net, s, d, n: kernel_run(a, net, x, s, d, n))
         sampler = time_models(a, nets, x, lambda net, s, d, n: sampler_run(a, net, x, s, d, n, dtype_kw))
+        sizes = size_times(a, nets)
     info["load_average_after"] = list(os.getloadavg())
     base_k, base_s = kernel["gaussian/frobenius"], sampler["gaussian/frobenius"]
     return {
@@ -168,6 +178,7 @@ def main(a) -> dict:
         "kernel_factor_over_fast_path": {k: v / base_k for k, v in kernel.items()},
         "sampler_seconds_per_network": sampler,
         "sampler_factor_over_fast_path": {k: v / base_s for k, v in sampler.items()},
+        "spectral_sizes_seconds_per_network": sizes,
         "target_kernel_factor_at_most_5": {k: v / base_k <= 5 for k, v in kernel.items()},
     }
 
@@ -193,6 +204,9 @@ def report(r: dict) -> str:
     lines += [
         "",
         f"(a) measure_network {flags}; includes ||W_i|| in the noise's norm per layer",
+        "||W_i||_2 of every layer, s/net: ARPACK (network.spectral_norm) "
+        f"{r['spectral_sizes_seconds_per_network']['arpack']:.4f}, Lanczos (noise.matrix_norm) "
+        f"{r['spectral_sizes_seconds_per_network']['lanczos']:.4f}",
         f"(b) pre_activation_noise alone at every layer, ||W_i|| given; sampler dtype {w['sampler_dtype']}",
         "target: every model's (a) at most 5x gaussian/frobenius: "
         + ("met" if all(r["target_kernel_factor_at_most_5"].values()) else "NOT met"),
