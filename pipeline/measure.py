@@ -21,8 +21,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .network import (NOISE_STREAM, Forward, Network, build_network, frobenius_norm, make_inputs, make_labels,
-                      spectral_norm, spectral_norm_estimate, stream)
-from .noise import pre_activation_noise
+                      spectral_norm_estimate, stream)
+from .noise import matrix_norm, pre_activation_noise
 from .spec import Spec
 
 
@@ -361,15 +361,15 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                 norms[j - 1] = spectral_norm_estimate(w)
         if j in present:
             with clock("noise"):  # an ARPACK run for spectral scaling
-                sizes[j] = frobenius_norm(w) if norm == "frobenius" else spectral_norm(w.astype(np.float64, copy=False))
+                sizes[j] = frobenius_norm(w) if norm == "frobenius" else matrix_norm(w, norm)
 
     def perturbation(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
         """Layer j's columns, (n_j, input * ratio * (draw [+ worst])): one run per input, as run_pass wants."""
         if j not in present:
             return None
         with clock("noise"):
-            u = pre_activation_noise(rng_for_layer(j), w, h.astype(np.float64), D, distribution,
-                                     norm, sizes[j])  # (n_j, draw, input) at ratio 1
+            u = pre_activation_noise(rng_for_layer(j), w, h, D, distribution, norm, sizes[j],
+                                     net.dtype)  # (n_j, draw, input) at ratio 1
             if with_linear:
                 u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
             return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)

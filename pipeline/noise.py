@@ -290,10 +290,13 @@ def _top_singular_value(w: np.ndarray, tol: float = SPECTRAL_TOL) -> float:
 
     a = (w if w.shape[0] >= w.shape[1] else w.T).astype(np.float32, copy=False)
     n = a.shape[1]
-    basis, alpha, beta = np.zeros((n, n)), np.zeros(n), np.zeros(n)
+    # the basis grows as needed: a converged run takes tens of steps, and n x n floats can be 100 MB
+    basis, alpha, beta = np.zeros((min(n, 64), n)), np.zeros(n), np.zeros(n)
     v = np.random.default_rng(0).standard_normal(n)
     v /= np.linalg.norm(v)
     for j in range(n):
+        if j == len(basis):
+            basis = np.concatenate([basis, np.zeros((min(len(basis), n - j), n))])
         basis[j] = v
         u = (a.T @ (a @ v.astype(np.float32))).astype(np.float64)
         alpha[j] = v @ u

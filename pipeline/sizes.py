@@ -100,6 +100,7 @@ def block_peak_bytes(spec) -> int:
     tests/test_sizes.py checks it against the peak that tracemalloc measures.
     """
     from .network import keeps_weights, layer_shapes  # local: network imports spec, which imports us
+    from .noise import BATCH_BYTES, TABLE_INPUTS
 
     g, net, nz = spec.grid, spec.network, spec.noise
     L, m = max(g.L), max(g.m)
@@ -121,10 +122,19 @@ def block_peak_bytes(spec) -> int:
     work += 24 * rows * len(g.ratio) * nz.draws * n  # one layer's noise, at every ratio (float64, with copies)
     work += 3 * rows * len(g.ratio) * present * n * (2 * item + 1)  # the worst directions' own pass
     work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
-    if not (nz.norm == "frobenius" and nz.distribution in ("gaussian", "sphere")):
-        workspace += 3 * 8 * biggest  # one eta, its scaled copy, a norm's workspace
-    elif min(min(s) for s in shapes) < 128:
-        workspace += 8 * biggest  # a dense SVD's workspace for the spectral norms
+    if nz.distribution == "rademacher" or n >= min(b for _, b in shapes):
+        # eta is formed a batch of draws at a time (pipeline/noise.py): signs as bytes and in the working
+        # precision, or float64 normals and their working-precision copy
+        batch = min(nz.draws, max(1, BATCH_BYTES // (8 * biggest))) * biggest
+        if nz.distribution != "rademacher":
+            workspace += batch * (8 + item)
+        elif nz.norm == "frobenius" and n <= TABLE_INPUTS:
+            workspace += batch // 8 + 256 * 8 * n * max(b for _, b in shapes)  # sign bits and the byte tables
+        else:
+            workspace += batch * (1 + item)
+    small = [a * b for a, b in shapes if min(a, b) < 128]
+    if small:
+        workspace += 8 * max(small)  # a dense SVD's workspace for the spectral norm of a small matrix
     # delta, flips and predictions per draw: one network's, and the block's stacked
     results = 3 * 8 * len(g.ratio) * len(g.layer) * n * nz.draws * (per_block + 1)
     return int(weights + workspace + work + results)
