@@ -177,8 +177,6 @@ def spectral_norm_estimate(w: np.ndarray, steps: int = LANCZOS_STEPS) -> float:
     """
     if min(w.shape) < 128:
         return float(np.linalg.norm(w, 2))
-    from scipy.linalg import eigh_tridiagonal
-
     a = (w if w.shape[0] >= w.shape[1] else w.T).astype(np.float32, copy=False)  # the smaller Gram matrix a^T a
     steps = min(steps, a.shape[1])
     basis = np.zeros((steps, a.shape[1]))
@@ -196,9 +194,14 @@ def spectral_norm_estimate(w: np.ndarray, steps: int = LANCZOS_STEPS) -> float:
             steps = j + 1
             break
         v = u / beta[j]
-    top = eigh_tridiagonal(alpha[:steps], beta[:steps - 1], eigvals_only=True,
-                           select="i", select_range=(steps - 1, steps - 1))[0]
+    top = np.linalg.eigvalsh(tridiagonal(alpha[:steps], beta[:steps - 1]))[-1]
     return float(np.sqrt(max(top, 0.0)))
+
+
+def tridiagonal(diagonal: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """The dense symmetric tridiagonal matrix of a Lanczos run: a few dozen rows, so numpy's dense
+    eigensolver is as fast as a tridiagonal one and spares importing scipy on the way to an answer."""
+    return np.diag(diagonal) + np.diag(off, 1) + np.diag(off, -1)
 
 
 def layer_shapes(L: int, m: int, d: int, k: int) -> list[tuple[int, int]]:

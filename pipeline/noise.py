@@ -35,10 +35,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .network import tridiagonal
+
 BATCH_BYTES = 64 * 2**20
 SPECTRAL_TOL = 1e-6  # relative error allowed in a spectral norm (the eigenvalue of the Gram matrix)
 DENSE_SPECTRAL_BELOW = 128  # min(shape) below which a spectral norm is a full SVD
-TABLE_INPUTS = 8  # with at most this many inputs, Rademacher eta @ H uses byte tables
+TABLE_INPUTS = 8
+MAX_LANCZOS_STEPS = 300  # a converged spectral norm takes tens of steps; beyond this, a full SVD  # with at most this many inputs, Rademacher eta @ H uses byte tables
 
 
 def matrix_norm(w: np.ndarray, norm: str) -> float:
@@ -284,17 +287,15 @@ def _top_singular_value(w: np.ndarray, tol: float = SPECTRAL_TOL) -> float:
     fixed start vector. Stops when the top Ritz pair's residual is below
     ``tol`` times its value: then an eigenvalue of the Gram matrix lies within
     ``tol`` (relative) of it, and the singular value within tol / 2. Falls back
-    to a full SVD if that takes as many steps as the dimension.
+    to a full SVD if that takes more than MAX_LANCZOS_STEPS steps (or the dimension).
     """
-    from scipy.linalg import eigh_tridiagonal
-
     a = (w if w.shape[0] >= w.shape[1] else w.T).astype(np.float32, copy=False)
     n = a.shape[1]
     # the basis grows as needed: a converged run takes tens of steps, and n x n floats can be 100 MB
     basis, alpha, beta = np.zeros((min(n, 64), n)), np.zeros(n), np.zeros(n)
     v = np.random.default_rng(0).standard_normal(n)
     v /= np.linalg.norm(v)
-    for j in range(n):
+    for j in range(min(n, MAX_LANCZOS_STEPS)):
         if j == len(basis):
             basis = np.concatenate([basis, np.zeros((min(len(basis), n - j), n))])
         basis[j] = v
@@ -305,10 +306,9 @@ def _top_singular_value(w: np.ndarray, tol: float = SPECTRAL_TOL) -> float:
         beta[j] = np.linalg.norm(u)
         # a check costs a tridiagonal eigensolve; before ~20 steps one never passes at 1e-6
         if (j >= min(19, n - 1) and j % 5 == 4) or j == n - 1 or beta[j] <= 1e-12 * np.max(alpha[:j + 1]):
-            theta, s = eigh_tridiagonal(alpha[:j + 1], beta[:j], select="i", select_range=(j, j),
-                                        check_finite=False)
-            if beta[j] * abs(s[-1, 0]) <= tol * theta[0]:
-                return float(np.sqrt(theta[0]))
+            theta, s = np.linalg.eigh(tridiagonal(alpha[:j + 1], beta[:j]))
+            if beta[j] * abs(s[-1, -1]) <= tol * theta[-1]:
+                return float(np.sqrt(theta[-1]))
         if beta[j] == 0.0:
             break
         v = u / beta[j]
