@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -279,12 +280,39 @@ def _bound_scale(w: np.ndarray, bound: float, j: int) -> float:
     return bound / s
 
 
+def standard_normal32(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal float32 numbers by the Box-Muller transform of float32 uniforms.
+
+    As PyTorch draws float32 normals on the CPU: pairs r (cos t, sin t) with
+    r = sqrt(-2 log(1 - u)), t = 2 pi u', a few vectorised passes, about twice
+    as fast as numpy's float32 ziggurat. Exact in law but for float32's grid of
+    uniforms (steps of 2^-24): |z| never exceeds 5.77, where the normal tail
+    holds 8e-9 of the mass. tests/test_network.py checks the law.
+    """
+    n = int(np.prod(shape))
+    half = (n + 1) // 2
+    out = np.empty(2 * half, np.float32)
+    r, t = out[:half], out[half:]
+    rng.random(out=r, dtype=np.float32)
+    np.subtract(np.float32(1.0), r, out=r)  # exact: u is a multiple of 2^-24 in [0, 1)
+    np.log(r, out=r)
+    r *= np.float32(-2.0)
+    np.sqrt(r, out=r)
+    rng.random(out=t, dtype=np.float32)
+    t *= np.float32(2 * np.pi)
+    sine = np.sin(t)
+    np.cos(t, out=t)
+    t *= r
+    r *= sine
+    return out[:n].reshape(shape)
+
+
 def _init_matrix(scheme: str, shape: tuple[int, int], rng: np.random.Generator, dtype=np.float64) -> np.ndarray:
-    """One initial matrix; Gaussian schemes draw in ``dtype`` itself (numpy's float32 sampler is faster)."""
+    """One initial matrix; Gaussian schemes draw in ``dtype`` itself (float32 by :func:`standard_normal32`)."""
     n_out, n_in = shape
     if scheme in ("he", "xavier"):
-        w = rng.standard_normal(shape, dtype=dtype)
-        w *= np.sqrt(2.0 / n_in) if scheme == "he" else np.sqrt(2.0 / (n_in + n_out))
+        w = standard_normal32(rng, shape) if np.dtype(dtype) == np.float32 else rng.standard_normal(shape)
+        w *= math.sqrt(2.0 / n_in) if scheme == "he" else math.sqrt(2.0 / (n_in + n_out))  # weak: keeps float32
         return w
     # orthogonal with the ReLU gain sqrt(2): rows (or columns) orthonormal
     a = rng.standard_normal((max(shape), min(shape)))

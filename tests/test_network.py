@@ -261,3 +261,24 @@ def test_lanczos_estimate_is_exact_for_low_rank_matrices():
     rng = np.random.default_rng(3)
     w = rng.standard_normal((400, 5)) @ rng.standard_normal((5, 300))
     assert spectral_norm_estimate(w) == pytest.approx(np.linalg.norm(w, 2), rel=1e-5)
+
+
+def test_float32_normals_have_the_normal_law():
+    """Box-Muller float32 normals: KS against N(0, 1), moments, independent halves, odd sizes."""
+    from scipy import stats
+
+    from pipeline.network import standard_normal32
+
+    z = standard_normal32(np.random.default_rng(1), (1001, 999))
+    assert z.dtype == np.float32 and z.shape == (1001, 999)
+    flat = z.ravel().astype(np.float64)
+    assert stats.kstest(flat, "norm").pvalue > 1e-3
+    assert abs(flat.mean()) < 5 / np.sqrt(flat.size) and abs(flat.var() - 1) < 5 * np.sqrt(2 / flat.size)
+    assert abs(stats.kurtosis(flat)) < 5 * np.sqrt(24 / flat.size)
+    half = flat.size // 2  # the cosine and sine halves of each pair are independent
+    assert abs(np.corrcoef(flat[:half], flat[half:2 * half])[0, 1]) < 5 / np.sqrt(half)
+    assert abs(np.corrcoef(flat[:half] ** 2, flat[half:2 * half] ** 2)[0, 1]) < 5 / np.sqrt(half)
+    assert np.abs(flat).max() <= np.sqrt(-2 * np.log(2.0**-24)) + 1e-6
+    # the same stream gives the same numbers
+    a, b = (standard_normal32(np.random.default_rng(7), (3, 5)) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
