@@ -79,14 +79,19 @@ def gemm_rate(m: int, c: int, dtype="float64", repeats: int = 7, min_time: float
 
 
 def normal_rate(dtype="float64", size: int = 1 << 20, repeats: int = 7, min_time: float = 0.05) -> float:
-    """Standard normal numbers per second from ``Generator.standard_normal(out=...)`` in ``dtype``, best of
-    ``repeats``; ``size`` numbers per call (large enough that the call's overhead does not count)."""
+    """Standard normal numbers per second in ``dtype``, best of ``repeats``; ``size`` numbers per call
+    (large enough that the call's overhead does not count). numpy's ``Generator.standard_normal(out=...)``,
+    and for float32 the faster of it and the kernel's own sampler (pipeline.network.standard_normal32)."""
     import numpy as np
 
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(2)
     out = np.empty(size, dtype=dtype)
     seconds = best_seconds(lambda: rng.standard_normal(out=out, dtype=dtype), repeats, min_time)
+    if dtype == np.float32:
+        from pipeline.network import standard_normal32
+
+        seconds = min(seconds, best_seconds(lambda: standard_normal32(rng, (size,)), repeats, min_time))
     return size / seconds
 
 
