@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from pipeline.analysis import fit, linear, report
+from pipeline.analysis import fit, linear
 from pipeline.cli import main
 from pipeline.measure import measure_block
 from pipeline.spec import Spec

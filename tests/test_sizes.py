@@ -6,7 +6,6 @@ import math
 import os
 import tracemalloc
 
-import numpy as np
 import pytest
 import zarr
 
