@@ -18,7 +18,10 @@ at most 0.35 s.
 
 ``nnsweep`` is the console script installed beside this Python, else
 ``python -m pipeline``; either runs the ``pipeline`` package this Python
-imports (set PYTHONPATH to time a source tree that is not installed).
+imports (set PYTHONPATH to time a source tree that is not installed). The
+processes cache their bytecode in a temporary directory (PYTHONPYCACHEPREFIX,
+PYTHONDONTWRITEBYTECODE unset), as an installed package does after its first
+run; ``--as-is`` keeps the environment as it is.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=7, help="rounds; the best of each process is kept (default 7)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--as-is", action="store_true",
+                   help="keep the environment's bytecode settings (default: cache bytecode in a temporary directory)")
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
@@ -68,10 +74,10 @@ def commands() -> dict[str, list[str]]:
     }
 
 
-def time_once(argv: list[str]) -> float:
+def time_once(argv: list[str], env: dict[str, str]) -> float:
     """Wall seconds of one whole process; a failure stops the benchmark with its stderr."""
     t0 = time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, check=False)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"{' '.join(argv)} exited with {done.returncode}:\n{done.stderr}")
@@ -95,15 +101,24 @@ def load_average() -> list[float] | None:
         return None
 
 
-def run(repeat: int) -> dict:
+def run(repeat: int, as_is: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench_startup_pycache_") as cache:
+        env = dict(os.environ)
+        if not as_is:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = cache
+        return _run(repeat, env, "as is" if as_is else "cached in a temporary directory")
+
+
+def _run(repeat: int, env: dict[str, str], bytecode: str) -> dict:
     cmds = commands()
     load_before = load_average()
-    for argv in cmds.values():  # warm the file cache (and .pyc files) once; not timed
-        time_once(argv)
+    for argv in cmds.values():  # warm the file cache and write the bytecode once; not timed
+        time_once(argv, env)
     times: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(repeat):
         for name, argv in cmds.items():
-            times[name].append(time_once(argv))
+            times[name].append(time_once(argv, env))
     base = min(times["python -c pass"])
     processes = [{"command": name, "argv": cmds[name], "seconds": min(t), "median_seconds": sorted(t)[len(t) // 2],
                   "overhead_seconds": min(t) - base} for name, t in times.items()]
@@ -113,6 +128,7 @@ def run(repeat: int) -> dict:
                     "python": platform.python_version(), "load_average_before": load_before,
                     "load_average_after": load_average()},
         "repeat": repeat,
+        "bytecode": bytecode,
         "processes": processes,
         "target_overhead_seconds": TARGET_SECONDS,
         "worst_overhead_seconds": worst,
@@ -124,7 +140,8 @@ def print_text(res: dict) -> None:
     m = res["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; load average (1, 5, 15 min) "
           f"{m['load_average_before']} before, {m['load_average_after']} after")
-    print(f"whole processes, best of {res['repeat']} interleaved rounds (median in brackets):")
+    print(f"whole processes, best of {res['repeat']} interleaved rounds (median in brackets), "
+          f"bytecode {res['bytecode']}:")
     for p in res["processes"]:
         print(f"  {p['seconds']:6.3f} s ({p['median_seconds']:6.3f})  overhead {p['overhead_seconds']:6.3f} s  "
               f"{p['command']}")
@@ -135,7 +152,7 @@ def print_text(res: dict) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    res = run(args.repeat)
+    res = run(args.repeat, args.as_is)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
