@@ -23,9 +23,6 @@ import string
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import yamlload
 from .errors import SpecError
 from .files import NETWORK_SUFFIXES, NetworkArrays, parse_inputs, parse_labels, parse_network, read_bytes, sha256
 from .sizes import check_sizes
@@ -250,6 +247,10 @@ def load_spec(path: str | Path) -> Spec:
     Raises:
         SpecError: the file is missing, is not YAML, or does not validate.
     """
+    import yaml  # local: only a sweep file is YAML; `nnsweep estimate` builds its spec from options
+
+    from . import yamlload
+
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec file {str(path)!r} does not exist or is not a file; "
