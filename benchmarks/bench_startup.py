@@ -27,6 +27,7 @@ run; ``--as-is`` keeps the environment as it is.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -127,6 +128,7 @@ def _run(repeat: int, env: dict[str, str], bytecode: str) -> dict:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "load_average_before": load_before,
                     "load_average_after": load_average()},
+        "pipeline": str(Path(importlib.util.find_spec("pipeline").origin).parent),
         "repeat": repeat,
         "bytecode": bytecode,
         "processes": processes,
@@ -140,8 +142,8 @@ def print_text(res: dict) -> None:
     m = res["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; load average (1, 5, 15 min) "
           f"{m['load_average_before']} before, {m['load_average_after']} after")
-    print(f"whole processes, best of {res['repeat']} interleaved rounds (median in brackets), "
-          f"bytecode {res['bytecode']}:")
+    print(f"package: {res['pipeline']}; whole processes, best of {res['repeat']} interleaved rounds "
+          f"(median in brackets), bytecode {res['bytecode']}:")
     for p in res["processes"]:
         print(f"  {p['seconds']:6.3f} s ({p['median_seconds']:6.3f})  overhead {p['overhead_seconds']:6.3f} s  "
               f"{p['command']}")
