@@ -3,7 +3,7 @@
 The contract that users, analysis and tests rely on (docs/store.md). It is kept
 apart from :mod:`pipeline.store` so that sizing a sweep while its spec is
 validated needs neither zarr nor xarray (``nnsweep estimate`` never opens a
-store); :mod:`pipeline.store` re-exports every name.
+store).
 
 >>> VARIABLES["delta_norm"][0]
 ('L', 'm', 'ratio', 'layer', 'seed', 'input', 'draw')

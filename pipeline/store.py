@@ -33,9 +33,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from .errors import ResultNotFinite, StoreError
 from .measure import BlockResult
 from .plan import BlockKey
-from .schema import (  # noqa: F401 - re-exported: the schema is part of the store's API
-    CELL_INPUT, FULL, NAN_ALLOWED, NET, RESULT_VARIABLES, VARIABLES, chunk_lengths, dim_lengths,
-)
+from .schema import NAN_ALLOWED, RESULT_VARIABLES, VARIABLES, chunk_lengths, dim_lengths
 from .spec import Spec, differences, result_fields
 from .spec import short as short_value
 
