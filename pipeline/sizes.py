@@ -30,6 +30,7 @@ import os
 import numpy as np
 
 from .errors import SpecError
+from .schema import VARIABLES, chunk_lengths, dim_lengths
 
 LIMITS = {  # name -> (environment variable, default in bytes or count, what it bounds)
     "store_bytes": ("NNSWEEP_MAX_STORE_BYTES", 10**12, "the store's uncompressed size"),
@@ -75,8 +76,6 @@ def human(n: float) -> str:
 
 def sizes(spec) -> Sizes:
     """The sizes of ``spec``'s store and blocks; cheap for any grid size."""
-    from .store import VARIABLES, chunk_lengths, dim_lengths  # local: store imports spec, which imports us
-
     n, chunk = dim_lengths(spec), chunk_lengths(spec)
     cells = store_bytes = chunks = 0
     for dims, dtype, *_ in VARIABLES.values():

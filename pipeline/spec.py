@@ -23,11 +23,9 @@ import string
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import yamlload
 from .errors import SpecError
 from .files import NETWORK_SUFFIXES, NetworkArrays, parse_inputs, parse_labels, parse_network, read_bytes, sha256
+from .sizes import check_sizes
 
 INITS = ("he", "xavier", "orthogonal")
 DISTRIBUTIONS = ("gaussian", "rademacher", "sphere")
@@ -212,8 +210,6 @@ class Spec:
         """A copy with other execution settings; the hash does not change."""
         ex = _Validator(self.source, Path.cwd()).execution({**dataclasses.asdict(self.execution), **changes})
         spec = dataclasses.replace(self, execution=ex)
-        from .sizes import check_sizes  # local: sizes reads the store schema, which imports this module
-
         check_sizes(spec)
         return spec
 
@@ -251,6 +247,10 @@ def load_spec(path: str | Path) -> Spec:
     Raises:
         SpecError: the file is missing, is not YAML, or does not validate.
     """
+    import yaml  # local: only a sweep file is YAML; `nnsweep estimate` builds its spec from options
+
+    from . import yamlload
+
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec file {str(path)!r} does not exist or is not a file; "
@@ -369,8 +369,6 @@ class _Validator:
         execution = self.execution(raw.get("execution"))
         compute = self.compute(raw.get("compute"))
         spec = Spec(name, description, random_seed, network, grid, noise, execution, compute, self.source)
-        from .sizes import check_sizes  # local: sizes reads the store schema, which imports this module
-
         check_sizes(spec)  # before a seed list is built: a count can be 10**9
         grid = dataclasses.replace(grid, seeds=tuple(grid.seeds))
         return Spec(name, description, random_seed, network, grid, noise, execution, compute, self.source)

@@ -33,6 +33,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from .errors import ResultNotFinite, StoreError
 from .measure import BlockResult
 from .plan import BlockKey
+from .schema import NAN_ALLOWED, RESULT_VARIABLES, VARIABLES, chunk_lengths, dim_lengths
 from .spec import Spec, differences, result_fields
 from .spec import short as short_value
 
@@ -41,49 +42,6 @@ SCHEMA_VERSION = 3  # 2: input dimension, classifier metrics, hidden_flip_fracti
 MARK = "spec_hash"  # the root attribute written last: a directory is a results store once it has it
 CREATING = "nnsweep_creating"  # the root attribute of a store whose creation has not finished
 CODECS = (ZstdCodec(), Crc32cCodec())  # bytes-to-bytes codecs of every array: compress, then checksum
-FULL = ("L", "m", "ratio", "layer", "seed", "input", "draw")
-NET = ("L", "m", "seed")
-CELL_INPUT = ("L", "m", "ratio", "layer", "seed", "input")
-
-# name -> (dims, dtype, units, description)
-VARIABLES = {
-    "delta_norm": (FULL, "f8", "output units",
-                   "||v - v*||_2, the change of the output when W_layer is perturbed"),
-    "hidden_flip_fraction": (FULL, "f8", "1",
-                             "share of the network's hidden ReLU units whose on/off state differs from the "
-                             "clean pass (units, not predictions; see pred_changed)"),
-    "pred_changed": (FULL, "f8", "1",
-                     "1 if the perturbed network's predicted class (argmax of the output) differs from the "
-                     "clean one, else 0 (always 0 for k = 1)"),
-    "accuracy": (("L", "m", "ratio", "layer", "seed", "draw"), "f8", "1",
-                 "accuracy over all inputs of the perturbed network of this draw (one eta for every input); "
-                 "NaN without network.labels"),
-    "bound": (CELL_INPUT, "f8", "output units",
-              "worst-case Lipschitz bound on ||v - v*||: ||eta||_2 prod_{j != i} ||W_j||_2 ||x*||; each "
-              "||W_j||_2 from 20 Lanczos steps, which never overestimate it (but for float32 rounding) and fall short by under 0.5% for "
-              "He-init matrices up to m = 2048 (tests/test_network.py), far less than the bound's looseness "
-              "(bound / delta_norm, see nnsweep report), so it remains an upper bound in practice"),
-    "linear_rms": (CELL_INPUT, "f8", "output units",
-                   "first-order root mean square change of this network, exact for small r: r ||W_i||_F "
-                   "||h_{i-1}|| ||J_i||_F / sqrt(n_i n_{i-1}), J_i = dv/dz_i (Frobenius scaling, any of the "
-                   "three distributions); NaN for spectral scaling, where eta is divided by its own random "
-                   "spectral norm and no closed form applies"),
-    "worst_linear": (CELL_INPUT, "f8", "output units",
-                     "first-order change in the worst direction of the same size: r ||W_i|| ||h_{i-1}|| ||J_i||_2"),
-    "worst_realised": (CELL_INPUT, "f8", "output units",
-                       "||v - v*|| when that worst rank-one eta = r ||W_i|| u h_{i-1}^T / ||h_{i-1}|| (u the top "
-                       "right singular vector of J_i) is applied through the nonlinear network"),
-    "output_norm": (("L", "m", "seed", "input"), "f8", "output units", "||v||_2, the norm of the clean output"),
-    "margin": (("L", "m", "seed", "input"), "f8", "output units",
-               "clean top-1 output minus the runner-up (NaN for k = 1)"),
-    "clean_accuracy": (NET, "f8", "1", "accuracy of the clean network over all inputs; NaN without labels"),
-    "wall_time": (NET, "f8", "s", "wall time of the block that computed this seed"),
-    "done": (NET, "i1", "1", "1 once the block holding this seed is written completely"),
-}
-RESULT_VARIABLES = tuple(v for v in VARIABLES if v not in ("wall_time", "done"))
-# Variables that may be NaN by design (no labels, k = 1, spectral scaling) though never infinite;
-# every other variable must be finite wherever "layer" <= "L", or write_block refuses the block.
-NAN_ALLOWED = frozenset({"accuracy", "clean_accuracy", "margin", "linear_rms"})
 
 
 def _versions() -> dict[str, str]:
@@ -94,21 +52,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "unknown"
     return out
-
-
-def dim_lengths(spec: Spec) -> dict[str, int]:
-    """The length of every dimension of the store: the one place that knows them.
-
-    Works before the spec's seed list exists (``grid.seeds`` may still be a range).
-    """
-    g = spec.grid
-    return {"L": len(g.L), "m": len(g.m), "ratio": len(g.ratio), "layer": len(g.layer), "seed": len(g.seeds),
-            "input": spec.network.n_inputs, "draw": spec.noise.draws}
-
-
-def chunk_lengths(spec: Spec) -> dict[str, int]:
-    """The chunk length along every dimension: one L, one m, a block's seeds, everything else whole."""
-    return {**dim_lengths(spec), "L": 1, "m": 1, "seed": spec.execution.seeds_per_block}
 
 
 def template(spec: Spec) -> xr.Dataset:
