@@ -50,18 +50,9 @@ KEEP_WEIGHTS_BYTES = 256 * 2**20
 
 def keeps_weights(shapes, dtype) -> bool:
     """Whether a drawn network of these layer shapes keeps its matrices between passes."""
-    import os
+    from .sizes import env_size  # local: sizes imports the schema, which imports spec, which imports us
 
-    raw = os.environ.get("NNSWEEP_KEEP_WEIGHTS")
-    limit = KEEP_WEIGHTS_BYTES
-    if raw is not None:
-        from dask.utils import parse_bytes
-
-        try:
-            limit = int(parse_bytes(raw))
-        except (ValueError, TypeError):
-            raise SpecError(f"NNSWEEP_KEEP_WEIGHTS={raw!r} is not allowed; expected a size such as 64MB "
-                            "or 0 (never keep).") from None
+    limit = env_size("NNSWEEP_KEEP_WEIGHTS", KEEP_WEIGHTS_BYTES, zero=True)
     return sum(a * b for a, b in shapes) * np.dtype(dtype).itemsize <= limit
 
 Layer = tuple[np.ndarray, "np.ndarray | None"]
@@ -131,11 +122,6 @@ class Network:
             pre.append(z)
             h = np.maximum(z, 0.0)
         return Forward(tuple(pre), tuple(post))
-
-    @functools.cached_property
-    def spectral_norms(self) -> np.ndarray:
-        """||W_j||_2 of every layer, by :func:`spectral_norm_estimate` (what the bound uses)."""
-        return np.array([spectral_norm_estimate(self.params(j)[0]) for j in range(1, self.depth + 1)])
 
 
 def frobenius_norm(w: np.ndarray) -> float:
@@ -284,8 +270,8 @@ def standard_normal32(rng: np.random.Generator, shape: tuple[int, ...]) -> np.nd
     """Standard normal float32 numbers by the Box-Muller transform of float32 uniforms.
 
     As PyTorch draws float32 normals on the CPU: pairs r (cos t, sin t) with
-    r = sqrt(-2 log(1 - u)), t = 2 pi u', a few vectorised passes, about twice
-    as fast as numpy's float32 ziggurat. Exact in law but for float32's grid of
+    r = sqrt(-2 log(1 - u)), t = 2 pi u', a few vectorised passes, faster than
+    numpy's float32 ziggurat (benchmarks/machine.py's normal_rate measures both). Exact in law but for float32's grid of
     uniforms (steps of 2^-24): |z| never exceeds 5.77, where the normal tail
     holds 8e-9 of the mass. tests/test_network.py checks the law.
     """

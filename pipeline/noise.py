@@ -40,8 +40,8 @@ from .network import tridiagonal
 BATCH_BYTES = 64 * 2**20
 SPECTRAL_TOL = 1e-6  # relative error allowed in a spectral norm (the eigenvalue of the Gram matrix)
 DENSE_SPECTRAL_BELOW = 128  # min(shape) below which a spectral norm is a full SVD
-TABLE_INPUTS = 8
-MAX_LANCZOS_STEPS = 300  # a converged spectral norm takes tens of steps; beyond this, a full SVD  # with at most this many inputs, Rademacher eta @ H uses byte tables
+TABLE_INPUTS = 8  # with at most this many inputs, Rademacher eta @ H uses byte tables
+MAX_LANCZOS_STEPS = 300  # a converged spectral norm takes tens of steps; beyond this, a full SVD
 
 
 def matrix_norm(w: np.ndarray, norm: str) -> float:
@@ -49,15 +49,6 @@ def matrix_norm(w: np.ndarray, norm: str) -> float:
     if norm == "frobenius":
         return float(np.linalg.norm(w))
     return float(spectral_norms(np.asarray(w)[None])[0])
-
-
-def is_fast(distribution: str, norm: str) -> bool:
-    """Whether eta @ h is sampled in O(n_out) per input without materialising eta (when n < n_in).
-
-    After scaling to a fixed Frobenius norm, Gaussian and sphere noise are the
-    same distribution (a uniform direction), so both take the exact fast path.
-    """
-    return norm == "frobenius" and distribution in ("gaussian", "sphere")
 
 
 def pre_activation_noise(rng: np.random.Generator, w: np.ndarray, h: np.ndarray, draws: int,

@@ -47,7 +47,8 @@ VARIABLES = {
                      "first-order change in the worst direction of the same size: r ||W_i|| ||h_{i-1}|| ||J_i||_2"),
     "worst_realised": (CELL_INPUT, "f8", "output units",
                        "||v - v*|| when that worst rank-one eta = r ||W_i|| u h_{i-1}^T / ||h_{i-1}|| (u the top "
-                       "right singular vector of J_i) is applied through the nonlinear network"),
+                       "right singular vector of J_i) is applied through the nonlinear network; 0 where J_i = 0 "
+                       "(no first-order direction exists)"),
     "output_norm": (("L", "m", "seed", "input"), "f8", "output units", "||v||_2, the norm of the clean output"),
     "margin": (("L", "m", "seed", "input"), "f8", "output units",
                "clean top-1 output minus the runner-up (NaN for k = 1)"),

@@ -116,10 +116,9 @@ def block_peak_bytes(spec) -> int:
     rows = max(a for a, _ in shapes)
     n = net.n_inputs
     present = sum(1 for i in g.layer if i <= L)
-    columns = len(g.ratio) * nz.draws * present * n
+    columns = len(g.ratio) * (nz.draws + 1) * present * n  # the worst direction rides with the draws
     work = rows * columns * (2 * item + 1)  # two buffers and a mask
-    work += 24 * rows * len(g.ratio) * nz.draws * n  # one layer's noise, at every ratio (float64, with copies)
-    work += 3 * rows * len(g.ratio) * present * n * (2 * item + 1)  # the worst directions' own pass
+    work += 24 * rows * len(g.ratio) * (nz.draws + 1) * n  # one layer's noise, at every ratio (float64, copies)
     work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
     if nz.distribution == "rademacher" or n >= min(b for _, b in shapes):
         # eta is formed a batch of draws at a time (pipeline/noise.py): signs as bytes and in the working
@@ -142,17 +141,31 @@ def block_peak_bytes(spec) -> int:
 def limit(name: str) -> int:
     """The limit ``name`` (a key of :data:`LIMITS`): its environment variable, or the default."""
     var, default, _ = LIMITS[name]
+    return env_size(var, default, count=name == "blocks")
+
+
+def env_size(var: str, default: int, count: bool = False, zero: bool = False) -> int:
+    """A size in bytes (or a count) from the environment variable ``var``, or ``default`` when unset.
+
+    Raises:
+        SpecError: the value is not a size (or count) > 0 (>= 0 with ``zero``).
+    """
     raw = os.environ.get(var)
     if raw is None:
         return default
-    from dask.utils import parse_bytes
-
     try:
-        value = int(parse_bytes(raw)) if name != "blocks" else int(raw)
+        if not raw.strip():
+            raise ValueError(raw)
+        if count:
+            value = int(raw)
+        else:
+            from dask.utils import parse_bytes  # only when the variable is set: dask is slow to import
+
+            value = int(parse_bytes(raw))
     except (ValueError, TypeError):
         raise SpecError(f"{var}={raw!r} is not allowed; expected a count or a size such as 64GB.") from None
-    if value <= 0:
-        raise SpecError(f"{var}={raw!r} is not allowed; expected a number > 0.")
+    if value < 0 or value == 0 and not zero:
+        raise SpecError(f"{var}={raw!r} is not allowed; expected a number {'>= 0' if zero else '> 0'}.")
     return value
 
 

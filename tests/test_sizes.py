@@ -84,3 +84,21 @@ def test_a_block_that_does_not_fit_a_local_worker_is_refused(tmp_path):
     assert result.exit_code == 2, result.output
     assert f"more than each of the {workers} local workers has" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("raw", ["", "-5", "lots"])
+def test_a_bad_keep_weights_size_is_refused(raw, monkeypatch):
+    from pipeline.errors import SpecError
+    from pipeline.network import keeps_weights
+
+    monkeypatch.setenv("NNSWEEP_KEEP_WEIGHTS", raw)
+    with pytest.raises(SpecError, match=f"NNSWEEP_KEEP_WEIGHTS={raw!r} is not allowed"):
+        keeps_weights([(4, 4)], "float64")
+
+
+def test_keep_weights_zero_never_keeps(monkeypatch):
+    from pipeline.network import keeps_weights
+
+    assert keeps_weights([(4, 4)], "float64")
+    monkeypatch.setenv("NNSWEEP_KEEP_WEIGHTS", "0")
+    assert not keeps_weights([(4, 4)], "float64")
