@@ -187,7 +187,9 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int],
                 np.any(d, axis=0, out=a[0])
                 np.not_equal(d, on, out=d)
                 np.maximum(t, zcut, out=t)
-            flips[:active] += differs[:z.shape[0], :active].sum(axis=0)
+            # bytes summed into 16 bits: several times faster than numpy's bool sum, exact below 65536 rows
+            counts = differs[:z.shape[0], :active].view(np.uint8)
+            flips[:active] += np.add.reduce(counts, axis=0, dtype=np.uint16 if z.shape[0] < 2**16 else np.int64)
             buf_in, buf_out = buf_out, buf_in
     fwd = Forward(tuple(pre), tuple(post))
     if not active:
