@@ -66,7 +66,7 @@ machine.pin_threads(ARGS.threads)
 LAUNCHER = None if ARGS.no_process else machine.Launcher()
 
 import json  # noqa: E402
-from pathlib import Path  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -178,10 +178,12 @@ def time_process(a) -> dict:
     with `python -c pass` beside it: start-up, imports and the bound and linear answer included."""
     args = ["estimate", "--L", a.L, "--m", a.m, "--d", a.d, "--k", a.k, "--ratio", ",".join(map(repr, a.ratio)),
             "--seeds", a.seeds, "--draws", a.draws, "--layer", "all", "--random-seed", 12345, "--json"]
-    root = Path(__file__).resolve().parent.parent
+    # run from elsewhere: `python -m pipeline` then imports the package this script imports (PYTHONPATH
+    # or the installed one), not a checkout that happens to be the working directory
+    where = tempfile.gettempdir()
     command = [sys.executable, "-m", "pipeline", *map(str, args)]
-    seconds = min(LAUNCHER.run(command, cwd=root)["seconds"] for _ in range(3))
-    bare = min(LAUNCHER.run([sys.executable, "-c", "pass"], cwd=root)["seconds"] for _ in range(3))
+    seconds = min(LAUNCHER.run(command, cwd=where)["seconds"] for _ in range(3))
+    bare = min(LAUNCHER.run([sys.executable, "-c", "pass"], cwd=where)["seconds"] for _ in range(3))
     return {"command": "nnsweep " + " ".join(map(str, args)), "seconds": seconds, "python_pass_seconds": bare}
 
 
