@@ -260,7 +260,10 @@ def _create(spec: Spec, loc: StoreLocation) -> None:
     attrs, ds.attrs = ds.attrs, {CREATING: spec.hash}
     encoding = {name: {"compressors": CODECS} for name in ds.variables}
     try:
-        ds.to_zarr(loc.url, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding,
+        # the group and its creating mark in one write: another run that looks meanwhile sees a
+        # half-created store, never a zarr group without our marks
+        zarr.create_group(loc.url, zarr_format=3, attributes={CREATING: spec.hash}, **loc.zarr_kwargs)
+        ds.to_zarr(loc.url, mode="a", compute=False, zarr_format=3, consolidated=False, encoding=encoding,
                    **loc.zarr_kwargs)
         zarr.open_group(loc.url, mode="r+", **loc.zarr_kwargs).attrs.put(attrs)
     except (OSError, ValueError) as e:  # no permission, a full disk, a path zarr cannot make
