@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine  # benchmarks/machine.py: benchmarks/ is sys.path[0] when run as a script
+
 TARGET_SECONDS = 0.35
 TINY_ESTIMATE = ["estimate", "--L", "2", "--m", "16", "--d", "8", "--k", "2", "--seeds", "1", "--draws", "2",
                  "--ratio", "0.1", "--layer", "1"]
@@ -85,16 +87,6 @@ def time_once(argv: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -125,7 +117,7 @@ def _run(repeat: int, env: dict[str, str], bytecode: str) -> dict:
                   "overhead_seconds": min(t) - base} for name, t in times.items()]
     worst = max(p["overhead_seconds"] for p in processes)
     return {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": machine.cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "load_average_before": load_before,
                     "load_average_after": load_average()},
         "pipeline": str(Path(importlib.util.find_spec("pipeline").origin).parent),
