@@ -6,8 +6,9 @@ and from there the perturbed columns travel through the remaining layers as
 one matrix product, holding their difference from the clean pass. With n
 inputs, one eta per draw perturbs all of them. Columns perturbed at different
 layers share every later weight matrix, so at layer j the columns of all
-origins i < j go through W_j in a single GEMM. One pass does it all, the clean
-pass included, fetching each weight matrix once (:func:`run_pass`).
+origins i < j go through W_j in a single GEMM (:func:`run_pass`, which fetches
+each weight matrix once per pass; with the linear answer a network takes three
+passes: clean, backward, perturbed).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .network import (NOISE_STREAM, Forward, Network, build_network, frobenius_norm, make_inputs, make_labels,
-                      spectral_norm_estimate, stream)
+from .network import (NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, spectral_norm_estimate,
+                      stream)
 from .noise import matrix_norm, pre_activation_noise
 from .spec import Spec
 
@@ -362,8 +363,8 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             with clock("bound"):
                 norms[j - 1] = spectral_norm_estimate(w)
         if j in present:
-            with clock("noise"):  # an ARPACK run for spectral scaling
-                sizes[j] = frobenius_norm(w) if norm == "frobenius" else matrix_norm(w, norm)
+            with clock("noise"):  # a Lanczos run for spectral scaling
+                sizes[j] = matrix_norm(w, norm)
 
     def perturbation(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
         """Layer j's columns, (n_j, input * ratio * (draw [+ worst])): one run per input, as run_pass wants."""

@@ -42,8 +42,8 @@ class Forward:
 
 
 # A drawn network whose weights take at most this many bytes keeps them between the kernel's passes
-# (the clean and perturbed pass, the backward pass, the worst directions); a larger one draws each
-# matrix again from its stream when a pass reaches it, so it holds one matrix at a time. The
+# (the clean pass, the backward pass, the perturbed columns); a larger one draws each matrix again
+# from its stream when a pass reaches it, so it holds a matrix or two at a time. The
 # environment variable NNSWEEP_KEEP_WEIGHTS (bytes, e.g. 64MB) changes it; it never changes a number.
 KEEP_WEIGHTS_BYTES = 256 * 2**20
 

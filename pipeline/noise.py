@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .network import tridiagonal
+from .network import frobenius_norm, tridiagonal
 
 BATCH_BYTES = 64 * 2**20
 SPECTRAL_TOL = 1e-6  # relative error allowed in a spectral norm (the eigenvalue of the Gram matrix)
@@ -45,9 +45,10 @@ MAX_LANCZOS_STEPS = 300  # a converged spectral norm takes tens of steps; beyond
 
 
 def matrix_norm(w: np.ndarray, norm: str) -> float:
-    """The Frobenius or spectral norm of a matrix (spectral: to a relative SPECTRAL_TOL or better)."""
+    """The Frobenius norm of a matrix (accumulated in float64) or its spectral norm (to a relative
+    SPECTRAL_TOL or better)."""
     if norm == "frobenius":
-        return float(np.linalg.norm(w))
+        return frobenius_norm(w)
     return float(spectral_norms(np.asarray(w)[None])[0])
 
 
