@@ -151,13 +151,17 @@ class Activation:
     ``piecewise_linear`` rows (ReLU, LeakyReLU) run in the working precision
     (their difference is exact arithmetic on z and d); the others compute in
     float64. ``zero_below`` says f(z) = 0 for every z <= 0 (ReLU), which the
-    kernel uses to make a layer switched off entirely exact.
+    kernel uses to make a layer switched off entirely exact. ``lipschitz``
+    (max |f'|, rounded up) and ``zero_at_zero`` (f(0) = 0) are what the
+    worst-case bound needs.
     """
 
     name: str
     _forward: Callable[[Array], Array]
     _difference: Callable[[Array, Array], Array]
     _derivative: Callable[[Array], Array]
+    lipschitz: float = 1.0
+    zero_at_zero: bool = True
     piecewise_linear: bool = False
     zero_below: bool = False
 
@@ -205,15 +209,16 @@ _FIXED = {
     "relu": RELU,
     "tanh": Activation("tanh", np.tanh, _tanh_difference, _sech2),
     "sigmoid": Activation("sigmoid", _sigmoid, lambda z, d: 0.5 * _tanh_difference(0.5 * z, 0.5 * d),
-                          lambda z: 0.25 * _sech2(0.5 * z)),
+                          lambda z: 0.25 * _sech2(0.5 * z), lipschitz=0.25, zero_at_zero=False),
     # SiLU z sigma(z): f(z + d) - f(z) = d sigma(z + d) + z (sigma(z + d) - sigma(z))
     "silu": Activation("silu", lambda z: z * _sigmoid(z),
                        lambda z, d: d * _sigmoid(z + d) + z * (0.5 * _tanh_difference(0.5 * z, 0.5 * d)),
-                       lambda z: _sigmoid(z) + z * 0.25 * _sech2(0.5 * z)),
+                       lambda z: _sigmoid(z) + z * 0.25 * _sech2(0.5 * z), lipschitz=1.0999),
     # GELU z Phi(z): f(z + d) - f(z) = d Phi(z + d) + z (Phi(z + d) - Phi(z))
     "gelu": Activation("gelu", lambda z: z * _Phi(z), lambda z, d: d * _Phi(z + d) + z * _Phi_difference(z, d),
-                       lambda z: _Phi(z) + z * _phi(z)),
-    "gelu_tanh": Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_difference, _gelu_tanh_derivative),
+                       lambda z: _Phi(z) + z * _phi(z), lipschitz=1.1290),
+    "gelu_tanh": Activation("gelu_tanh", _gelu_tanh, _gelu_tanh_difference, _gelu_tanh_derivative,
+                            lipschitz=1.1290),
 }
 
 NAMES = ("relu", "leaky_relu(alpha)", "tanh", "sigmoid", "gelu", "gelu_tanh", "silu")

@@ -81,3 +81,13 @@ def test_names():
     for bad in ["softplus", "leaky_relu(1.5)", "leaky_relu(x)", "elu", 3]:
         with pytest.raises(SpecError, match="network.activation: .* is not allowed; expected relu"):
             activation(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lipschitz_constant_and_value_at_zero(name):
+    """What the worst-case bound uses: max |f'| (never below the true one) and whether f(0) = 0."""
+    act = activation(name)
+    z = np.linspace(-30, 30, 600_001)
+    slope = np.abs(act.derivative(z)).max()
+    assert slope <= act.lipschitz < slope * 1.001
+    assert act.zero_at_zero == (act.forward(np.zeros(1))[0] == 0)
