@@ -259,3 +259,14 @@ def canonical(name: str) -> str:
     ('leaky_relu(0.2)', 'gelu')
     """
     return activation(name).name
+
+
+def per_layer(name: str | tuple[str, ...] | None, L: int) -> tuple[str, ...]:
+    """One activation name per hidden layer of an L-layer network, from one name (None: ReLU) or a list.
+
+    >>> per_layer("tanh", 3), per_layer(None, 2)
+    (('tanh', 'tanh'), ('relu',))
+    """
+    if name is None:
+        name = "relu"
+    return (name,) * (L - 1) if isinstance(name, str) else tuple(name)

@@ -9,6 +9,8 @@ variable                        what it sets                                    
 ==============================  ===================================================  =========
 ``NNSWEEP_KEEP_WEIGHTS``        the largest network (bytes) whose weights a worker   256 MiB
                                 keeps between the kernel's passes
+``NNSWEEP_DRAW_BATCH_MEMORY``   the working memory of one batch of noise draws:      256 MiB
+                                a network's draws run batch after batch
 ``NNSWEEP_MAX_STORE_BYTES``     the largest store a spec may ask for                 1 TB
 ``NNSWEEP_MAX_BLOCKS``          the most blocks (tasks) a spec may ask for           1000000
 ``NNSWEEP_MAX_BLOCK_MEMORY``    the largest estimated peak memory of one block       16 GiB
@@ -20,6 +22,8 @@ from __future__ import annotations
 import os
 
 from .errors import SpecError
+
+DRAW_BATCH_BYTES = 256 * 2**20  # NNSWEEP_DRAW_BATCH_MEMORY's default
 
 
 def env_size(var: str, default: int, count: bool = False, zero: bool = False) -> int:

@@ -23,7 +23,8 @@ from threadpoolctl import threadpool_limits
 
 from .network import (NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, spectral_norm_estimate,
                       stream)
-from .noise import matrix_norm, pre_activation_noise
+from .noise import LayerNoise, matrix_norm
+from .sizes import draws_per_batch
 from .spec import Spec
 
 
@@ -136,7 +137,10 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int],
     total = sum(columns.values())
     first = origins[0] if given and origins else 1
     rows = max([s[0] for s in net.shapes[first - 1:]], default=0)
-    buf_in, buf_out = np.empty((rows, total), net.dtype), np.empty((rows, total), net.dtype)
+    # at least two columns: a product with one column is a GEMV, whose rounding differs from a GEMM's,
+    # and a batch of one draw must give the numbers it gives in any other batch
+    width = max(total, 2)
+    buf_in, buf_out = np.zeros((rows, width), net.dtype), np.zeros((rows, width), net.dtype)
     differs = np.empty((rows, total), dtype=bool)
     flips = np.zeros(total, dtype=np.int64)
     alive = np.ones(total, dtype=bool)  # some unit of the perturbed layer is on
@@ -169,7 +173,8 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int],
             z = pre[j - 1]
             out = buf_out[:w.shape[0]]
             if active:
-                np.matmul(w, buf_in[:w.shape[1], :active], out=out[:, :active])
+                used = max(active, 2)
+                np.matmul(w, buf_in[:w.shape[1], :used], out=out[:, :used])
                 if not alive[:active].all():
                     # every unit off: z' is exactly b_j (or 0), so delta = b_j - z_j; the GEMM's rounding
                     # would leave z + delta a few ulps from b_j, and a tie at 0 would go either way
@@ -345,21 +350,51 @@ def margins(v: np.ndarray) -> np.ndarray:
 def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tuple[int, ...],
                     draws: int, distribution: str, norm: str, rng_for_layer,
                     labels: np.ndarray | None = None, with_bound: bool = True,
-                    with_linear: bool = True, timings: dict[str, float] | None = None) -> NetworkResult:
+                    with_linear: bool = True, timings: dict[str, float] | None = None,
+                    batch_draws: int | None = None) -> NetworkResult:
     """Measure one network at every (ratio, layer, input, draw), in the network's precision.
+
+    The draws of all batches of :func:`network_batches`, joined: the numbers
+    do not depend on ``batch_draws`` (in float64 to the last bit; in float32
+    to float32 rounding, as a GEMM's rounding of a column depends on how many
+    columns share it).
+    """
+    parts = list(network_batches(net, x, ratios, layers, draws, distribution, norm, rng_for_layer, labels,
+                                 with_bound, with_linear, timings, batch_draws))
+    first = parts[0]
+    joined = {name: np.concatenate([getattr(p, name) for p in parts], axis=-1) if len(parts) > 1
+              else getattr(first, name) for name in PER_DRAW}
+    return dataclasses.replace(first, **joined)
+
+
+PER_DRAW = ("delta_norm", "hidden_flip_fraction", "pred_changed", "accuracy")  # fields with draw last
+
+
+def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tuple[int, ...],
+                    draws: int, distribution: str, norm: str, rng_for_layer,
+                    labels: np.ndarray | None = None, with_bound: bool = True,
+                    with_linear: bool = True, timings: dict[str, float] | None = None,
+                    batch_draws: int | None = None) -> Iterator[NetworkResult]:
+    """Measure one network batch of draws after batch: a :class:`NetworkResult` per batch, whose
+    per-draw fields hold that batch's draws (the others are the same in every batch).
 
     Every draw is one perturbed matrix applied to all inputs, so the
     accuracy of draw d is that of one real perturbed network. Layers beyond
     the network's depth are NaN. ``rng_for_layer(i)`` gives the noise stream
-    of layer i; the same draws serve every ratio.
+    of layer i (:class:`pipeline.noise.LayerNoise` draws from it batch after
+    batch, the same draws whatever the batches); the same draws serve every ratio.
+    A batch holds ``batch_draws`` draws, by default as many as fit the budget
+    of :func:`pipeline.sizes.draws_per_batch`: the working memory is that of a
+    batch, whatever the number of draws.
 
-    Without the linear answer, one pass through the layers computes the clean
-    pass, the bound's spectral norms, the noise and the perturbed columns,
-    fetching each matrix once. The linear answer needs a backward pass, which
-    needs the clean pass: then the clean pass (with the norms) comes first,
-    the backward pass next, and the perturbed columns last, where the worst
-    direction of each layer rides along as one more draw. A drawn network that
-    does not keep its weights draws them again for each pass.
+    Without the linear answer, the first batch's pass through the layers
+    computes the clean pass, the bound's spectral norms, the noise and the
+    perturbed columns, fetching each matrix once. The linear answer needs a
+    backward pass, which needs the clean pass: then the clean pass (with the
+    norms) comes first, the backward pass next, and the perturbed columns
+    last, where the worst direction of each layer rides along with the first
+    batch as one more draw. A drawn network that does not keep its weights
+    draws them again for each pass (each batch is one pass).
     ``with_bound=False`` skips the bound (NaN) and ``with_linear=False`` the
     linear answer and worst direction; ``timings`` (a dict) receives the
     seconds spent per phase: weights, clean, noise, kernel, bound, linear.
@@ -371,11 +406,13 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     clock = Clock(timings)
     ratios = np.asarray(ratios, dtype=np.float64)
     X = np.atleast_2d(x).T  # (d, n): inputs as columns
-    R, D, n = len(ratios), draws, X.shape[1]
+    R, n = len(ratios), X.shape[1]
     present = [i for i in layers if i <= net.depth]
     with_linear = with_linear and bool(present)
-    extra = 1 if with_linear else 0  # the worst direction's column, after the draws
-    sizes, norms, linear = {}, np.full(net.depth, np.nan), {}
+    if batch_draws is None:
+        batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype)
+    batch_draws = max(1, min(batch_draws, draws))
+    sizes, norms, linear, sources = {}, np.full(net.depth, np.nan), {}, {}
 
     def measure_norms(j: int, w: np.ndarray) -> None:
         """What the bound and the noise need of W_j, while it is at hand."""
@@ -386,37 +423,76 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             with clock("noise"):  # a Lanczos run for spectral scaling
                 sizes[j] = matrix_norm(w, norm)
 
-    def perturbation(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
-        """Layer j's columns, (n_j, input * ratio * (draw [+ worst])): one run per input, as run_pass wants."""
-        if j not in present:
-            return None
-        with clock("noise"):
-            u = pre_activation_noise(rng_for_layer(j), w, h, D, distribution, norm, sizes[j],
-                                     net.dtype)  # (n_j, draw, input) at ratio 1
-            if with_linear:
-                u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
-            return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
+    def perturbation(b: int, worst: bool):
+        def visit(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+            """Layer j's columns, (n_j, input * ratio * (draw [+ worst])): one run per input, as run_pass wants."""
+            if j not in present:
+                return None
+            with clock("noise"):
+                if j not in sources:
+                    sources[j] = LayerNoise(rng_for_layer(j), w.shape, h, distribution, norm, sizes[j], net.dtype)
+                u = sources[j].draw(b)  # (n_j, draw, input) at ratio 1
+                if worst:
+                    u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
+                return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
+        return visit
 
-    columns = {i: n * R * (D + extra) for i in present}
+    fwd = X
     if with_linear:
         fwd, _ = run_pass(net, X, {}, lambda j, w, h: measure_norms(j, w), clock)
         linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm) for i, J in jacobians(net, fwd, present, clock)}
-        fwd, moved = run_pass(net, fwd, columns, perturbation, clock)
-    else:
-        fwd, moved = run_pass(net, X, columns, lambda j, w, h: measure_norms(j, w) or perturbation(j, w, h), clock)
+    fixed = None
+    for start in range(0, draws, batch_draws):
+        b = min(batch_draws, draws - start)
+        worst = with_linear and start == 0
+        columns = {i: n * R * (b + worst) for i in present}
+        if isinstance(fwd, Forward):
+            fwd, moved = run_pass(net, fwd, columns, perturbation(b, worst), clock)
+        else:  # the first batch without the linear answer: the clean pass and the norms ride along
+            visit = perturbation(b, worst)
+            fwd, moved = run_pass(net, fwd, columns, lambda j, w, h: measure_norms(j, w) or visit(j, w, h), clock)
+        if fixed is None:
+            fixed = _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound)
+        yield _per_batch(fixed, fwd, layers, moved, n, R, b, worst, labels, net)
+
+
+def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound) -> NetworkResult:
+    """The fields that do not depend on the draws (the per-draw ones empty)."""
+    n, R = X.shape[1], len(ratios)
+    bound, linear_rms, worst_linear, worst_realised = (np.full((R, len(layers), n), np.nan) for _ in range(4))
+    for col, i in enumerate(layers):
+        if i not in moved:
+            continue
+        if linear:
+            runs = moved[i].delta.reshape(n, R, -1)
+            worst_realised[:, col] = runs[:, :, -1].T
+            linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
+            worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
+        if with_bound:
+            bound[:, col] = ratios[:, None] * worst_case_bound(norms, fwd, X, i, sizes[i], net)[None, :]
+    clean_pred = fwd.output.argmax(axis=0)
+    clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
+    v = fwd.output.astype(np.float64)
+    empty = np.empty((R, len(layers), n, 0))
+    return NetworkResult(empty, empty, empty, np.empty((R, len(layers), 0)), bound, linear_rms, worst_linear,
+                         worst_realised, np.linalg.norm(v, axis=0), margins(v), clean_accuracy)
+
+
+def _per_batch(fixed: NetworkResult, fwd: Forward, layers, moved, n: int, R: int, b: int, worst: bool,
+               labels, net: Network) -> NetworkResult:
+    """One batch's per-draw fields, beside the network's fixed ones."""
     clean_pred = fwd.output.argmax(axis=0)
     hidden = sum(s[0] for s in net.shapes[:-1])
-    shape = (R, len(layers), n, D)
+    shape = (R, len(layers), n, b)
     delta, flips, changed = (np.full(shape, np.nan) for _ in range(3))
-    accuracy = np.full((R, len(layers), D), np.nan)
-    bound, linear_rms, worst_linear, worst_realised = (np.full((R, len(layers), n), np.nan) for _ in range(4))
+    accuracy = np.full((R, len(layers), b), np.nan)
     for col, i in enumerate(layers):
         if i not in moved:
             continue
         mv = moved[i]
 
         def cells(a: np.ndarray) -> np.ndarray:  # columns (input, ratio, draw [+ worst]) -> (ratio, input, draw)
-            return a.reshape(n, R, D + extra).transpose(1, 0, 2)[:, :, :D]
+            return a.reshape(n, R, b + worst).transpose(1, 0, 2)[:, :, :b]
 
         delta[:, col] = cells(mv.delta)
         flips[:, col] = cells(mv.flips / hidden if hidden else 0.0 * mv.flips)
@@ -424,16 +500,8 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         changed[:, col] = pred != clean_pred[:, None]
         if labels is not None:
             accuracy[:, col] = (pred == labels[:, None]).mean(axis=1)
-        if linear:
-            worst_realised[:, col] = mv.delta.reshape(n, R, D + 1)[:, :, D].T
-            linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
-            worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
-        if with_bound:
-            bound[:, col] = ratios[:, None] * worst_case_bound(norms, fwd, X, i, sizes[i], net)[None, :]
-    clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
-    v = fwd.output.astype(np.float64)
-    return NetworkResult(delta, flips, changed, accuracy, bound, linear_rms, worst_linear, worst_realised,
-                         np.linalg.norm(v, axis=0), margins(v), clean_accuracy)
+    return dataclasses.replace(fixed, delta_norm=delta, hidden_flip_fraction=flips, pred_changed=changed,
+                               accuracy=accuracy)
 
 
 def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...],

@@ -58,7 +58,7 @@ def pre_activation_noise(rng: np.random.Generator, w: np.ndarray, h: np.ndarray,
     """eta @ H for ``draws`` independent eta with ||eta||_norm = ||w||_norm, one eta for all inputs.
 
     Args:
-        rng: the stream of this (network, layer); draws are taken in order.
+        rng: the stream of this (network, layer).
         w: the weight matrix W_i being perturbed, shape (n_out, n_in); only
             its shape is used when ``size`` is given.
         h: its clean inputs H = [h_1 .. h_n], shape (n_in, n) (or (n_in,) for one input).
@@ -70,45 +70,71 @@ def pre_activation_noise(rng: np.random.Generator, w: np.ndarray, h: np.ndarray,
             (float32 halves the work); norms and scale factors are float64.
 
     Returns:
-        Array of shape (n_out, draws, n); [:, d, j] is eta_d @ h_j.
+        Array of shape (n_out, draws, n); [:, d, j] is eta_d @ h_j. The same as
+        ``LayerNoise(...).draw`` called for these draws in batches of any sizes.
     """
-    h = h[:, None] if h.ndim == 1 else h
-    shape = w.shape
     size = matrix_norm(w, norm) if size is None else size
-    if distribution == "rademacher" or h.shape[1] >= shape[1]:
-        return _materialised_noise(rng, shape, h, draws, distribution, norm, size, np.dtype(dtype))
-    h = h.astype(np.float64, copy=False)  # these samplers are cheap: float64 throughout, then cast
-    if norm == "frobenius":
-        out = _uniform_direction_noise(rng, size, shape[0], h, draws)
-    else:
-        out = _spectral_gaussian_noise(rng, size, shape, h, draws)
-    return out.astype(dtype, copy=False)
+    return LayerNoise(rng, w.shape, h, distribution, norm, size, dtype).draw(draws)
+
+
+class LayerNoise:
+    """The draws of eta @ H of one (network, layer), taken batch after batch.
+
+    Every kind of random number a sampler uses comes from a stream of its own
+    (spawned from ``rng``) and is drawn draw-major, so the draws do not depend
+    on how they are split into batches: ``draw(a)`` then ``draw(b)`` gives what
+    ``draw(a + b)`` gives. Whatever depends on H alone (its R factor, the sign
+    tables) is computed once.
+    """
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int], h: np.ndarray, distribution: str,
+                 norm: str, size: float, dtype=np.float64):
+        h = h[:, None] if h.ndim == 1 else h
+        self.shape, self.distribution, self.norm, self.size = tuple(shape), distribution, norm, size
+        self.dtype = np.dtype(dtype)
+        self.materialised = distribution == "rademacher" or h.shape[1] >= shape[1]
+        if self.materialised:
+            self.rng, self.h = rng, h
+            self.table = _sign_table(h, self.dtype) if distribution == "rademacher" and norm == "frobenius" \
+                and h.shape[1] <= TABLE_INPUTS else None
+        else:  # these samplers are cheap: float64 throughout, then cast
+            self.r = _r_factor(h.astype(np.float64, copy=False))
+            self.streams = rng.spawn(2 if norm == "frobenius" else 4)
+
+    def draw(self, draws: int) -> np.ndarray:
+        """The next ``draws`` draws, shape (n_out, draws, n) at ratio 1."""
+        if self.materialised:
+            return _materialised_noise(self.rng, self.shape, self.h, draws, self.distribution, self.norm,
+                                       self.size, self.dtype, self.table)
+        if self.norm == "frobenius":
+            out = _uniform_direction_noise(self.streams, self.size, self.shape, self.r, draws)
+        else:
+            out = _spectral_gaussian_noise(self.streams, self.size, self.shape, self.r, draws)
+        return out.astype(self.dtype, copy=False)
 
 
 # ---------------------------------------------------------------- never materialised
 
 
-def _uniform_direction_noise(rng: np.random.Generator, size: float, n_out: int, h: np.ndarray,
+def _uniform_direction_noise(streams, size: float, shape: tuple[int, int], r: np.ndarray,
                              draws: int) -> np.ndarray:
     """eta @ H for eta = size * G / ||G||_F, G standard normal, without G (n < n_in).
 
     With H = Q R (thin QR, Q orthonormal n_in x q), G Q = Z is standard normal
     (n_out x q) and G H = Z R, while ||G||_F^2 = ||Z||_F^2 plus an independent
     chi-square with n_out (n_in - q) degrees of freedom. For one input this is
-    Q = h / ||h||, R = ||h||.
+    Q = h / ||h||, R = ||h||. ``streams``: Z's and the chi-squares'.
     """
-    n_in, n = h.shape
-    r = _r_factor(h)
-    q = r.shape[0]
-    z = rng.standard_normal((n_out, draws, q))
+    (n_out, n_in), (q, n) = shape, r.shape
+    z = streams[0].standard_normal((draws, n_out, q))
     dof = n_out * (n_in - q)
-    rest = rng.chisquare(dof, size=draws) if dof > 0 else np.zeros(draws)
-    scale = size / np.sqrt(np.einsum("idq,idq->d", z, z) + rest)
-    gh = z.reshape(n_out * draws, q) @ r if n > 1 else z * r[0, 0]
-    return gh.reshape(n_out, draws, n) * scale[None, :, None]
+    rest = streams[1].chisquare(dof, size=draws) if dof > 0 else np.zeros(draws)
+    scale = size / np.sqrt(np.einsum("dij,dij->d", z, z) + rest)
+    gh = z.reshape(draws * n_out, q) @ r if n > 1 else z * r[0, 0]
+    return (gh.reshape(draws, n_out, n) * scale[:, None, None]).transpose(1, 0, 2)
 
 
-def _spectral_gaussian_noise(rng: np.random.Generator, size: float, shape: tuple[int, int], h: np.ndarray,
+def _spectral_gaussian_noise(streams, size: float, shape: tuple[int, int], r: np.ndarray,
                              draws: int) -> np.ndarray:
     """eta @ H for eta = size * G / ||G||_2, G standard normal, without G (n < n_in).
 
@@ -116,21 +142,21 @@ def _spectral_gaussian_noise(rng: np.random.Generator, size: float, shape: tuple
     B[k, k] ~ chi(n_out - k), B[k, k + 1] ~ chi(n_in - 1 - k), all independent.
     With H = Q R, V^T Q = F is a uniform orthonormal frame, so G H = U M with
     M = B F R; and U M = F2 R_M for M = Q_M R_M and F2 a uniform frame.
+    ``streams``: B's diagonal, its superdiagonal, F's and F2's.
     """
     n_out, n_in = shape
-    r = _r_factor(h)
     k = min(n_out, n_in)
-    diag = np.sqrt(rng.chisquare(n_out - np.arange(k), size=(draws, k)))
+    diag = np.sqrt(streams[0].chisquare(n_out - np.arange(k), size=(draws, k)))
     sup = np.zeros((draws, k))
     n_sup = min(n_out, n_in - 1)
     if n_sup:
-        sup[:, :n_sup] = np.sqrt(rng.chisquare(n_in - 1 - np.arange(n_sup), size=(draws, n_sup)))
+        sup[:, :n_sup] = np.sqrt(streams[1].chisquare(n_in - 1 - np.arange(n_sup), size=(draws, n_sup)))
     top = _bidiagonal_top_singular_values(diag, sup)
-    frame = _uniform_frames(rng, draws, n_in, r.shape[0])  # (draws, n_in, q)
+    frame = _uniform_frames(streams[2], draws, n_in, r.shape[0])  # (draws, n_in, q)
     below = np.zeros((draws, 1, r.shape[0]))  # row n_in of F: zero, met only by sup = 0
     bf = diag[:, :, None] * frame[:, :k] + sup[:, :, None] * np.concatenate([frame, below], axis=1)[:, 1:k + 1]
     rm = np.linalg.qr(bf @ r, mode="r")  # (draws, c, n)
-    gh = _uniform_frames(rng, draws, n_out, rm.shape[1]) @ rm  # (draws, n_out, n)
+    gh = _uniform_frames(streams[3], draws, n_out, rm.shape[1]) @ rm  # (draws, n_out, n)
     return (gh * (size / top)[:, None, None]).transpose(1, 0, 2)
 
 
@@ -181,14 +207,13 @@ def _bidiagonal_top_singular_values(diag: np.ndarray, sup: np.ndarray) -> np.nda
 
 
 def _materialised_noise(rng: np.random.Generator, shape: tuple[int, int], h: np.ndarray, draws: int,
-                        distribution: str, norm: str, size: float, dtype: np.dtype) -> np.ndarray:
-    """eta @ H with eta formed, a batch of draws at a time; the draws do not depend on the batch size."""
+                        distribution: str, norm: str, size: float, dtype: np.dtype,
+                        table: np.ndarray | None = None) -> np.ndarray:
+    """eta @ H with eta formed, a batch of draws at a time; the draws do not depend on the batch size.
+    ``table``: the sign tables of H (:func:`_sign_table`) for Rademacher-Frobenius noise of few inputs."""
     n_out, n_in = shape
     out = np.empty((n_out, draws, h.shape[1]), dtype)
     batch = batch_size(shape)
-    table = None
-    if distribution == "rademacher" and norm == "frobenius" and h.shape[1] <= TABLE_INPUTS:
-        table = _sign_table(h, dtype)
     for start in range(0, draws, batch):
         b = min(batch, draws - start)
         if distribution == "rademacher":
@@ -229,7 +254,8 @@ def _sign_bytes(rng: np.random.Generator, b: int, shape: tuple[int, int]) -> np.
 
 def _signs(bits: np.ndarray, n_in: int, dtype: np.dtype) -> np.ndarray:
     """The +-1 matrices of sign bytes, shape (b, n_out, n_in)."""
-    e = np.unpackbits(bits.transpose(0, 2, 1), axis=2, count=n_in, bitorder="little").astype(dtype)
+    # C order whatever b: numpy lays out a single matrix differently, and matmul rounds by layout
+    e = np.unpackbits(bits.transpose(0, 2, 1), axis=2, count=n_in, bitorder="little").astype(dtype, order="C")
     e *= 2
     e -= 1
     return e

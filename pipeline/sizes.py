@@ -28,7 +28,8 @@ import math
 
 import numpy as np
 
-from .config import env_size
+from .activations import activation, per_layer
+from .config import DRAW_BATCH_BYTES, env_size
 from .errors import SpecError
 from .network import keeps_weights, layer_shapes
 from .noise import BATCH_BYTES, TABLE_INPUTS
@@ -119,9 +120,10 @@ def block_peak_bytes(spec) -> int:
     rows = max(a for a, _ in shapes)
     n = net.n_inputs
     present = sum(1 for i in g.layer if i <= L)
-    columns = len(g.ratio) * (nz.draws + 1) * present * n  # the worst direction rides with the draws
-    work = rows * columns * (2 * item + 1)  # two buffers and a mask
-    work += 24 * rows * len(g.ratio) * (nz.draws + 1) * n  # one layer's noise, at every ratio (float64, copies)
+    smooth = any(not activation(a).piecewise_linear for r in net.read or [None]
+                 for a in (r.activations if r else per_layer(net.activation, L)))
+    batch = min(nz.draws, draws_per_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth))
+    work = batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth) * (batch + 1)
     work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
     if nz.distribution == "rademacher" or n >= min(b for _, b in shapes):
         # eta is formed a batch of draws at a time (pipeline/noise.py): signs as bytes and in the working
@@ -139,6 +141,25 @@ def block_peak_bytes(spec) -> int:
     # delta, flips and predictions per draw: one network's, and the block's stacked
     results = 3 * 8 * len(g.ratio) * len(g.layer) * n * nz.draws * (per_block + 1)
     return int(weights + workspace + work + results)
+
+
+def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
+    """Working memory of one draw in a batch (pipeline/measure.py): its columns (one per input, ratio
+    and perturbed layer) in two buffers of the widest layer and a mask, one layer's noise at every ratio
+    (float64 and copies), the float64 temporaries of a smooth activation's difference, and the draw's
+    results (change, flips, prediction)."""
+    rows = max(a for a, _ in shapes)
+    columns = n * ratios * present
+    per_draw = rows * columns * (2 * np.dtype(dtype).itemsize + 1) + 24 * rows * ratios * n
+    if smooth:
+        per_draw += 12 * 8 * rows * columns
+    return int(per_draw + 3 * 8 * columns)
+
+
+def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
+    """Draws per batch of the kernel: as many as fit NNSWEEP_DRAW_BATCH_MEMORY (at least one)."""
+    budget = env_size("NNSWEEP_DRAW_BATCH_MEMORY", DRAW_BATCH_BYTES)
+    return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth))
 
 
 def limit(name: str) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
-from .activations import canonical
+from .activations import canonical, per_layer
 from .files import NETWORK_SUFFIXES, NetworkArrays, parse_inputs, parse_labels, parse_network, read_bytes, sha256
 from .sizes import check_sizes
 
@@ -174,11 +174,6 @@ class NetworkRead:
         return self.text().replace("\n  ", "; ")
 
 
-def per_layer(activation: str | tuple[str, ...] | None, L: int) -> tuple[str, ...]:
-    """One activation name per hidden layer of an L-layer network."""
-    if activation is None:
-        activation = "relu"
-    return (activation,) * (L - 1) if isinstance(activation, str) else tuple(activation)
 
 
 def cell_role(L: int, m: int, seed: int) -> str:

@@ -354,3 +354,30 @@ def test_benchmark_script_runs(tmp_path):
     assert p["command"].startswith("nnsweep estimate --L 3 --m 16 --d 8 --k 4 --ratio 0.1 --seeds 2 --draws 4")
     assert p["seconds"] > p["python_pass_seconds"] > 0
     assert p["speedup"] == pytest.approx(2 * r["naive"]["seconds_per_network"] / p["seconds"])
+
+
+@pytest.mark.parametrize("distribution, norm", [("gaussian", "frobenius"), ("gaussian", "spectral"),
+                                                ("rademacher", "frobenius")])
+@pytest.mark.parametrize("n", [1, 5, 12])
+def test_results_do_not_depend_on_the_batch_of_draws(distribution, norm, n):
+    """Batches of 1, 3 and 7 draws give exactly the numbers of one batch of all 16 (float64)."""
+    rng = np.random.default_rng(4)
+    net = random_net(rng, 3, 10, 11, 4, biases=True)
+    x = rng.standard_normal((n, 10))
+    labels = rng.integers(0, 4, n)
+    args = (net, x, np.array([0.01, 0.3]), (1, 2, 3), 16, distribution, norm, layer_rng(2), labels)
+    whole = measure_network(*args, batch_draws=16)
+    for batch in (1, 3, 7):
+        part = measure_network(*args, batch_draws=batch)
+        for name in RESULT_FIELDS:
+            np.testing.assert_array_equal(getattr(part, name), getattr(whole, name), err_msg=f"{name}, {batch}")
+
+
+def test_a_block_in_many_batches_equals_one_batch(tiny_spec, monkeypatch):
+    """The budget NNSWEEP_DRAW_BATCH_MEMORY sets the batch; the block's numbers stay the same."""
+    spec = tiny_spec()
+    one = measure_block(spec, 2, 8, (0, 1))
+    monkeypatch.setenv("NNSWEEP_DRAW_BATCH_MEMORY", "1")  # one draw per batch
+    many = measure_block(spec, 2, 8, (0, 1))
+    for name in RESULT_FIELDS:
+        np.testing.assert_array_equal(getattr(many, name), getattr(one, name))

@@ -90,7 +90,7 @@ def test_spectral_gaussian_sampler_matches_materialised_matrices(shape, n):
     draws = 20000
     rng = np.random.default_rng(6)
     h = rng.standard_normal((shape[1], n)) * rng.uniform(0.5, 2.0, size=n)
-    fast = noise._spectral_gaussian_noise(np.random.default_rng(7), 2.5, shape, h, draws)
+    fast = noise._spectral_gaussian_noise(np.random.default_rng(7).spawn(4), 2.5, shape, noise._r_factor(h), draws)
     ref = noise._materialised_noise(np.random.default_rng(8), shape, h, draws, "gaussian", "spectral", 2.5,
                                     np.dtype(np.float64))
     assert fast.shape == ref.shape == (shape[0], draws, n)
@@ -120,3 +120,17 @@ def test_bidiagonal_top_singular_value_has_the_law_of_a_gaussian_matrix():
         np.testing.assert_allclose(top, np.linalg.norm(bidiagonal, 2, axis=(1, 2)), rtol=1e-8)
         gaussian = np.linalg.norm(rng.standard_normal((4000, p, q)), 2, axis=(1, 2))
         assert ks_2samp(top, gaussian).pvalue > 1e-3, (p, q)
+
+
+@pytest.mark.parametrize("n", [1, 3, 12])
+@pytest.mark.parametrize("distribution, norm", [(d, n) for d in ("gaussian", "rademacher", "sphere")
+                                                for n in ("frobenius", "spectral")])
+def test_draws_do_not_depend_on_the_batches(distribution, norm, n):
+    """LayerNoise.draw in batches of 1, 4 and 7 gives exactly the draws of one call (every sampler)."""
+    shape = (6, 9)
+    h = np.random.default_rng(1).standard_normal((9, n))
+    whole = noise.LayerNoise(np.random.default_rng(2), shape, h, distribution, norm, 2.5).draw(21)
+    for batch in (1, 4, 7):
+        src = noise.LayerNoise(np.random.default_rng(2), shape, h, distribution, norm, 2.5)
+        parts = np.concatenate([src.draw(min(batch, 21 - s)) for s in range(0, 21, batch)], axis=1)
+        np.testing.assert_array_equal(parts, whole)
