@@ -36,10 +36,11 @@ BN_PARAMS = {"weight", "bias", "running_mean", "running_var", "num_batches_track
 
 
 def how_to_order(names: list[str]) -> str:
-    listed = ", ".join(names)
-    return (f"give the modules in the order forward() applies them (BatchNorm after the Linear it follows): "
-            f"network.layer_order: [{listed}] in a spec, or --layer-order {','.join(names)} for estimate, "
-            "reordered as your model runs them")
+    """How to give the order, naming what an order may list (never suggesting an order of its own)."""
+    return (f"give the layer order: the names among {', '.join(names)} in the order forward() applies them "
+            "(each BatchNorm after the Linear layer it follows; a parent such as features stands for its "
+            "numbered children features.0, features.3, ...), as network.layer_order: [first, second, ...] in "
+            "a spec, or --layer-order first,second,... for estimate")
 
 
 def read_state_dict(tensors: dict, fmt: str, bad, order: tuple[str, ...] | None = None) -> NetworkArrays:
