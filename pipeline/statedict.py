@@ -35,12 +35,16 @@ LINEAR_PARAMS = {"weight", "bias"}
 BN_PARAMS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
 
 
-def how_to_order(names: list[str]) -> str:
+def how_to_order(names: list[str], modules) -> str:
     """How to give the order, naming what an order may list (never suggesting an order of its own)."""
-    return (f"give the layer order: the names among {', '.join(names)} in the order forward() applies them "
-            "(each BatchNorm after the Linear layer it follows; a parent such as features stands for its "
-            "numbered children features.0, features.3, ...), as network.layer_order: [first, second, ...] in "
-            "a spec, or --layer-order first,second,... for estimate")
+    parents = [n for n in names if n not in modules]
+    parent = ""
+    if parents:
+        children = sorted((m for m in modules if m.startswith(parents[0] + ".")), key=_natural)
+        parent = f"; {parents[0]} stands for its numbered children {', '.join(children)}"
+    return (f"give the layer order: the names {', '.join(names)} in the order forward() applies them (each "
+            f"BatchNorm after the Linear layer it follows{parent}), as network.layer_order: [first, second, "
+            "...] in a spec, or --layer-order first,second,... for estimate")
 
 
 def read_state_dict(tensors: dict, fmt: str, bad, order: tuple[str, ...] | None = None) -> NetworkArrays:
@@ -59,7 +63,7 @@ def read_state_dict(tensors: dict, fmt: str, bad, order: tuple[str, ...] | None 
                       expected=None)
         return _wb_layers(tensors, fmt, bad)
     modules = _modules(tensors, bad)
-    layers = _fold_chain(_order(modules, order, bad), modules, tensors, bad)
+    layers = _fold_chain(_order(modules, order, bad), modules, tensors, bad, order)
     return assemble(layers, (None,) * (len(layers) - 1), fmt)
 
 
@@ -104,11 +108,15 @@ def _vector(name: str, tensors: dict, n: int, bad, layer: str = "a layer") -> np
     return a
 
 
-def _check_chain(layers: list, bad) -> None:
+def _check_chain(layers: list, bad, order=None) -> None:
     for (w0, _, r0), (w1, _, r1) in zip(layers, layers[1:]):
         if w1.shape[1] != w0.shape[0]:
-            raise bad(f"has {r0.weight} of shape {w0.shape} and {r1.weight} of shape {w1.shape}, which do "
-                      f"not chain ({r1.weight} takes {w1.shape[1]} inputs, {r0.weight} gives {w0.shape[0]})")
+            why = (f"has {r0.weight} of shape {w0.shape} and {r1.weight} of shape {w1.shape}, which do not "
+                   f"chain ({r1.weight} takes {w1.shape[1]} inputs, {r0.weight} gives {w0.shape[0]})")
+            if order is None:
+                raise bad(why)
+            raise bad(f"{why} in the layer order [{', '.join(order)}]; give the modules in the order forward() "
+                      "applies them", expected=None)
 
 
 # --- modules ---------------------------------------------------------------------------
@@ -230,13 +238,13 @@ def _order(modules: dict[str, Module], order, bad) -> list[str]:
         raise bad(f"is a state dict of the modules {', '.join(sorted(names, key=_natural))}, and "
                   f"{_groups(sorted(names, key=_natural))}: a state dict stores tensors by name, not in "
                   f"forward order, and a guessed order can chain and still be wrong. So "
-                  f"{how_to_order(_top_names(names))}", expected=None)
+                  f"{how_to_order(_top_names(names), modules)}", expected=None)
     if not _numbered(names) and len(names) > 1:
         # a stem order: refuse the BatchNorm placements that the widths leave open
         why = _ambiguous_bn(known, modules)
         if why:
             raise bad(f"is a state dict of the modules {', '.join(known)}, and {why}; "
-                      f"{how_to_order(known)}", expected=None)
+                      f"{how_to_order(known, modules)}", expected=None)
     return known
 
 
@@ -283,7 +291,7 @@ def _expand(order, modules: dict[str, Module], bad) -> list[str]:
 
 # --- the chain -------------------------------------------------------------------------
 
-def _fold_chain(names: list[str], modules: dict[str, Module], tensors: dict, bad) -> list:
+def _fold_chain(names: list[str], modules: dict[str, Module], tensors: dict, bad, order=None) -> list:
     layers, bn_ok = [], False
     for name in names:
         mod = modules[name]
@@ -311,5 +319,5 @@ def _fold_chain(names: list[str], modules: dict[str, Module], tensors: dict, bad
         layers[-1] = (w, b, LayerRead(read.weight, read.bias, read.shape, f"{name} ({BN_NOTE})", False,
                                       read.dtype))
         bn_ok = False
-    _check_chain(layers, bad)
+    _check_chain(layers, bad, order)
     return layers

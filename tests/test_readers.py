@@ -189,7 +189,8 @@ def test_names_out_of_forward_order_are_exact_with_the_order(tmp_path):
     (("stem", "middle", "top"), ["middle", "not a module of the file"]),
     (("stem", "top"), ["leaves out body"]),
     (("stem", "body", "body", "top"), ["body twice"]),
-    (("top", "stem", "body"), ["top.weight of shape (4, 16)", "stem.weight", "do not chain"]),
+    (("top", "stem", "body"), ["top.weight of shape (4, 16)", "stem.weight", "do not chain",
+                               "in the layer order [top, stem, body]"]),
 ])
 def test_an_order_that_does_not_fit_is_refused_naming_the_names(tmp_path, order, words):
     refusal(safetensors_bytes(tmp_path, StemBodyTop()), "m.safetensors", *words, order=order)
@@ -211,7 +212,8 @@ def test_torchvision_features_classifier(tmp_path):
     model = TorchvisionStyle().eval()
     data = safetensors_bytes(tmp_path, model)
     msg = refusal(data, "m.safetensors", "classifier.0, classifier.2, features.0, features.3",
-                  "the order between classifier and features is not in the file")
+                  "the order between classifier and features is not in the file",
+                  "classifier stands for its numbered children classifier.0, classifier.2")
     assert "do not chain" not in msg
     arrays = parse_network(data, "m.safetensors", ("features", "classifier"))
     assert [r.weight for r in arrays.layers] == ["features.0.weight", "features.3.weight", "classifier.0.weight",
