@@ -80,6 +80,10 @@ class Graph:
     def tensor(self, t, numpy_helper):
         name = self.onnx.TensorProto.DataType.Name(t.data_type).lower()
         name = {"float": "float32", "double": "float64"}.get(name, name)
+        if t.data_location == self.onnx.TensorProto.EXTERNAL:
+            raise self.refuse(f"keeps the initializer {t.name} in an external data file, which nnsweep does not "
+                              "read (it reads one file, whose hash it records); save the model with its weights "
+                              "inside the file (onnx.save_model(model, path, save_as_external_data=False))")
         try:
             a = numpy_helper.to_array(t)
         except Exception as e:  # external data, a dtype numpy_helper lacks

@@ -403,6 +403,22 @@ def test_onnx_decomposed_activations_of_older_opsets(act, name):
     assert_reads_as_it_runs(arrays, model, name, 6)
 
 
+def test_onnx_constants_shared_through_identity_nodes():
+    """A fresh BatchNorm's weight equals its running_var (ones): the exporter shares them via Identity nodes."""
+    model = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 2)).eval()
+    data = onnx_bytes(model, 5)
+    assert "Identity" in [n.op_type for n in onnx.load_from_string(data).graph.node]
+    assert_reads_as_it_runs(parse_network(data, "m.onnx"), model, "relu", 5)
+
+
+def test_onnx_external_data_is_refused(tmp_path):
+    model = onnx.load_from_string(onnx_bytes(mlp((64, 64, 2)), 64))
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.data", size_threshold=0)
+    refusal((tmp_path / "m.onnx").read_bytes(), "m.onnx", "0.weight", "external data file",
+            "save_as_external_data=False")
+
+
 def test_onnx_without_biases_is_matmul_transposed():
     model = mlp((6, 9, 4), nn.Tanh, bias=False)
     arrays = parse_network(onnx_bytes(model, 6), "m.onnx")
