@@ -225,27 +225,30 @@ def _groups(names: list[str]) -> str:
 
 
 def _order(modules: dict[str, Module], order, bad) -> list[str]:
+    """The modules in forward order: numeric indices (a fact of nn.Sequential, which ``order`` must agree
+    with), else ``order``, else one numbered stem (a naming convention, read where it is unambiguous)."""
     names = list(modules)
-    known = names if len(names) == 1 else _numbered(names) or _stems(modules)
+    numbered = names if len(names) == 1 else _numbered(names)
     if order is not None:
         given = _expand(order, modules, bad)
-        if known is not None and given != known:
-            raise bad(f"has modules whose names give the order {', '.join(known)}, and the layer order "
-                      f"given is {', '.join(given)}; leave the layer order out (the names say it), or fix it",
-                      expected=None)
+        if numbered is not None and given != numbered:
+            raise bad(f"has modules whose numeric indices give the order {', '.join(numbered)}, and the layer "
+                      f"order given is {', '.join(given)}; leave the layer order out (the indices say it), or "
+                      "fix it", expected=None)
         return given
-    if known is None:
+    if numbered is not None:
+        return numbered
+    stem = _stems(modules)
+    if stem is None:
         raise bad(f"is a state dict of the modules {', '.join(sorted(names, key=_natural))}, and "
                   f"{_groups(sorted(names, key=_natural))}: a state dict stores tensors by name, not in "
                   f"forward order, and a guessed order can chain and still be wrong. So "
                   f"{how_to_order(_top_names(names), modules)}", expected=None)
-    if not _numbered(names) and len(names) > 1:
-        # a stem order: refuse the BatchNorm placements that the widths leave open
-        why = _ambiguous_bn(known, modules)
-        if why:
-            raise bad(f"is a state dict of the modules {', '.join(known)}, and {why}; "
-                      f"{how_to_order(known, modules)}", expected=None)
-    return known
+    why = _ambiguous_bn(stem, modules)  # the BatchNorm placements that the widths leave open
+    if why:
+        raise bad(f"is a state dict of the modules {', '.join(stem)}, and {why}; {how_to_order(stem, modules)}",
+                  expected=None)
+    return stem
 
 
 def _top_names(names: list[str]) -> list[str]:
