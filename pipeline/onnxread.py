@@ -121,9 +121,12 @@ def read_onnx(data: bytes, bad):
     Raises:
         ``bad(why)``: not an ONNX model, or a graph that is not such a chain (naming the node and why).
     """
-    import onnx
-    from onnx import numpy_helper
-
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise bad("is an ONNX model, which needs the onnx package to read, and it is not installed; install "
+                  "it (pip install onnx: it reads the graph, no ONNX runtime is needed)", expected=None) from None
     try:
         model = onnx.load_from_string(data)
     except Exception as e:  # protobuf DecodeError and friends

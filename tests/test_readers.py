@@ -427,6 +427,12 @@ def test_onnx_without_biases_is_matmul_transposed():
     assert_reads_as_it_runs(arrays, model, "tanh", 6)
 
 
+def test_onnx_without_the_onnx_package_says_what_to_install(monkeypatch):
+    data = onnx_bytes(mlp((4, 6, 2)), 4)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    refusal(data, "m.onnx", "needs the onnx package", "pip install onnx")
+
+
 def _graph(nodes, inits, d=4, out="y", **inputs):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])
     y = helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", None])
@@ -441,7 +447,9 @@ def test_hand_written_matmul_add_and_gemm_attributes():
     B1, c1, B2, c2 = rng.standard_normal((4, 5)), rng.standard_normal(5), rng.standard_normal((5, 3)), rng.standard_normal((1, 3))
     B1, c1, B2, c2 = (a.astype(np.float32).astype(np.float64) for a in (B1, c1, B2, c2))
     nodes = [helper.make_node("MatMul", ["x", "B1"], ["h"], name="mm"), helper.make_node("Add", ["c1", "h"], ["z"], name="add"),
-             helper.make_node("Flatten", ["z"], ["f"], name="flat", axis=1),
+             helper.make_node("Flatten", ["z"], ["f0"], name="flat", axis=1),
+             helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([-1, 5], np.int64))),
+             helper.make_node("Reshape", ["f0", "s"], ["f"], name="noop"),
              helper.make_node("LeakyRelu", ["f"], ["a"], name="act", alpha=0.1),
              helper.make_node("Gemm", ["a", "B2", "c2"], ["y"], name="gemm", alpha=0.5, beta=2.0, transB=0)]
     arrays = parse_network(_graph(nodes, {"B1": B1, "c1": c1, "B2": B2, "c2": c2}), "m.onnx")
@@ -486,4 +494,15 @@ def test_onnx_refusals_name_the_node(tmp_path):
     attention = [helper.make_node("MatMul", ["x", "x"], ["y"], name="qk")]
     refusal(_graph(attention, w), "m.onnx", "node qk (MatMul)", "two computed tensors")
     refusal(b"not onnx at all", "m.onnx", "not a readable ONNX model")
+    two_out = helper.make_model(helper.make_graph(
+        [helper.make_node("Gemm", ["x", "B"], ["y"], name="fc"), helper.make_node("ArgMax", ["y"], ["label"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("label", "y")],
+        [numpy_helper.from_array(np.ones((4, 4), np.float32), "B")])).SerializeToString()
+    refusal(two_out, "m.onnx", "2 outputs", "one output")
+    shape = helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([2, -1], np.int64)))
+    reshape = [helper.make_node("Gemm", ["x", "B"], ["h"], name="fc"), shape,
+               helper.make_node("Reshape", ["h", "s"], ["r"], name="rs"), helper.make_node("Relu", ["r"], ["a"]),
+               helper.make_node("Gemm", ["a", "B"], ["y"], name="fc2")]
+    refusal(_graph(reshape, w), "m.onnx", "node rs (Reshape)", "a Reshape that changes the 2-D chain")
     refusal(onnx_bytes(mlp((6, 4, 2)), 6), "m.onnx", "gives its layer order", order=("0", "2"))
