@@ -444,9 +444,9 @@ def _graph(nodes, inits, d=4, out="y", **inputs):
 def test_hand_written_matmul_add_and_gemm_attributes():
     """MatMul computes x @ B (W = B^T); Gemm's alpha, beta, transB; a Flatten(axis 1) no-op."""
     rng = np.random.default_rng(0)
-    B1, c1, B2, c2 = rng.standard_normal((4, 5)), rng.standard_normal(5), rng.standard_normal((5, 3)), rng.standard_normal((1, 3))
-    B1, c1, B2, c2 = (a.astype(np.float32).astype(np.float64) for a in (B1, c1, B2, c2))
-    nodes = [helper.make_node("MatMul", ["x", "B1"], ["h"], name="mm"), helper.make_node("Add", ["c1", "h"], ["z"], name="add"),
+    B1, c1, B2, c2 = (rng.standard_normal(s).astype(np.float32).astype(np.float64) for s in ((4, 5), 5, (5, 3), (1, 3)))
+    nodes = [helper.make_node("MatMul", ["x", "B1"], ["h"], name="mm"),
+             helper.make_node("Add", ["c1", "h"], ["z"], name="add"),
              helper.make_node("Flatten", ["z"], ["f0"], name="flat", axis=1),
              helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array([-1, 5], np.int64))),
              helper.make_node("Reshape", ["f0", "s"], ["f"], name="noop"),
@@ -483,12 +483,14 @@ def test_onnx_refusals_name_the_node(tmp_path):
     torch.onnx.export(cnn, torch.randn(1, 1, 6, 6), buf, dynamo=False)
     refusal(buf.getvalue(), "m.onnx", "rank 4", "flatten images")
     w = {"B": np.ones((4, 4)), "K": np.ones((1, 1, 1))}
-    conv = [helper.make_node("Gemm", ["x", "B"], ["h"], name="fc"), helper.make_node("Conv", ["h", "K"], ["c"], name="conv"),
+    conv = [helper.make_node("Gemm", ["x", "B"], ["h"], name="fc"),
+            helper.make_node("Conv", ["h", "K"], ["c"], name="conv"),
             helper.make_node("Gemm", ["c", "B"], ["y"], name="fc2")]
     refusal(_graph(conv, w), "m.onnx", "node conv (Conv)", "a convolution", "MLPs only")
     trans_a = [helper.make_node("Gemm", ["x", "B"], ["y"], name="g", transA=1)]
     refusal(_graph(trans_a, w), "m.onnx", "node g (Gemm) with transA = 1")
-    weird = [helper.make_node("Gemm", ["x", "B"], ["h"], name="fc"), helper.make_node("Mul", ["h", "h"], ["s"], name="sq"),
+    weird = [helper.make_node("Gemm", ["x", "B"], ["h"], name="fc"),
+             helper.make_node("Mul", ["h", "h"], ["s"], name="sq"),
              helper.make_node("Gemm", ["s", "B"], ["y"], name="fc2")]
     refusal(_graph(weird, w), "m.onnx", "node sq (Mul)", "none of the activations nnsweep supports")
     attention = [helper.make_node("MatMul", ["x", "x"], ["y"], name="qk")]
