@@ -26,6 +26,10 @@ from torch import nn
 from pipeline.errors import SpecError
 from pipeline.files import parse_network
 
+pytestmark = pytest.mark.filterwarnings(  # dynamo=False: the exporter that needs no onnxscript
+    "ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning",
+    "ignore:The feature will be removed:DeprecationWarning")
+
 ACTS = {
     "relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
     "silu": lambda z: z / (1 + np.exp(-z)), "gelu": lambda z: 0.5 * z * (1 + erf(z / np.sqrt(2))),
