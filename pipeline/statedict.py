@@ -6,14 +6,17 @@ order is read from the names only where they say it:
 - ``W1..WL`` and ``b1..bL``;
 - numeric ``nn.Sequential`` indices, under any common prefix and nested
   (``0``, ``2``, ``model.layers.4``, ``0.1``): ordered as numbers;
-- one numbered stem of Linear layers (``fc1, fc2, fc3``, any common prefix),
-  with at most one numbered stem of BatchNorm1d layers (``bn1, bn2``) whose
-  numbers are among the Linear ones: ``bnJ`` is read as following ``fcJ``,
-  and only where its width rules out the other place (before ``fcJ``).
+- one numbered stem of Linear layers (``fc1, fc2, fc3``, any common prefix).
 
 Anything else needs ``order``: the module names in forward order, BatchNorm
 modules after the Linear they follow. An entry may also be a parent whose
 children are all numbered (``features`` for ``features.0, features.3``).
+
+Modules without tensors (activations, Dropout, Flatten) are not in a state
+dict, so a BatchNorm is folded only where the file or the user says that it
+directly follows its Linear layer (before the activation): the next
+Sequential index, or the next entry of ``order``. A numbered ``bnJ`` beside
+``fcJ`` could come before or after the activation, so it needs ``order``.
 
 A module is a Linear layer (``weight`` 2-D, optional ``bias``) or a
 BatchNorm1d (``running_mean``, ``running_var``, optional ``weight``/``bias``
@@ -202,14 +205,19 @@ def _stems(modules: dict[str, Module]) -> list[str] | None:
     return [n for j in sorted(numbers) for n in [numbers[j]] + ([after[j]] if j in after else [])]
 
 
-def _ambiguous_bn(names: list[str], modules: dict[str, Module]) -> str | None:
-    """A BatchNorm bnJ that could as well normalise fcJ's input (same width both sides), or None."""
+def _bn_gap(names: list[str], modules: dict[str, Module]) -> str | None:
+    """A BatchNorm whose Sequential index is not the one right after its Linear layer's, or None.
+
+    Modules without tensors (ReLU, Dropout) are not in a state dict: a gap in the indices between a
+    Linear layer and the BatchNorm after it may be an activation, and a BatchNorm after an activation
+    does not fold into the Linear layer."""
     for prev, name in zip(names, names[1:]):
-        if modules[name].kind == "batchnorm":
-            n_out, n_in = modules[prev].shapes["weight"]
-            if n_out == n_in:
-                return (f"{name} could normalise the input or the output of {prev}, which both have "
-                        f"{n_in} units")
+        if modules[name].kind == "batchnorm" and modules[prev].kind == "linear":
+            (p0, _, i0), (p1, _, i1) = prev.rpartition("."), name.rpartition(".")
+            if p0 != p1 or int(i1) != int(i0) + 1:
+                return (f"the BatchNorm1d {name} does not directly follow the Linear layer {prev}: the modules "
+                        "between them hold no tensors, and if one is an activation the BatchNorm comes after it "
+                        "and does not fold into the Linear layer")
     return None
 
 
@@ -229,6 +237,11 @@ def _order(modules: dict[str, Module], order, bad) -> list[str]:
     with), else ``order``, else one numbered stem (a naming convention, read where it is unambiguous)."""
     names = list(modules)
     numbered = names if len(names) == 1 else _numbered(names)
+    gap = _bn_gap(numbered or [], modules)
+    if gap:
+        raise bad(f"has the modules {', '.join(numbered)}, and {gap}. Export the model to ONNX, which "
+                  "records every step, or save it with each BatchNorm1d right after its Linear layer",
+                  expected=None)
     if order is not None:
         given = _expand(order, modules, bad)
         if numbered is not None and given != numbered:
@@ -244,10 +257,14 @@ def _order(modules: dict[str, Module], order, bad) -> list[str]:
                   f"{_groups(sorted(names, key=_natural))}: a state dict stores tensors by name, not in "
                   f"forward order, and a guessed order can chain and still be wrong. So "
                   f"{how_to_order(_top_names(names), modules)}", expected=None)
-    why = _ambiguous_bn(stem, modules)  # the BatchNorm placements that the widths leave open
-    if why:
-        raise bad(f"is a state dict of the modules {', '.join(stem)}, and {why}; {how_to_order(stem, modules)}",
-                  expected=None)
+    bns = [n for n in stem if modules[n].kind == "batchnorm"]
+    if bns:
+        raise bad(f"is a state dict of the modules {', '.join(stem)}, and a state dict does not say whether "
+                  f"{bns[0]} normalises the output of {stem[stem.index(bns[0]) - 1]} before its activation "
+                  f"(relu({bns[0]}(...))) or after it ({bns[0]}(relu(...))); only the first folds into the Linear "
+                  "layer. If every BatchNorm directly follows its Linear layer, "
+                  f"{how_to_order(stem, modules)}; otherwise export the model to ONNX, which records every "
+                  "step", expected=None)
     return stem
 
 

@@ -287,21 +287,17 @@ class FCBN(nn.Module):
         return self.fc3(torch.relu(self.bn2(self.fc2(torch.relu(self.bn1(self.fc1(x)))))))
 
 
-def test_numbered_batchnorm_stem_follows_its_linear_where_the_widths_say_so(tmp_path):
-    model = FCBN()
-    _train_bn(model, 8)
-    arrays = parse_network(safetensors_bytes(tmp_path, model), "m.safetensors")
-    assert [r.folded.split()[0] for r in arrays.layers[:2]] == ["bn1", "bn2"]
-    assert_reads_as_it_runs(arrays, model, "relu", 8)
-
-
-def test_numbered_batchnorm_of_a_square_layer_is_ambiguous(tmp_path):
-    """bn2 has 16 units and fc2 is 16 x 16: bn2 could come before or after fc2."""
-    model = FCBN((8, 16, 16, 3))
+@pytest.mark.parametrize("widths", [(8, 16, 12, 3), (8, 16, 16, 3)])
+def test_numbered_batchnorm_stem_needs_the_order(tmp_path, widths):
+    """fc1, bn1, fc2, bn2, fc3: the names do not say whether bnJ comes before or after fcJ's activation
+    (a state dict holds no activations); an order that lists bnJ right after fcJ says it comes before."""
+    model = FCBN(widths)
     _train_bn(model, 8)
     data = safetensors_bytes(tmp_path, model)
-    refusal(data, "m.safetensors", "bn2 could normalise the input or the output of fc2", "--layer-order")
+    refusal(data, "m.safetensors", "fc1, bn1, fc2, bn2, fc3", "whether bn1 normalises the output of fc1 before "
+            "its activation", "--layer-order first,second", "ONNX")
     arrays = parse_network(data, "m.safetensors", ("fc1", "bn1", "fc2", "bn2", "fc3"))
+    assert [r.folded.split()[0] for r in arrays.layers[:2]] == ["bn1", "bn2"]
     assert_reads_as_it_runs(arrays, model, "relu", 8)
 
 
@@ -310,6 +306,10 @@ def test_numbered_batchnorm_of_a_square_layer_is_ambiguous(tmp_path):
      ["BatchNorm1d 0 before the first Linear layer", "normalise them"]),
     (nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)),
      ["BatchNorm1d 2 after the BatchNorm1d 1, not a Linear layer"]),
+    (nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 2)),
+     ["BatchNorm1d 2 does not directly follow the Linear layer 0", "activation", "ONNX"]),
+    (nn.Sequential(nn.Sequential(nn.Linear(6, 4), nn.ReLU()), nn.BatchNorm1d(4), nn.Linear(4, 2)),
+     ["BatchNorm1d 1 does not directly follow the Linear layer 0.0"]),
     (nn.Sequential(nn.Linear(6, 4), nn.LayerNorm(4), nn.ReLU(), nn.Linear(4, 2)), ["1.weight", "LayerNorm"]),
     (nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2)),
      ["1.weight", "without running statistics"]),
@@ -317,6 +317,11 @@ def test_numbered_batchnorm_of_a_square_layer_is_ambiguous(tmp_path):
 ])
 def test_batchnorm_elsewhere_and_other_layers_are_refused_by_name(tmp_path, model, words):
     refusal(safetensors_bytes(tmp_path, model), "m.safetensors", *words)
+
+
+def test_an_order_does_not_override_a_gap_before_a_batchnorm(tmp_path):
+    data = safetensors_bytes(tmp_path, nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 2)))
+    refusal(data, "m.safetensors", "does not directly follow", order=("0", "2", "3"))
 
 
 # ---------------------------------------------------------------- dtypes
