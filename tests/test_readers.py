@@ -276,6 +276,14 @@ def test_batchnorm_after_linear_is_folded(tmp_path):
     assert_reads_as_it_runs(onnx_arrays, model, "relu", 8)
 
 
+def test_batchnorm_without_affine_terms_is_folded(tmp_path):
+    model = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6, affine=False), nn.ReLU(), nn.Linear(6, 2))
+    _train_bn(model, 5)
+    arrays = parse_network(safetensors_bytes(tmp_path, model), "m.safetensors")
+    assert arrays.layers[0].folded.startswith("1 (eps 1e-05")
+    assert_reads_as_it_runs(arrays, model, "relu", 5)
+
+
 class FCBN(nn.Module):
     def __init__(self, widths=(8, 16, 12, 3)):
         super().__init__()
