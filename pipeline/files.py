@@ -7,10 +7,11 @@ records each file's sha256 in the spec; workers read the same path through
 computes with is provably what the store's spec hash describes, even if the
 file is replaced during a run.
 
-Networks come as ``.npz`` (arrays ``W1..WL`` and optionally ``b1..bL``) or
-``.safetensors`` (the same names, or the state dict of a PyTorch
-``nn.Sequential`` of ``Linear`` and ``ReLU`` layers: ``0.weight``, ``0.bias``,
-``2.weight``, ...; its Linear layers in order are W1..WL).
+Networks come as ``.npz``, ``.safetensors`` or ``.pt``/``.pth`` (arrays
+``W1..WL`` and optionally ``b1..bL``, or a PyTorch state dict of Linear and
+BatchNorm1d layers, read in forward order or refused: pipeline.statedict), or
+as ``.onnx`` (a graph of linear layers and activations: pipeline.onnxread).
+Every reader gives a :class:`NetworkArrays` that says how each layer was read.
 
 >>> import io, numpy as np
 >>> buf = io.BytesIO(); np.savez(buf, W1=np.ones((3, 2)), W2=np.ones((1, 3))); data = buf.getvalue()
@@ -20,51 +21,22 @@ Networks come as ``.npz`` (arrays ``W1..WL`` and optionally ``b1..bL``) or
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import io
-import re
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SpecError
+from . import statedict, tensorfiles
+from .netarrays import LayerRead, NetworkArrays, as_float64, network_error
+from .onnxread import read_onnx
 
-NETWORK_SUFFIXES = (".npz", ".safetensors")
+__all__ = ["NETWORK_SUFFIXES", "LayerRead", "NetworkArrays", "parse_network", "load_network", "parse_inputs",
+           "parse_labels", "load_inputs", "load_labels", "read_bytes", "read_verified", "sha256"]
 
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class NetworkArrays:
-    """Weights W1..WL (each n_out x n_in) and biases b1..bL (or None), float64."""
-
-    weights: tuple[np.ndarray, ...]
-    biases: tuple[np.ndarray, ...] | None
-    activations: tuple[str | None, ...] = ()  # after each hidden layer, as the file says; None: it cannot say
-    format: str = "npz"
-
-    def __post_init__(self):
-        if not self.activations:
-            object.__setattr__(self, "activations", (None,) * (len(self.weights) - 1))
-
-    def describe(self) -> list[str]:
-        return [f"W{j} ({w.shape[0]} x {w.shape[1]})" for j, w in enumerate(self.weights, 1)]
-
-    @property
-    def depth(self) -> int:
-        return len(self.weights)
-
-    @property
-    def input_dim(self) -> int:
-        return self.weights[0].shape[1]
-
-    @property
-    def output_dim(self) -> int:
-        return self.weights[-1].shape[0]
-
-    @property
-    def hidden_widths(self) -> tuple[int, ...]:
-        return tuple(w.shape[0] for w in self.weights[:-1])
+NETWORK_SUFFIXES = (".npz", ".safetensors", ".pt", ".pth", ".onnx")
 
 
 def sha256(data: bytes) -> str:
@@ -93,100 +65,32 @@ def read_verified(path: str, digest: str) -> bytes:
     return data
 
 
-def _numeric(a: np.ndarray, what: str, bad) -> np.ndarray:
-    if a.dtype.kind not in "fiu" or a.dtype.kind == "f" and a.dtype.itemsize > 8:
-        raise bad(f"holds {what} of dtype {a.dtype}; expected real numbers (float or integer)")
-    a = a.astype(np.float64)
-    if not np.all(np.isfinite(a)):
-        raise bad(f"holds {what} with {int(np.sum(~np.isfinite(a)))} non-finite values (NaN or inf)")
-    return a
-
-
 # --- networks -------------------------------------------------------------------------
 
-def _network_error(path: str, why: str) -> SpecError:
-    return SpecError(
-        f"network.init: {path} {why}; expected 2-D weights W1..WL (n_out x n_in, each W(j+1) with as "
-        "many columns as Wj has rows) and optionally bias vectors b1..bL for every layer, or a PyTorch "
-        "state dict of Linear layers (0.weight, 0.bias, 2.weight, ...).")
-
-
-def _raw_arrays(data: bytes, path: str) -> dict[str, np.ndarray]:
-    bad = functools.partial(_network_error, path)
-    if path.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.numpy import load
-
-        try:
-            return load(data)
-        except (SafetensorError, ValueError, TypeError) as e:
-            raise bad(f"is not a readable .safetensors file ({type(e).__name__}: {e})") from None
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except Exception as e:  # zipfile errors, pickle refusal, truncation: all one user error
-        raise bad(f"is not a readable .npz file ({type(e).__name__}: {' '.join(str(e).split())})") from None
-
-
-def _natural(key: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key))
-
-
-def _name_layers(arrays: dict[str, np.ndarray], path: str) -> tuple[list, list]:
-    """Weights and biases in layer order, from W1..WL/b1..bL names or a PyTorch state dict."""
-    bad = functools.partial(_network_error, path)
-    keys = sorted(arrays, key=_natural)
-    if any(re.fullmatch(r"[Wb]\d+", k) for k in keys):
-        L = sum(1 for k in keys if k.startswith("W"))
-        allowed = {f"W{j}" for j in range(1, L + 1)} | {f"b{j}" for j in range(1, L + 1)}
-        stray = [k for k in keys if k not in allowed]
-        if stray or L == 0:
-            raise bad(f"has the arrays {keys}, of which {stray or keys} are not W1..W{L} or b1..b{L}")
-        weights = [(f"W{j}", arrays[f"W{j}"]) for j in range(1, L + 1)]
-        biases = [(f"b{j}", arrays[f"b{j}"]) for j in range(1, L + 1) if f"b{j}" in arrays]
-        return weights, biases
-    stray = [k for k in keys if not re.fullmatch(r".+\.(weight|bias)", k)]
-    if stray or not keys:
-        raise bad(f"has the arrays {keys}; {stray[:3] if stray else 'none'} are neither Wj/bj "
-                  "nor PyTorch <layer>.weight/<layer>.bias names")
-    prefixes = sorted({k.rsplit(".", 1)[0] for k in keys}, key=_natural)
-    for p in prefixes:
-        if f"{p}.weight" not in arrays:
-            raise bad(f"has {p}.bias but no {p}.weight")
-        if arrays[f"{p}.weight"].ndim != 2:
-            raise bad(f"has {p}.weight of shape {arrays[p + '.weight'].shape}, which is not a Linear layer "
-                      "(only Linear and ReLU layers are supported)")
-    weights = [(f"{p}.weight", arrays[f"{p}.weight"]) for p in prefixes]
-    biases = [(f"{p}.bias", arrays[f"{p}.bias"]) for p in prefixes if f"{p}.bias" in arrays]
-    return weights, biases
-
-
 def parse_network(data: bytes, path: str, order: tuple[str, ...] | None = None) -> NetworkArrays:
-    """Validate and convert the bytes of a network file.
+    """Validate and convert the bytes of a network file, chosen by its suffix.
+
+    Args:
+        order: module names in forward order, for a state dict whose names do not give it.
 
     Raises:
-        SpecError: unreadable, unknown or missing keys, shapes that do not chain,
-            biases for only some layers, non-numeric or non-finite values.
+        SpecError: one paragraph naming the tensor, module or node and what to do: unreadable, unknown
+            or missing keys, an order the file does not give (and no ``order``), shapes that do not
+            chain, unsupported dtypes, layer kinds or graph nodes, non-numeric or non-finite values.
     """
-    bad = functools.partial(_network_error, path)
-    named_w, named_b = _name_layers(_raw_arrays(data, path), path)
-    weights = tuple(_numeric(np.asarray(w), name, bad) for name, w in named_w)
-    for j, ((name, _), w) in enumerate(zip(named_w, weights)):
-        if w.ndim != 2 or 0 in w.shape:
-            raise bad(f"has {name} of shape {w.shape}, not a non-empty matrix")
-        if j and w.shape[1] != weights[j - 1].shape[0]:
-            raise bad(f"has {named_w[j - 1][0]} of shape {weights[j - 1].shape} and {name} of shape "
-                      f"{w.shape}, which do not chain")
-    if not named_b:
-        return NetworkArrays(weights, None)
-    if len(named_b) != len(weights):
-        raise bad(f"has biases {[n for n, _ in named_b]} for only {len(named_b)} of its {len(weights)} "
-                  "layers (give a bias for every layer, zeros where there is none, or none at all)")
-    biases = tuple(_numeric(np.asarray(b), name, bad) for name, b in named_b)
-    for (name, _), b, w in zip(named_b, biases, weights):
-        if b.shape != (w.shape[0],):
-            raise bad(f"has {name} of shape {b.shape} for a layer of {w.shape[0]} outputs")
-    return NetworkArrays(weights, biases)
+    bad = functools.partial(network_error, path)
+    if path.endswith(".onnx"):
+        if order is not None:
+            raise bad("is an ONNX graph, which gives its layer order; leave the layer order out", expected=None)
+        return read_onnx(data, bad)
+    if path.endswith((".pt", ".pth")):
+        tensors, where = tensorfiles.read_pt(data, bad)
+        if where is not None:
+            bad = functools.partial(network_error, f"{path} (its checkpoint's {where!r})")
+        return statedict.read_state_dict(tensors, "pt", bad, order)
+    if path.endswith(".safetensors"):
+        return statedict.read_state_dict(tensorfiles.read_safetensors(data, bad), "safetensors", bad, order)
+    return statedict.read_state_dict(tensorfiles.read_npz(data, bad), "npz", bad, order)
 
 
 @functools.lru_cache(maxsize=8)
@@ -220,7 +124,7 @@ def parse_inputs(data: bytes, path: str, input_dim: int | None) -> np.ndarray:
     x = x[None, :] if x.ndim == 1 else x
     if x.ndim != 2 or 0 in x.shape or input_dim is not None and x.shape[1] != input_dim:
         raise bad(f"holds an array of shape {x.shape}")
-    x = _numeric(x, "inputs", bad)
+    x = as_float64(x, "inputs", bad)
     zero = np.flatnonzero(~x.any(axis=1))
     if zero.size:
         raise bad(f"holds all-zero inputs (rows {zero[:5].tolist()}), whose output change relative to "

@@ -77,8 +77,8 @@ def test_w_names_in_safetensors_and_npz_give_the_same_network(tmp_path):
 @pytest.mark.parametrize("tensors, words", [
     ({"0.weight": np.ones((4, 3), np.float32), "1.weight": np.ones(4, np.float32)}, ["1.weight", "(4,)", "Linear"]),
     ({"0.weight": np.ones((4, 3), np.float32), "2.weight": np.ones((2, 5), np.float32)}, ["chain"]),
-    ({"0.weight": np.ones((4, 3), np.float32), "0.bias": np.ones(4, np.float32),
-      "2.weight": np.ones((2, 4), np.float32)}, ["0.bias", "only 1 of its 2"]),
+    ({"W1": np.ones((4, 3), np.float32), "b1": np.ones(4, np.float32),
+      "W2": np.ones((2, 4), np.float32)}, ["b1", "only 1 of its 2"]),
     ({"0.weight": np.ones((4, 3), np.float32), "step": np.ones(1, np.float32)}, ["step"]),
     ({"2.bias": np.ones(4, np.float32)}, ["2.bias", "no 2.weight"]),
     ({"0.weight": np.full((4, 3), np.inf, np.float32)}, ["0.weight", "non-finite"]),
@@ -95,6 +95,15 @@ def test_bad_safetensors_are_refused_with_the_key(tmp_path, tensors, words):
     assert msg.startswith("network.init: x.safetensors")
     for w in words:
         assert w in msg, (w, msg)
+
+
+def test_a_linear_layer_without_bias_in_a_state_dict_has_zeros(tmp_path):
+    """nn.Linear(bias=False) saves no .bias: that layer's bias is 0 (W1..WL files need all or none)."""
+    data = _st_bytes(tmp_path, {"0.weight": np.ones((4, 3), np.float32), "0.bias": np.ones(4, np.float32),
+                                "2.weight": np.ones((2, 4), np.float32)})
+    arrays = parse_network(data, "x.safetensors")
+    np.testing.assert_array_equal(arrays.biases[1], np.zeros(2))
+    assert arrays.layers[1].bias is None and arrays.describe()[1].endswith("no bias")
 
 
 def test_truncated_safetensors(tmp_path):
@@ -159,7 +168,7 @@ def test_template_errors_name_the_cell_and_the_file(tmp_path, change, words):
     ("net_L{L}_m{m}.safetensors", {"seeds": 2}, ["grid.seeds", "{seed}"]),
     ("net_L{L}_m{m}_s{seed}_{width}.safetensors", {}, ["network.init", "placeholders"]),
     ("net_L{L:02d}_m{m}_s{seed}.safetensors", {}, ["network.init", "formats"]),
-    ("net_L{L}_m{m}_s{seed}.pt", {}, ["network.init", ".safetensors"]),
+    ("net_L{L}_m{m}_s{seed}.h5", {}, ["network.init", ".safetensors", ".onnx"]),
 ])
 def test_bad_templates(tmp_path, init, grid, words):
     write_zoo(tmp_path)
