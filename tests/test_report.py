@@ -19,7 +19,7 @@ import xarray as xr
 from click.testing import CliRunner
 from scipy import stats
 
-from pipeline.analysis import fit, report, theory
+from pipeline.analysis import figures, fit, fittext, report, summaries, theory
 from pipeline.analysis.intervals import t_interval
 from pipeline.cli import main
 from pipeline_helpers import build_store, raw_spec
@@ -64,7 +64,7 @@ def direct(made) -> xr.Dataset:
 
 @pytest.fixture(scope="module")
 def sample(made):
-    return fit.load(made[1], progress=False)
+    return summaries.load(made[1], progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_every_plot_is_written_and_embedded(made):
     index = (out / "index.md").read_text()
     embedded = re.findall(r"!\[[^\]]+\]\(([^)]+\.png)\)", index)
     # given.png only for networks read from files
-    assert sorted(embedded) == sorted(name for name, _, _ in report.PLOTS if name != "given.png")
+    assert sorted(embedded) == sorted(name for name, *_ in report.PLOTS if name != "given.png")
     for name in embedded:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     written = json.loads((out / "fit.json").read_text())
@@ -190,7 +190,7 @@ def test_only_measured_layers_are_named(made, direct, result):
     named |= {int(i) for group in re.findall(r"i in \{([\d, ]+)\}", index) for i in group.split(",")}
     assert named and named <= measured, named
     assert {c["layer"] for c in result["cells"]} == measured
-    fig = report.plot_theory(fit.load(path, progress=False))
+    fig = figures.plot_theory(summaries.load(path, progress=False))
     titled = {int(t) for ax in fig.axes for t in re.findall(r"layer i = (\d+)", ax.get_title())}
     assert titled <= measured and titled
     if name == "layers_2_4":
@@ -234,7 +234,7 @@ def finished(ds, m) -> list:
 
 
 def test_bound_plot_lines_are_the_looseness_of_the_store(sample, direct):
-    fig = report.plot_bound(sample, RATIO)
+    fig = figures.plot_bound(sample, RATIO)
     ax = fig.axes[0]
     spec = json.loads(direct.attrs["spec"])
     for m in direct.m.values:
@@ -250,7 +250,7 @@ def test_bound_plot_lines_are_the_looseness_of_the_store(sample, direct):
 
 
 def test_depth_plot_holds_the_means_intervals_and_theory(sample, direct):
-    fig = report.plot_depth(sample, RATIO)
+    fig = figures.plot_depth(sample, RATIO)
     ax = fig.axes[0]
     bars = {c.get_label(): c for c in ax.containers}
     for m in direct.m.values:
@@ -267,7 +267,7 @@ def test_depth_plot_holds_the_means_intervals_and_theory(sample, direct):
 
 
 def test_ratio_plot_lines_are_mean_R_by_ratio(sample, direct):
-    fig = report.plot_ratio(sample)
+    fig = figures.plot_ratio(sample)
     for m in direct.m.values:
         ax = panel(fig, f"m = {m}")
         for L in finished(direct, m):
@@ -278,7 +278,7 @@ def test_ratio_plot_lines_are_mean_R_by_ratio(sample, direct):
 
 
 def test_position_plot_medians_over_networks(sample, direct):
-    fig = report.plot_position(sample, RATIO)
+    fig = figures.plot_position(sample, RATIO)
     for m in direct.m.values:
         for L in finished(direct, m):
             layers = np.array(layers_of(direct, L))
@@ -293,7 +293,7 @@ def test_position_plot_medians_over_networks(sample, direct):
 
 
 def test_theory_plot_medians_over_r(sample, direct):
-    fig = report.plot_theory(sample)
+    fig = figures.plot_theory(sample)
     m = max(m for m in direct.m.values if finished(direct, m))
     r = direct.ratio.values
     checked = 0
@@ -311,7 +311,7 @@ def test_theory_plot_medians_over_r(sample, direct):
 
 
 def test_log_variance_plot_points_are_cell_variances(sample, direct, result):
-    fig = report.plot_log_variance(sample, result)
+    fig = figures.plot_log_variance(sample, result)
     ax = fig.axes[0]
     logR = np.log(direct["R"])
     for m in direct.m.values:
@@ -324,11 +324,11 @@ def test_log_variance_plot_points_are_cell_variances(sample, direct, result):
 
 
 def test_residual_plot_points_are_log_mean_minus_the_law(sample, direct, result):
-    fig = report.plot_residuals(result)
+    fig = figures.plot_residuals(result)
     ax = fig.axes[0]
     want, got = [], []
     for pos in fit.POSITIONS:
-        cells = [c for c in result["cells"] if report._position(c) == pos]
+        cells = [c for c in result["cells"] if figures._position(c) == pos]
         if not cells:
             continue
         got += list(lines(ax, f"{pos} layer").get_ydata())
