@@ -216,3 +216,80 @@ def test_axes_with_one_value_are_left_out(tmp_path):
     assert result["power_law"]["C"]["value"] > 0
     assert result["attenuation"]["ratio"] == {"value": None, "ci95": [None, None]}  # one ratio: a not identified
     assert "E R = C r^a L^b m^c" in fittext.to_text(result)
+
+
+# --- one checked read path: a damaged block is named by fit, fit --json and report ----------------
+
+DAMAGE_COMMANDS = [("fit", "--bootstrap", "5", "--no-progress"),
+                   ("fit", "--json", "--bootstrap", "5", "--no-progress"),
+                   ("report", "--bootstrap", "5", "--no-progress", "--out", "REPORT")]
+
+
+def _damaged_copy(small_store, tmp_path, var: str, how: str):
+    """A copy of the small store with one done block's chunk of ``var`` deleted or corrupted; the block."""
+    import shutil
+
+    from pipeline import plan
+    from pipeline_helpers import chunk_path
+
+    path = tmp_path / "damaged.zarr"
+    shutil.copytree(small_store, path)
+    spec = Spec.from_dict(SMALL)
+    key = sorted(plan.all_blocks(spec), key=lambda k: (k.L_index, k.m_index, k.seed_start))[3]
+    target = chunk_path(path, var, key, spec)
+    if how == "missing":
+        target.unlink()
+    else:
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        target.write_bytes(bytes(data))
+    return path, key
+
+
+@pytest.mark.parametrize("command", DAMAGE_COMMANDS, ids=["fit", "fit-json", "report"])
+@pytest.mark.parametrize("var, how, problem", [
+    ("worst_linear", "missing", "worst_linear chunk is missing"),
+    ("worst_realised", "missing", "worst_realised chunk is missing"),
+    ("output_norm", "missing", "output_norm chunk is missing"),
+    ("linear_rms", "corrupt", "linear_rms fails its crc32c checksum"),
+])
+def test_a_damaged_block_is_named_not_averaged(small_store, tmp_path, command, var, how, problem):
+    """The linear answer (fit's linear_answer, the report's table) reads worst_linear and the rest through
+    verify's check: exit 2 naming the block, as `nnsweep query` and `nnsweep verify` do, not a mean of
+    what is left."""
+    path, key = _damaged_copy(small_store, tmp_path, var, how)
+    args = [str(a) if a != "REPORT" else str(tmp_path / "report") for a in command]
+    res = CliRunner().invoke(main, [args[0], str(path), *args[1:]])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert "is damaged" in line and f"{key} ({problem})" in line and "nnsweep verify" in line, line
+    assert not (tmp_path / "report" / "index.md").exists()
+
+
+def test_linear_summary_equals_direct_reductions_of_the_done_blocks(tmp_path):
+    """The linear table of random networks (every column) against xarray on the done blocks only."""
+    from pipeline.analysis import linear
+
+    path = build_store(tmp_path / "part.zarr", SMALL, skip=lambda k: (k.L, k.m, k.seed_start) == (3, 32, 3))
+    summary = linear.linear_summary(summaries.open_store(path))
+    ds = xr.open_zarr(path, consolidated=False).load()
+    ds = ds.where(ds.done.astype(bool))
+    v = ds.output_norm
+    rel = ds.delta_norm / v
+    over = ["seed", "input", "draw"]
+    want = {"mean": rel.mean(over), "rms": np.sqrt((rel**2).mean(over)),
+            "linear_rms": np.sqrt(((ds.linear_rms / v) ** 2).mean(["seed", "input"])),
+            "worst_linear": (ds.worst_linear / v).mean(["seed", "input"]),
+            "worst_realised": (ds.worst_realised / v).mean(["seed", "input"]),
+            "bound": (ds.bound / v).mean(["seed", "input"])}
+    rows = linear.linear_table(summary, 0.1)
+    assert len(rows) == 2 * (2 + 3)
+    for row in rows:
+        cell = dict(L=row["L"], m=row["m"], layer=row["layer"], ratio=0.1)
+        for name, da in want.items():
+            assert row[name] == pytest.approx(float(da.sel(cell)), rel=1e-12), (row, name)
+        assert row["nonlinearity"] == pytest.approx(float(want["rms"].sel(cell) / want["linear_rms"].sel(cell)),
+                                                    rel=1e-12)
+        assert row["worst_over_rms"] == pytest.approx(row["worst_realised"] / row["rms"], rel=1e-12)
+        assert row["bound_over_worst"] == pytest.approx(row["bound"] / row["worst_realised"], rel=1e-12)
