@@ -363,3 +363,61 @@ def test_t_interval_is_scipys_with_the_standard_error(x):
 def test_t_interval_is_undefined_for_one_value_or_no_spread():
     assert t_interval([1.0, np.nan]) is None
     assert t_interval([2.0, 2.0, 2.0]) is None
+
+
+# --- a random network of another activation: no theory, and the report says why ----------------
+
+def _with_activation(path, activation):
+    """Record ``network.activation`` in a store's spec, as a store made with that activation records it."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    spec = json.loads(group.attrs["spec"])
+    spec["network"]["activation"] = activation
+    group.attrs["spec"] = json.dumps(spec)
+
+
+def test_non_relu_random_networks_get_no_theory(tmp_path):
+    """The random-init theory is about ReLU: with network.activation tanh the fit prints the power law
+    without theory values and says why, and no plot draws a theory line (read from the lines' data)."""
+    path = build_store(tmp_path / "tanh.zarr", SPEC)
+    _with_activation(path, "tanh")
+    res = CliRunner().invoke(main, ["fit", path, "--json", "--bootstrap", "10", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["random_network_theory"] == {
+        "applies": False, "why_not": "the random-network theory applies to random ReLU networks only, and these "
+                                     "networks use tanh"}
+    assert "theory" not in out["power_law"] and "attenuation" not in out
+    assert "theory" not in out["log_variance"] and out["power_law"]["ratio"]["value"] is not None
+    text = CliRunner().invoke(main, ["fit", path, "--bootstrap", "10", "--no-progress"]).output
+    assert "E R = C r^a L^b m^c" in text and "arc-cosine" not in text and "(theory 2)" not in text
+    assert "No random-network law or theory values: the random-network theory applies to random ReLU networks " \
+           "only, and these networks use tanh." in text
+
+    sample = summaries.load(path, progress=False)
+    result = fit.fit(sample, n_boot=5, progress=False, with_cells=True)
+    made = dict(figures.figures(sample, result, RATIO))
+    assert "theory.png" not in made and {"ratio.png", "depth.png", "log_variance.png", "residuals.png"} <= set(made)
+    r = sample.net.ratio.values
+    for name, fig in made.items():
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                label = line.get_label()
+                assert "theory" not in label and "first order" not in label, (name, label)
+                x, y = (np.asarray(v, float) for v in line.get_data())
+                if x.size == r.size and np.allclose(x, r):  # against r: never R = r nor an attenuation curve
+                    assert not np.allclose(y, r) and not np.allclose(y, 1.0), (name, label)
+                    for depth in range(4):
+                        assert not np.allclose(y, theory.attenuation(r, depth), rtol=1e-6), (name, label)
+                        assert not np.allclose(y, theory.attenuation(r, depth) / r, rtol=1e-6), (name, label)
+        plt.close(fig)
+    rep = CliRunner().invoke(main, ["report", path, "--out", str(tmp_path / "rep"), "--bootstrap", "10",
+                                    "--no-progress"])
+    assert rep.exit_code == 0, rep.output
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "theory.png" not in index and "He-init estimate" not in index and "; theory " not in index
+    assert "these networks use tanh" in index and "Dashed: arc-cosine" not in index
+    # the numbers are those of the same store as ReLU: only what is drawn beside them changed
+    relu = summaries.load(build_store(tmp_path / "relu.zarr", SPEC), progress=False)
+    np.testing.assert_array_equal(sample.net["mean"].values, relu.net["mean"].values)
