@@ -421,3 +421,24 @@ def test_non_relu_random_networks_get_no_theory(tmp_path):
     # the numbers are those of the same store as ReLU: only what is drawn beside them changed
     relu = summaries.load(build_store(tmp_path / "relu.zarr", SPEC), progress=False)
     np.testing.assert_array_equal(sample.net["mean"].values, relu.net["mean"].values)
+
+
+def test_every_figure_fits_a_page(sample, result):
+    """At most three panels per row in every plot of the report (none of six in a single row)."""
+    made = dict(figures.figures(sample, result, RATIO))
+    for name, fig in made.items():
+        grids = {ax.get_subplotspec().get_gridspec() for ax in fig.axes}
+        assert all(g.ncols <= 3 for g in grids), (name, [g.ncols for g in grids])
+        plt.close(fig)
+
+
+def test_six_panels_are_two_rows_of_three():
+    """The nonlinearity plot of six (L, m) draws two rows of three panels, not one row of six."""
+    coords = {"L": [2, 3, 4], "m": [8, 16], "ratio": [0.01, 0.1], "layer": [1, 2, 3, 4]}
+    shape = tuple(len(v) for v in coords.values())
+    summary = xr.Dataset({"nonlinearity": (tuple(coords), np.ones(shape))}, coords=coords)
+    fig = figures.plot_nonlinearity(summary)
+    assert len(fig.axes) == 6
+    assert {(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start) for ax in fig.axes} == {
+        (r, c) for r in range(2) for c in range(3)}
+    plt.close(fig)
