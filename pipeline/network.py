@@ -1,8 +1,9 @@
-"""ReLU networks: weights for one (L, m, seed) and a forward pass that keeps activations.
+"""Feed-forward networks: weights for one (L, m, seed) and a forward pass that keeps activations.
 
-A network has L weight matrices: W_1 is m x d, W_2..W_{L-1} are m x m and the
-linear read-out W_L is k x m (for L = 1, W_1 is k x d). Hidden layers apply
-ReLU; the read-out does not.
+A network has L weight matrices W_j of shape n_j x n_{j-1}, n_0 = d and n_L = k:
+a random network has every hidden width n_j = m, a network read from a file
+the widths it has. Hidden layer j applies its activation f_j (ReLU unless the
+spec says otherwise, see :mod:`pipeline.activations`); the read-out does not.
 
 >>> import numpy as np
 >>> net = Network((np.eye(2), 2 * np.eye(2)))
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import files
+from .activations import RELU, Activation, activation
+from .config import env_size
 from .errors import SpecError
 
 if TYPE_CHECKING:
@@ -50,18 +53,30 @@ KEEP_WEIGHTS_BYTES = 256 * 2**20
 
 def keeps_weights(shapes, dtype) -> bool:
     """Whether a drawn network of these layer shapes keeps its matrices between passes."""
-    from .sizes import env_size  # local: sizes imports the schema, which imports spec, which imports us
-
     limit = env_size("NNSWEEP_KEEP_WEIGHTS", KEEP_WEIGHTS_BYTES, zero=True)
     return sum(a * b for a, b in shapes) * np.dtype(dtype).itemsize <= limit
 
 Layer = tuple[np.ndarray, "np.ndarray | None"]
 
 
-class Network:
-    """A feed-forward ReLU network whose layers are fetched one at a time.
+def activation_list(activations, depth: int) -> tuple[Activation, ...]:
+    """One :class:`~pipeline.activations.Activation` per hidden layer, from None (ReLU), one name, or a
+    sequence of names (or rows) with one per hidden layer."""
+    if activations is None:
+        return (RELU,) * (depth - 1)
+    if isinstance(activations, (str, Activation)):
+        activations = [activations] * (depth - 1)
+    out = tuple(a if isinstance(a, Activation) else activation(a) for a in activations)
+    if len(out) != depth - 1:
+        raise ValueError(f"{len(out)} activations for a network of {depth - 1} hidden layers")
+    return out
 
-    ``params(j)`` gives (W_j, b_j) in the network's ``dtype``. A network made
+
+class Network:
+    """A feed-forward network whose layers are fetched one at a time.
+
+    ``params(j)`` gives (W_j, b_j) in the network's ``dtype``; ``activations[j-1]``
+    is the activation after hidden layer j. A network made
     from arrays holds them; one made by :meth:`drawn` draws W_j from its own
     random stream when asked, so a pass through it holds one matrix at a
     time, and asking again gives the same numbers. ``weights`` and ``biases``
@@ -73,21 +88,22 @@ class Network:
     array([2., 0.])
     """
 
-    def __init__(self, weights, biases=None, dtype=np.float64):
+    def __init__(self, weights, biases=None, dtype=np.float64, activations=None):
         weights = tuple(np.asarray(w, dtype) for w in weights)
         biases = None if biases is None else tuple(np.asarray(b, dtype) for b in biases)
         self._setup(tuple(w.shape for w in weights), lambda j: (weights[j - 1], None if biases is None else biases[j - 1]),
-                    biases is not None, dtype)
+                    biases is not None, dtype, activations)
 
     @classmethod
-    def drawn(cls, shapes, draw, has_biases: bool, dtype, keep: bool) -> Network:
+    def drawn(cls, shapes, draw, has_biases: bool, dtype, keep: bool, activations=None) -> Network:
         """A network whose layer j is ``draw(j)`` (deterministic), memoised when ``keep``."""
         net = cls.__new__(cls)
-        net._setup(tuple(shapes), functools.cache(draw) if keep else draw, has_biases, dtype)
+        net._setup(tuple(shapes), functools.cache(draw) if keep else draw, has_biases, dtype, activations)
         return net
 
-    def _setup(self, shapes, fetch, has_biases, dtype):
+    def _setup(self, shapes, fetch, has_biases, dtype, activations):
         self.shapes, self._fetch, self.has_biases, self.dtype = shapes, fetch, has_biases, np.dtype(dtype)
+        self.activations = activation_list(activations, len(shapes))
 
     @property
     def depth(self) -> int:
@@ -120,7 +136,8 @@ class Network:
             post.append(h)
             z = self.layer(j, h)
             pre.append(z)
-            h = np.maximum(z, 0.0)
+            if j < self.depth:
+                h = self.activations[j - 1].forward(z)
         return Forward(tuple(pre), tuple(post))
 
 
@@ -230,12 +247,13 @@ def build_network(spec: Spec, L: int, m: int, seed: int, keep: bool | None = Non
     network is read whole.
     """
     net, dtype = spec.network, spec.compute.dtype
+    activations = net.activations(L, m, seed)
     if net.init_is_file:
-        arrays = files.load_network(*net.network_file(L, m, seed))
+        arrays = files.load_network(*net.network_file(L, m, seed), net.layer_order)
         weights = arrays.weights
         if net.weight_norm_bound is not None:
             weights = tuple(w * _bound_scale(w, net.weight_norm_bound, j) for j, w in enumerate(weights, 1))
-        return Network(weights, arrays.biases, dtype)
+        return Network(weights, arrays.biases, dtype, activations)
     shapes = layer_shapes(L, m, net.input_dim, net.output_dim)
 
     def draw(j: int) -> Layer:
@@ -252,7 +270,25 @@ def build_network(spec: Spec, L: int, m: int, seed: int, keep: bool | None = Non
 
     if keep is None:
         keep = keeps_weights(shapes, dtype)
-    return Network.drawn(shapes, draw, net.bias_std > 0, dtype, keep)
+    return Network.drawn(shapes, draw, net.bias_std > 0, dtype, keep, activations)
+
+
+def clean_output_mismatch(arrays: files.NetworkArrays, activations, x: np.ndarray, outputs: np.ndarray,
+                          tolerance: float) -> str:
+    """How the clean pass of ``arrays`` on inputs ``x`` (n, d) misses the user's ``outputs`` (n, k), or "".
+
+    The comparison allows ``tolerance`` of the largest |output| (a float32 model's own rounding),
+    and also requires the same predicted class wherever the user's top two outputs are further
+    apart than that.
+    """
+    ours = Network(arrays.weights, arrays.biases, np.float64, activations).forward(x.T).output.T
+    scale = max(float(np.abs(outputs).max()), np.finfo(float).tiny)
+    err = np.abs(ours - outputs).max(axis=1)
+    worst = int(err.argmax())
+    if err[worst] > tolerance * scale:
+        return (f"by up to {err[worst]:.3g} at input {worst}, where the largest output is {scale:.3g}; "
+                f"{int(np.sum(err > tolerance * scale))} of {len(err)} inputs differ")
+    return ""
 
 
 def _bound_scale(w: np.ndarray, bound: float, j: int) -> float:
