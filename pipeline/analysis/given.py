@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..jsonout import num
 from . import plotting
 from .linear import cell_mean, cell_text
-from .recorded import label
+from .recorded import Networks, label
 from .summaries import CELL, Results, Sample, over_unit, unit_view
 
 GIVEN_READS = ("pred_changed", "accuracy", "clean_accuracy")
@@ -62,12 +62,28 @@ class Given:
 
 
 def random_reference(spec: dict, seeds: int = REFERENCE_SEEDS, draws: int = REFERENCE_DRAWS):
-    """The spec of random He networks with the shapes, activation, inputs, ratios and layers of a
-    given-network store (a :class:`pipeline.spec.Spec`)."""
+    """The spec of random He networks with the widths, activations, inputs, ratios and layers of a
+    given-network store (a :class:`pipeline.spec.Spec`).
+
+    Raises:
+        UserError: no such random networks exist (hidden widths that differ from layer to layer, or
+            activations that differ between the files), or the input file moved since the sweep.
+    """
     from ..spec import Spec
 
-    drop = ("files", "init", "labels", "layer_order", "clean_outputs")
+    nets = Networks.from_spec(spec)
+    if not nets.uniform:
+        raise UserError(f"random networks of the same widths ({nets.widths_text()}) cannot be drawn: random "
+                        "networks have one hidden width")
+    drop = ("files", "init", "labels", "layer_order", "clean_outputs", "clean_outputs_tolerance", "read")
     net = {k: v for k, v in spec["network"].items() if k not in drop}
+    per_file = {tuple(r["activations"]) for r in spec["network"].get("read") or []}
+    if len(nets.activations) == 1:
+        net["activation"] = nets.activations[0]
+    elif len(per_file) == 1 and len(spec["grid"]["L"]) == 1:
+        net["activation"] = list(next(iter(per_file)))
+    else:
+        raise UserError("the network files differ in their activations, so no one random network matches them")
     if net["input"] != "gaussian":
         net.pop("n_inputs")
     return Spec.from_dict({"random_seed": spec["random_seed"], "network": {**net, "init": "he", "bias_std": 0.0},
@@ -116,7 +132,7 @@ def given_networks(results: Results, sample: Sample, progress: bool = False) -> 
     spec, name = results.spec, results.networks.units
     try:
         ref = random_reference(spec)
-    except UserError as e:  # the input file moved since the sweep
+    except UserError as e:  # no random networks of these widths, or the input file moved since the sweep
         return Given(units, None, clean, name, f"No random reference: {e}")
     recorded = {role: digest for role, _, digest in spec["network"]["files"]}
     if "input" in recorded and ref.network.file("input")[1] != recorded["input"]:

@@ -16,8 +16,10 @@ through the spec's own notion of the init (:attr:`pipeline.spec.NetworkSpec.init
 >>> n = Networks.from_spec({"network": {"init": "he", "activation": "tanh"}, "grid": {"seeds": [0, 1]}})
 >>> n.theory_applies, n.why_no_theory
 (False, 'the random-network theory applies to random ReLU networks only, and these networks use tanh')
->>> Networks.from_spec({"network": {"init": "/m/net.npz"}, "grid": {"seeds": [0]}}).one_per_cell
-True
+>>> n = Networks.from_spec({"network": {"init": "/m/net.onnx", "activation": None, "read": [
+...     {"widths": [64, 256, 64, 10], "activations": ["gelu", "gelu"]}]}, "grid": {"seeds": [0]}})
+>>> n.one_per_cell, n.activations, n.uniform, n.widths_text()
+(True, ('gelu',), False, '64-256-64-10')
 """
 
 from __future__ import annotations
@@ -36,16 +38,36 @@ class Networks:
 
     kind: str  # "random", "file" (one network for the whole grid) or "template" (one file per cell)
     seeds: int  # networks per (L, m) in the grid
-    activations: tuple[str, ...]  # one name, or one per hidden layer; a spec without the field means ReLU
+    activations: tuple[str, ...]  # every hidden-layer activation of the store's networks, each name once
+    widths: tuple[tuple[int, ...], ...] = ()  # n_0 .. n_L of each network file read (none for random networks)
 
     @classmethod
     def from_spec(cls, spec: dict) -> Networks:
-        """From a recorded spec (a plain dict, as :func:`json.loads` gives it)."""
+        """From a recorded spec (a plain dict, as :func:`json.loads` gives it).
+
+        The activations of network files are those the store recorded for each file read
+        (``network.read``: from the file, or the spec); otherwise ``network.activation``, a name or
+        one per hidden layer. A spec without either (made before activations were a field) means ReLU.
+        """
         net = spec["network"]
         kind = NetworkSpec(init=net["init"]).init_kind  # the spec's own notion, never a copy of it
-        activation = net.get("activation", RELU)
-        activations = tuple(activation) if isinstance(activation, (list, tuple)) else (activation,)
-        return cls(kind, len(spec["grid"]["seeds"]), activations)
+        read = net.get("read") or []
+        if read:
+            names = [a for r in read for a in r["activations"]]
+        else:
+            activation = net.get("activation") or RELU
+            names = list(activation) if isinstance(activation, (list, tuple)) else [activation]
+        widths = tuple(tuple(r["widths"]) for r in read)
+        return cls(kind, len(spec["grid"]["seeds"]), tuple(dict.fromkeys(names)) or (RELU,), widths)
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every hidden layer of every network file has one width (random networks always do)."""
+        return all(len(set(w[1:-1])) <= 1 for w in self.widths)
+
+    def widths_text(self) -> str:
+        """The distinct widths n_0-..-n_L of the network files, e.g. ``64-256-64-10``."""
+        return ", ".join(dict.fromkeys("-".join(map(str, w)) for w in self.widths))
 
     @property
     def given(self) -> bool:
