@@ -291,3 +291,43 @@ def test_one_network_looseness_is_against_the_mean_change(digits_zoo, tmp_path):
     for i in (1, 2):
         np.testing.assert_allclose(got.sel(layer=i).values, float(want.sel(L=2, m=16, ratio=0.1, layer=i)),
                                    rtol=1e-12)
+
+
+def _mlp(path, widths, seed=0):
+    rng = np.random.default_rng(seed)
+    np.savez(path, **{f"W{j + 1}": rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
+                      for j, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:]))})
+    return str(path)
+
+
+def test_a_tanh_network_of_uneven_widths(tmp_path):
+    """A given network 8-12-6-4 with tanh: no theory anywhere, per-layer laws, m printed as the label the
+    store holds, and no random reference (random networks have one hidden width), said in the report."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).normal(size=(5, 8)))
+    raw = {"network": {"init": _mlp(tmp_path / "net.npz", (8, 12, 6, 4)), "input": str(tmp_path / "x.npy"),
+                       "activation": "tanh"}, "grid": {"ratio": [0.01, 0.1, 0.3]}, "noise": {"draws": 8}}
+    path = build_store(tmp_path / "s.zarr", raw)
+    res = invoke("fit", path, "--json", "--bootstrap", "10", "--no-progress")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["power_law"] is None and [r["layer"] for r in out["by_layer"]] == [1, 2, 3]
+    assert "read from files" in out["random_network_theory"]["why_not"]
+    rep = invoke("report", path, "--out", str(tmp_path / "rep"), "--bootstrap", "10", "--no-progress")
+    assert rep.exit_code == 0, rep.output
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "No random reference: random networks of the same widths (8-12-6-4) cannot be drawn" in index
+    assert "- for L = 3, m = 12, r = 0.1," in index  # m: the store's label (the widest hidden layer)
+    assert "theory.png" not in index and "; theory " not in index and "He-init estimate" not in index
+    rows = table(index, "| L | m | i | E R given")
+    ds = xr.open_zarr(path, consolidated=False)
+    rel = ds.delta_norm / ds.output_norm
+    for r in rows:
+        assert r[4] == "-" and close(r[3], float(rel.sel(L=3, m=12, layer=int(r[2]), ratio=0.1).mean()))
+
+
+def test_the_random_reference_has_the_given_activation(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).normal(size=(5, 8)))
+    raw = {"network": {"init": _mlp(tmp_path / "net.npz", (8, 12, 12, 4)), "input": str(tmp_path / "x.npy"),
+                       "activation": "tanh"}, "grid": {"ratio": [0.1]}, "noise": {"draws": 4}}
+    ref = given.random_reference(Spec.from_dict(raw).to_dict())
+    assert ref.network.init == "he" and ref.network.activation == "tanh" and ref.grid.m == (12,)
