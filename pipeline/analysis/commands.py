@@ -77,7 +77,8 @@ def report_command(store, out_dir, n_boot, seed, progress, storage_options):
     from .report import make_report
     from .summaries import open_store
 
-    index = make_report(open_store(as_location(store, dict(storage_options))), out_dir, n_boot=n_boot, seed=seed, progress=progress)
+    results = open_store(as_location(store, dict(storage_options)))  # once, read through its integrity check
+    index = make_report(results, out_dir, n_boot=n_boot, seed=seed, progress=progress)
     click.echo(f"report: {index}")
 
 
