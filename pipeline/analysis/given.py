@@ -221,6 +221,10 @@ def plot_given(g: Given):
             row[2].axhline(float(g.clean_accuracy.sel(L=L, m=m)), color="k", ls=":", lw=1, label="clean accuracy")
             row[2].set(xscale="log", xlabel=plotting.RATIO_LABEL, ylabel="accuracy", ylim=(-0.02, 1.02),
                        title=f"{title}: accuracy")
+        lows = [y[y > 0].min() for y in (np.asarray(ln.get_ydata(), float) for ln in row[0].get_lines())
+                if (y > 0).any()]
+        if lows:  # a t-interval of few units can reach below 0: the log axis cuts it at half the lowest mean
+            row[0].set_ylim(bottom=min(lows) / 2)
         for ax in row:
             ax.legend(fontsize=6)
     if not pairs:
