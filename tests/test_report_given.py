@@ -317,6 +317,7 @@ def test_a_tanh_network_of_uneven_widths(tmp_path):
     index = (tmp_path / "rep" / "index.md").read_text()
     assert "No random reference: random networks of the same widths (8-12-6-4) cannot be drawn" in index
     assert "- for L = 3, m = 12, r = 0.1," in index  # m: the store's label (the widest hidden layer)
+    assert "read with widths 8-12-6-4" in index and "hidden activations tanh." in index
     assert "theory.png" not in index and "; theory " not in index and "He-init estimate" not in index
     rows = table(index, "| L | m | i | E R given")
     ds = xr.open_zarr(path, consolidated=False)

@@ -137,7 +137,8 @@ def given_networks(results: Results, sample: Sample, progress: bool = False) -> 
     recorded = {role: digest for role, _, digest in spec["network"]["files"]}
     if "input" in recorded and ref.network.file("input")[1] != recorded["input"]:
         return Given(units, None, clean, name, "No random reference: the input file changed since the sweep")
-    note = (f"Random reference: He-init networks of the same widths, no biases, on the same inputs, "
+    note = (f"Random reference: He-init networks of the same widths and activation ({ref.network.activation}), "
+            "no biases, on the same inputs, "
             f"{len(ref.grid.seeds)} networks x {ref.noise.draws} draws, computed for this report")
     return Given(units, reference_values(ref, units), clean, name, note)
 

@@ -202,6 +202,9 @@ def _header(sample: Sample, result: dict) -> list[str]:
                 "one network per (L, m): the statistical units are its noise draws.")
              + " R = ||v - v*|| / ||v||."]
     nets = sample.networks
+    if nets.widths:
+        lines += ["", f"The network files were read with widths {nets.widths_text()} (n_0 = d to n_L = k; the store's "
+                  f"m labels the widest hidden layer) and hidden activations {', '.join(nets.activations)}."]
     if not nets.theory_applies:
         lines += ["", f"Note: no theory line, law or value of the random-network theory (first order, arc-cosine "
                   f"attenuation, finite-width spread, He-init looseness) is shown: {nets.why_no_theory}."]
