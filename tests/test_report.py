@@ -19,7 +19,7 @@ import xarray as xr
 from click.testing import CliRunner
 from scipy import stats
 
-from pipeline.analysis import fit, report, theory
+from pipeline.analysis import figures, fit, fittext, report, summaries, theory
 from pipeline.analysis.intervals import t_interval
 from pipeline.cli import main
 from pipeline_helpers import build_store, raw_spec
@@ -64,7 +64,7 @@ def direct(made) -> xr.Dataset:
 
 @pytest.fixture(scope="module")
 def sample(made):
-    return fit.load(made[1], progress=False)
+    return summaries.load(made[1], progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_every_plot_is_written_and_embedded(made):
     index = (out / "index.md").read_text()
     embedded = re.findall(r"!\[[^\]]+\]\(([^)]+\.png)\)", index)
     # given.png only for networks read from files
-    assert sorted(embedded) == sorted(name for name, _, _ in report.PLOTS if name != "given.png")
+    assert sorted(embedded) == sorted(name for name, *_ in report.PLOTS if name != "given.png")
     for name in embedded:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     written = json.loads((out / "fit.json").read_text())
@@ -190,7 +190,7 @@ def test_only_measured_layers_are_named(made, direct, result):
     named |= {int(i) for group in re.findall(r"i in \{([\d, ]+)\}", index) for i in group.split(",")}
     assert named and named <= measured, named
     assert {c["layer"] for c in result["cells"]} == measured
-    fig = report.plot_theory(fit.load(path, progress=False))
+    fig = figures.plot_theory(summaries.load(path, progress=False))
     titled = {int(t) for ax in fig.axes for t in re.findall(r"layer i = (\d+)", ax.get_title())}
     assert titled <= measured and titled
     if name == "layers_2_4":
@@ -234,7 +234,7 @@ def finished(ds, m) -> list:
 
 
 def test_bound_plot_lines_are_the_looseness_of_the_store(sample, direct):
-    fig = report.plot_bound(sample, RATIO)
+    fig = figures.plot_bound(sample, RATIO)
     ax = fig.axes[0]
     spec = json.loads(direct.attrs["spec"])
     for m in direct.m.values:
@@ -250,7 +250,7 @@ def test_bound_plot_lines_are_the_looseness_of_the_store(sample, direct):
 
 
 def test_depth_plot_holds_the_means_intervals_and_theory(sample, direct):
-    fig = report.plot_depth(sample, RATIO)
+    fig = figures.plot_depth(sample, RATIO)
     ax = fig.axes[0]
     bars = {c.get_label(): c for c in ax.containers}
     for m in direct.m.values:
@@ -267,7 +267,7 @@ def test_depth_plot_holds_the_means_intervals_and_theory(sample, direct):
 
 
 def test_ratio_plot_lines_are_mean_R_by_ratio(sample, direct):
-    fig = report.plot_ratio(sample)
+    fig = figures.plot_ratio(sample)
     for m in direct.m.values:
         ax = panel(fig, f"m = {m}")
         for L in finished(direct, m):
@@ -278,7 +278,7 @@ def test_ratio_plot_lines_are_mean_R_by_ratio(sample, direct):
 
 
 def test_position_plot_medians_over_networks(sample, direct):
-    fig = report.plot_position(sample, RATIO)
+    fig = figures.plot_position(sample, RATIO)
     for m in direct.m.values:
         for L in finished(direct, m):
             layers = np.array(layers_of(direct, L))
@@ -293,7 +293,7 @@ def test_position_plot_medians_over_networks(sample, direct):
 
 
 def test_theory_plot_medians_over_r(sample, direct):
-    fig = report.plot_theory(sample)
+    fig = figures.plot_theory(sample)
     m = max(m for m in direct.m.values if finished(direct, m))
     r = direct.ratio.values
     checked = 0
@@ -311,7 +311,7 @@ def test_theory_plot_medians_over_r(sample, direct):
 
 
 def test_log_variance_plot_points_are_cell_variances(sample, direct, result):
-    fig = report.plot_log_variance(sample, result)
+    fig = figures.plot_log_variance(sample, result)
     ax = fig.axes[0]
     logR = np.log(direct["R"])
     for m in direct.m.values:
@@ -324,11 +324,11 @@ def test_log_variance_plot_points_are_cell_variances(sample, direct, result):
 
 
 def test_residual_plot_points_are_log_mean_minus_the_law(sample, direct, result):
-    fig = report.plot_residuals(result)
+    fig = figures.plot_residuals(result)
     ax = fig.axes[0]
     want, got = [], []
     for pos in fit.POSITIONS:
-        cells = [c for c in result["cells"] if report._position(c) == pos]
+        cells = [c for c in result["cells"] if figures._position(c) == pos]
         if not cells:
             continue
         got += list(lines(ax, f"{pos} layer").get_ydata())
@@ -363,3 +363,82 @@ def test_t_interval_is_scipys_with_the_standard_error(x):
 def test_t_interval_is_undefined_for_one_value_or_no_spread():
     assert t_interval([1.0, np.nan]) is None
     assert t_interval([2.0, 2.0, 2.0]) is None
+
+
+# --- a random network of another activation: no theory, and the report says why ----------------
+
+def _with_activation(path, activation):
+    """Record ``network.activation`` in a store's spec, as a store made with that activation records it."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    spec = json.loads(group.attrs["spec"])
+    spec["network"]["activation"] = activation
+    group.attrs["spec"] = json.dumps(spec)
+
+
+def test_non_relu_random_networks_get_no_theory(tmp_path):
+    """The random-init theory is about ReLU: with network.activation tanh the fit prints the power law
+    without theory values and says why, and no plot draws a theory line (read from the lines' data)."""
+    path = build_store(tmp_path / "tanh.zarr", SPEC)
+    _with_activation(path, "tanh")
+    res = CliRunner().invoke(main, ["fit", path, "--json", "--bootstrap", "10", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["random_network_theory"] == {
+        "applies": False, "why_not": "the random-network theory applies to random ReLU networks only, and these "
+                                     "networks use tanh"}
+    assert "theory" not in out["power_law"] and "attenuation" not in out
+    assert "theory" not in out["log_variance"] and out["power_law"]["ratio"]["value"] is not None
+    text = CliRunner().invoke(main, ["fit", path, "--bootstrap", "10", "--no-progress"]).output
+    assert "E R = C r^a L^b m^c" in text and "arc-cosine" not in text and "(theory 2)" not in text
+    assert "No random-network law or theory values: the random-network theory applies to random ReLU networks " \
+           "only, and these networks use tanh." in text
+
+    sample = summaries.load(path, progress=False)
+    result = fit.fit(sample, n_boot=5, progress=False, with_cells=True)
+    made = dict(figures.figures(sample, result, RATIO))
+    assert "theory.png" not in made and {"ratio.png", "depth.png", "log_variance.png", "residuals.png"} <= set(made)
+    r = sample.net.ratio.values
+    for name, fig in made.items():
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                label = line.get_label()
+                assert "theory" not in label and "first order" not in label, (name, label)
+                x, y = (np.asarray(v, float) for v in line.get_data())
+                if x.size == r.size and np.allclose(x, r):  # against r: never R = r nor an attenuation curve
+                    assert not np.allclose(y, r) and not np.allclose(y, 1.0), (name, label)
+                    for depth in range(4):
+                        assert not np.allclose(y, theory.attenuation(r, depth), rtol=1e-6), (name, label)
+                        assert not np.allclose(y, theory.attenuation(r, depth) / r, rtol=1e-6), (name, label)
+        plt.close(fig)
+    rep = CliRunner().invoke(main, ["report", path, "--out", str(tmp_path / "rep"), "--bootstrap", "10",
+                                    "--no-progress"])
+    assert rep.exit_code == 0, rep.output
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "theory.png" not in index and "He-init estimate" not in index and "; theory " not in index
+    assert "these networks use tanh" in index and "Dashed: arc-cosine" not in index
+    # the numbers are those of the same store as ReLU: only what is drawn beside them changed
+    relu = summaries.load(build_store(tmp_path / "relu.zarr", SPEC), progress=False)
+    np.testing.assert_array_equal(sample.net["mean"].values, relu.net["mean"].values)
+
+
+def test_every_figure_fits_a_page(sample, result):
+    """At most three panels per row in every plot of the report (none of six in a single row)."""
+    made = dict(figures.figures(sample, result, RATIO))
+    for name, fig in made.items():
+        grids = {ax.get_subplotspec().get_gridspec() for ax in fig.axes}
+        assert all(g.ncols <= 3 for g in grids), (name, [g.ncols for g in grids])
+        plt.close(fig)
+
+
+def test_six_panels_are_two_rows_of_three():
+    """The nonlinearity plot of six (L, m) draws two rows of three panels, not one row of six."""
+    coords = {"L": [2, 3, 4], "m": [8, 16], "ratio": [0.01, 0.1], "layer": [1, 2, 3, 4]}
+    shape = tuple(len(v) for v in coords.values())
+    summary = xr.Dataset({"nonlinearity": (tuple(coords), np.ones(shape))}, coords=coords)
+    fig = figures.plot_nonlinearity(summary)
+    assert len(fig.axes) == 6
+    assert {(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start) for ax in fig.axes} == {
+        (r, c) for r in range(2) for c in range(3)}
+    plt.close(fig)

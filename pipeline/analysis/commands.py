@@ -37,23 +37,26 @@ def fit_command(store, as_json, out, n_boot, seed, progress, storage_options):
     Example: nnsweep fit results/quickstart.zarr --json
     """
     from ..store import as_location
-    from .fit import fit, load, to_text
+    from .fit import fit
+    from .fittext import to_text
+    from .summaries import load, open_store
 
-    loc = as_location(store, dict(storage_options))
-    result = fit(load(loc, progress), n_boot=n_boot, seed=seed, progress=progress, with_cells=out is not None)
-    result["linear_answer"] = linear_rows(loc)
+    results = open_store(as_location(store, dict(storage_options)))  # once, read through its integrity check
+    result = fit(load(results, progress), n_boot=n_boot, seed=seed, progress=progress, with_cells=out is not None)
+    result["linear_answer"] = linear_rows(results, progress)
     if out is not None:
         _write(Path(out), dumps(result, indent=2))
         result.pop("cells")
     click.echo(dumps(result, indent=2) if as_json else to_text(result))
 
 
-def linear_rows(store) -> list[dict]:
+def linear_rows(results, progress: bool = False) -> list[dict]:
     """Per (L, m, ratio, layer): Monte Carlo mean and RMS of R beside the linear answer, the worst
-    direction and the bound, relative to ||v|| (see pipeline.analysis.linear)."""
+    direction and the bound, relative to ||v|| (see pipeline.analysis.linear), for the
+    :class:`~pipeline.analysis.summaries.Results` of an opened store."""
     from . import linear
 
-    summary = linear.linear_summary(linear.done_dataset(store))
+    summary = linear.linear_summary(results, progress)
     return [{"ratio": float(r), **row} for r in summary.ratio.values for row in linear.linear_table(summary, r)]
 
 
@@ -72,8 +75,10 @@ def report_command(store, out_dir, n_boot, seed, progress, storage_options):
     """
     from ..store import as_location
     from .report import make_report
+    from .summaries import open_store
 
-    index = make_report(as_location(store, dict(storage_options)), out_dir, n_boot=n_boot, seed=seed, progress=progress)
+    results = open_store(as_location(store, dict(storage_options)))  # once, read through its integrity check
+    index = make_report(results, out_dir, n_boot=n_boot, seed=seed, progress=progress)
     click.echo(f"report: {index}")
 
 

@@ -1,10 +1,6 @@
-"""Scaling-law fits on a results store, with 95% bootstrap intervals over networks (or draws).
+"""Scaling-law fits of per-unit summaries, with 95% bootstrap intervals over networks (or draws).
 
-The store is reduced once, chunk by chunk through xarray/dask, to per-network
-summaries: for every (L, m, ratio, layer, seed) the mean over the network's
-inputs and noise draws of R, R^2, log R, (log R)^2 and ||v - v*||, and the
-looseness of the bound (bound / that mean). Those are small (no draw axis) and
-every statistic below is computed from them:
+The summaries come from :func:`pipeline.analysis.summaries.load`; every statistic is computed from them:
 
 - cell = (L, m, ratio, layer), layer <= L; its statistics pool seeds, inputs and draws;
 - ``mean`` = E R (the quantity the question asks about), ``gmean`` =
@@ -15,7 +11,13 @@ The bootstrap resamples networks (seeds) with replacement, independently for
 each (L, m) and only among the seeds that are done, and refits every model on
 each resample. A store of one network per (L, m) (a single network file, or
 one seed) resamples its noise draws instead: they are what varies
-independently there. Intervals are percentile intervals. See docs/analysis.md.
+independently there. Intervals are percentile intervals.
+
+The models of random networks (a power law in r, L and m; the depth attenuation; the finite-width
+spread) are fitted where the random-network theory applies (random ReLU networks,
+:attr:`pipeline.analysis.recorded.Networks.theory_applies`). Given networks get one law per
+perturbed layer instead, E R = C r^a over the ratios; random non-ReLU networks keep the power law
+and the spread, without theory values. See docs/analysis.md.
 
 >>> X = np.column_stack([np.ones(3), np.log([0.01, 0.1, 1.0])])
 >>> np.round(lstsq(X, np.log([0.02, 0.2, 2.0])[:, None])[:, 0], 6)
@@ -24,9 +26,7 @@ array([0.693147, 1.      ])
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import sys
 
 import numpy as np
@@ -34,137 +34,13 @@ import xarray as xr
 from scipy import optimize
 from tqdm.auto import tqdm
 
-from .. import plan, verify
-from ..errors import UserError
-from ..store import as_location, done_mask, open_results
+from ..jsonout import num
 from . import theory
+from .summaries import CELL, Sample
 
 SMALL_R = 0.1  # the "small r" fits use ratio <= SMALL_R
 POSITIONS = ("first", "middle", "last")
 BATCH = 100  # bootstrap resamples per vectorised batch
-CELL = ("L", "m", "ratio", "layer")
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    """Per-network summaries of a store and what the store holds.
-
-    ``net`` has dims (L, m, ratio, layer, seed); cells with layer > L and seeds
-    whose block is not done are NaN. ``present`` is the (L, m, seed) done mark.
-    """
-
-    path: str
-    net: xr.Dataset
-    present: np.ndarray
-    coverage: dict
-    spec: dict
-    units: str = "networks"  # what the ``seed`` axis of ``net`` holds: networks, or the draws of one network
-
-    @property
-    def k(self) -> int:
-        """Output dimension, read from the spec in the store's attributes."""
-        return int(self.spec["network"]["output_dim"])
-
-    @property
-    def draws(self) -> int:
-        """Values of R pooled in one network's summaries: its inputs times its noise draws."""
-        return int(self.net.attrs.get("pooled", self.spec["noise"]["draws"]))
-
-
-def network_summaries(ds: xr.Dataset) -> xr.Dataset:
-    """Lazy per-unit means over what is nested in a unit (a network's inputs and noise draws, or a
-    draw's inputs); dask reduces the store chunk by chunk. The unit's axis is ``seed``."""
-    rel = ds["rel_change"]
-    log = np.log(rel)
-    if "draw" in ds["delta_norm"].dims:
-        delta = mean_change = ds["delta_norm"].mean("draw")
-    else:  # the units are one network's draws: the looseness is against its mean change over them
-        delta, mean_change = ds["delta_norm"], ds["delta_norm"].mean("seed")
-    looseness = ds["bound"] / mean_change  # per input: how far the worst-case bound sits above the mean change
-    return xr.Dataset({
-        "mean": _over_network(rel),
-        "sq": _over_network(rel**2),
-        "log": _over_network(log),
-        "log2": _over_network(log**2),
-        "delta": _over_network(delta),
-        "looseness": _over_network(looseness),
-    })
-
-
-def _nested(da: xr.DataArray) -> list[str]:
-    """The dimensions nested in one network: every one but the cell's and the seed."""
-    return [d for d in da.dims if d not in (*CELL, "seed")]
-
-
-def _over_network(da: xr.DataArray) -> xr.DataArray:
-    return da.mean(_nested(da))
-
-
-def coverage(done: np.ndarray, L, m, seeds, seeds_per_block: int) -> dict:
-    """Blocks done of total, and which (L, m, seeds) are missing."""
-    blocks_done, total = plan.blocks_done(done, seeds_per_block)
-    missing = []
-    for li, m_index in zip(*np.nonzero(~done.all(axis=2))):
-        lost = [int(s) for s, d in zip(seeds, done[li, m_index]) if not d]
-        missing.append({"L": int(L[li]), "m": int(m[m_index]), "seeds": lost})
-    return {"blocks_done": blocks_done, "blocks_total": total,
-            "missing": {"blocks": total - blocks_done, "networks": int((~done).sum()), "by_L_m": missing}}
-
-
-def load(path: str, progress: bool = True) -> Sample:
-    """Reduce a store to per-network summaries (the only pass over the full data).
-
-    Raises:
-        UserError: the path is not a results store, or no block is done.
-    """
-    loc = as_location(path)
-    path = str(loc)
-    ds = open_results(loc)  # checks that it is a results store
-    attrs = ds.attrs
-    done = done_mask(loc)  # a damaged done chunk counts as not done, as in `nnsweep run`
-    cov = coverage(done, ds.L.values, ds.m.values, ds.seed.values, int(attrs["seeds_per_block"]))
-    if cov["blocks_done"] == 0:
-        raise UserError(f"store {path!r} has no finished block (0 of {cov['blocks_total']} done), so "
-                        "there is nothing to fit; run the sweep first (`nnsweep run SPEC --store "
-                        f"{path}`; rerunning resumes it), then fit again.")
-    spec = json.loads(attrs["spec"])
-    units = "draws" if one_network(spec) else "networks"
-    seed0 = ds.seed.values[0]
-    if units == "draws":  # the draws of the one network are the independent units
-        ds = ds.isel(seed=0, drop=True).rename(draw="seed")
-        done = np.repeat(done[:, :, :1], ds.sizes["seed"], axis=2)
-    mask = xr.DataArray(done, dims=("L", "m", "seed"), coords={d: ds[d] for d in ("L", "m", "seed")})
-    lazy = network_summaries(ds).where(mask & (ds.layer <= ds.L))
-    bad = verify.nan_cells(lazy, mask)
-    if units == "draws":  # back to the store's own seed coordinate, to name the block
-        bad = bad.any("seed").expand_dims(seed=[seed0])
-    with verify.reading(loc):  # a damaged block is named, never averaged as NaN
-        net, bad = _compute((lazy, bad), progress)
-    verify.check_nan(loc, bad)
-    net.attrs["pooled"] = int(np.prod([ds.sizes[d] for d in _nested(ds["rel_change"])]))
-    return Sample(path, net, done, cov, spec, units)
-
-
-def one_network(spec: dict) -> bool:
-    """Whether a store's spec holds one network per (L, m): a single network file, or one seed.
-
-    Its statistical units are then the noise draws (each a perturbed network applied to every
-    input), never networks: a bootstrap over one network would give zero-width intervals.
-    """
-    init = spec["network"]["init"]
-    single_file = init not in ("he", "xavier", "orthogonal") and "{" not in init
-    return single_file or len(spec["grid"]["seeds"]) == 1
-
-
-def _compute(lazy, progress: bool):
-    """dask.compute of ``lazy`` (one object or a tuple of them), with a progress bar if it takes a while."""
-    import dask
-    from dask.diagnostics import ProgressBar
-
-    objects = lazy if isinstance(lazy, tuple) else (lazy,)
-    with ProgressBar(minimum=2.0, out=sys.stderr) if progress else contextlib.nullcontext():
-        out = dask.compute(*objects)
-    return out if isinstance(lazy, tuple) else out[0]
 
 
 # --- cell statistics ------------------------------------------------------------------
@@ -269,9 +145,9 @@ class Model:
         ss_tot = float(np.sum((y - y.mean()) ** 2))
         out = {name: _param(point[j], boot[j]) for j, name in enumerate(self.params)}
         out.update({
-            "r2": _num(1.0 - np.sum(resid**2) / ss_tot) if ss_tot > 0 else None,
-            "rmse": _num(np.sqrt(np.mean(resid**2))),
-            "max_abs_residual": _num(np.max(np.abs(resid))),
+            "r2": num(1.0 - np.sum(resid**2) / ss_tot) if ss_tot > 0 else None,
+            "rmse": num(np.sqrt(np.mean(resid**2))),
+            "max_abs_residual": num(np.max(np.abs(resid))),
             "n_cells": int(self.select.sum()),
             "statistic": self.stat,
         })
@@ -298,7 +174,7 @@ class PowerLaw(Model):
         if curve is not None:
             arccos = self.solve(np.log(curve[select])[:, None])[:, 0]
             self.theory = {"first_order": {"C": 1.0, "ratio": 1.0, "L": 0.0, "m": 0.0},
-                           "arccos": {p: _num(v) for p, v in zip(self.params, arccos)}}
+                           "arccos": {p: num(v) for p, v in zip(self.params, arccos)}}
 
     def solve(self, y):
         coef = np.full((4, y.shape[1]), np.nan)
@@ -415,17 +291,12 @@ class LogVariance(Model):
         return np.nan_to_num(coef[0]) * self.X[:, 0] + coef[1]
 
 
-def _num(x) -> float | None:
-    """A float for JSON: NaN and infinities become None."""
-    return float(x) if x is not None and np.isfinite(x) else None
-
-
 def _param(value: float, boot: np.ndarray) -> dict:
     if not np.isfinite(value):
         return {"value": None, "ci95": [None, None]}
     finite = boot[np.isfinite(boot)]
     lo, hi = np.percentile(finite, [2.5, 97.5]) if finite.size else (None, None)
-    return {"value": float(value), "ci95": [_num(lo), _num(hi)]}
+    return {"value": float(value), "ci95": [num(lo), num(hi)]}
 
 
 # --- the fit --------------------------------------------------------------------------
@@ -433,25 +304,42 @@ def _param(value: float, boot: np.ndarray) -> dict:
 def models(sample: Sample, cells: Cells, has_var: np.ndarray) -> dict[str, Model]:
     """Every model of the fit, keyed as in the JSON output; ``has_var``: cells with a log variance.
 
+    Random ReLU networks get the laws of the random-network theory with its values beside them;
+    random networks of another activation the same power laws and spread without theory; given
+    networks one law E R = C r^a per perturbed layer (``by_layer/<n>``, a list in the JSON).
     A model whose selection holds fewer than two cells is left out.
     """
+    if sample.networks.given:
+        return {f"by_layer/{n}": PowerLaw(cells, sel) for n, sel in enumerate(_layer_cells(cells))
+                if sel.sum() >= 2}
+    relu = sample.networks.theory_applies
     small = cells.ratio <= SMALL_R * (1 + 1e-9)
     everything = np.ones(cells.L.size, bool)
     att = theory.attenuation(cells.ratio, cells.depth_after.astype(int))
-    mean_curve = att * theory.mean_over_median(cells.depth_after, cells.m, sample.k)
+    mean_curve = att * theory.mean_over_median(cells.depth_after, cells.m, sample.k) if relu else None
     candidates = {
         "power_law": (everything, lambda sel: PowerLaw(cells, sel, curve=mean_curve)),
         "power_law_small_r": (small, lambda sel: PowerLaw(cells, sel, curve=mean_curve)),
         **{f"by_position/{pos}": (cells.position == pos, lambda sel: PowerLaw(cells, sel, curve=mean_curve))
            for pos in POSITIONS},
-        "attenuation": (everything, lambda sel: Attenuation(
-            cells, sel, theory_values={"C": 1.0, "ratio": 1.0, "beta": theory.ATTENUATION_BETA})),
-        "attenuation/scale_gmean": (everything, lambda sel: Scale(cells, sel, "gmean", att, {"scale": 1.0})),
-        "attenuation/scale_mean": (everything, lambda sel: Scale(cells, sel, "mean", mean_curve, {"scale": 1.0})),
         "log_variance": (has_var, lambda sel: LogVariance(
-            cells, sel, theory_values={"slope": 2.0, "intercept": 1.0 / sample.k})),
+            cells, sel, theory_values={"slope": 2.0, "intercept": 1.0 / sample.k} if relu else None)),
     }
+    if relu:
+        candidates.update({
+            "attenuation": (everything, lambda sel: Attenuation(
+                cells, sel, theory_values={"C": 1.0, "ratio": 1.0, "beta": theory.ATTENUATION_BETA})),
+            "attenuation/scale_gmean": (everything, lambda sel: Scale(cells, sel, "gmean", att, {"scale": 1.0})),
+            "attenuation/scale_mean": (everything, lambda sel: Scale(cells, sel, "mean", mean_curve,
+                                                                     {"scale": 1.0})),
+        })
     return {name: make(sel) for name, (sel, make) in candidates.items() if sel.sum() >= 2}
+
+
+def _layer_cells(cells: Cells) -> list[np.ndarray]:
+    """The selection of each (L, m, layer), in grid order: its cells are its ratios."""
+    keys = np.column_stack([cells.L, cells.m, cells.layer])
+    return [np.all(keys == k, axis=1) for k in np.unique(keys, axis=0)]
 
 
 def fit(sample: Sample, n_boot: int = 1000, seed: int = 0, progress: bool = True,
@@ -459,7 +347,7 @@ def fit(sample: Sample, n_boot: int = 1000, seed: int = 0, progress: bool = True
     """Fit every model to a sample, with bootstrap intervals over its units (networks, or one network's draws).
 
     Args:
-        sample: from :func:`load`.
+        sample: from :func:`pipeline.analysis.summaries.load`.
         n_boot: bootstrap resamples (0: no intervals).
         seed: seed of the resampling, so a fit is reproducible.
         progress: show a progress bar on stderr when the bootstrap takes a while.
@@ -481,10 +369,15 @@ def fit(sample: Sample, n_boot: int = 1000, seed: int = 0, progress: bool = True
                  for name, mdl in mdls.items()}
     out = {"store": sample.path, **sample.coverage, "k": sample.k, "n_bootstrap": n_boot,
            "bootstrap_seed": seed, "bootstrap_over": sample.units, f"{sample.units}_per_L_m": _networks(sample)}
+    nets = sample.networks
+    out["random_network_theory"] = {"applies": nets.theory_applies, "why_not": nets.why_no_theory or None}
     out.update(_nest(summaries))
+    if nets.given:
+        out["by_layer"] = _by_layer(cells, mdls, out.pop("by_layer", {}))
+        out["power_law"] = None
     out.setdefault("power_law_small_r", None)
     if with_cells:
-        out["cells"] = _cell_table(cells, point_stats, mdls, points)
+        out["cells"] = _cell_table(sample, cells, point_stats, mdls, points)
     return out
 
 
@@ -515,103 +408,29 @@ def _nest(summaries: dict) -> dict:
     return out
 
 
+def _by_layer(cells: Cells, mdls: dict, laws: dict) -> list[dict]:
+    """The per-layer laws of given networks as rows naming their (L, m, layer)."""
+    rows = []
+    for n, law in sorted(laws.items(), key=lambda kv: int(kv[0])):
+        j = np.flatnonzero(mdls[f"by_layer/{n}"].select)[0]
+        rows.append({"L": int(cells.L[j]), "m": int(cells.m[j]), "layer": int(cells.layer[j]),
+                     **{k: v for k, v in law.items() if k not in ("L", "m")}})
+    return rows
+
+
 def _networks(sample: Sample) -> dict:
     counts = sample.present.sum(axis=2)
     return {"min": int(counts.min()), "max": int(counts.max())}
 
 
-def _cell_table(cells: Cells, stats: dict, mdls: dict, points: dict) -> list[dict]:
+def _cell_table(sample: Sample, cells: Cells, stats: dict, mdls: dict, points: dict) -> list[dict]:
     rows = {name: cells.take(stats[name])[:, 0] for name in ("mean", "rms", "gmean", "log_var")}
-    law = mdls["power_law"]
-    fitted = np.exp(law.predict(points["power_law"][:, 0]))
-    att = theory.attenuation(cells.ratio, cells.depth_after.astype(int))
+    fitted = np.full(cells.L.size, np.nan)
+    if "power_law" in mdls:
+        fitted = np.exp(mdls["power_law"].predict(points["power_law"][:, 0]))
+    relu = sample.networks.theory_applies
+    att = theory.attenuation(cells.ratio, cells.depth_after.astype(int)) if relu else fitted * np.nan
     return [{"L": int(cells.L[j]), "m": int(cells.m[j]), "ratio": float(cells.ratio[j]),
-             "layer": int(cells.layer[j]), **{k: _num(v[j]) for k, v in rows.items()},
-             "power_law": _num(fitted[j]), "residual_log": _num(np.log(rows["mean"][j] / fitted[j])),
-             "theory_attenuation": _num(att[j])} for j in range(cells.L.size)]
-
-
-# --- text output ----------------------------------------------------------------------
-
-def format_param(p: dict | None, digits: int = 4) -> str:
-    """A fitted parameter as "value [lo, hi]" (the interval left out when there is none), or "-"."""
-    if not p or p.get("value") is None:
-        return "-"
-    lo, hi = p["ci95"]
-    ci = f" [{lo:.{digits}g}, {hi:.{digits}g}]" if lo is not None and hi is not None else ""
-    return f"{p['value']:.{digits}g}{ci}"
-
-
-def law_rows(result: dict) -> list[tuple[str, dict]]:
-    """The fitted power laws that are present, in display order, as (which cells, summary)."""
-    rows = [("all cells", result.get("power_law")), (f"ratio <= {SMALL_R:g}", result.get("power_law_small_r"))]
-    rows += [(f"{pos} layer", result.get("by_position", {}).get(pos)) for pos in POSITIONS]
-    return [(name, s) for name, s in rows if s]
-
-
-def _r2(s: dict) -> str:
-    return f"{s['r2']:.4f}" if s.get("r2") is not None else "-"
-
-
-def _law(s: dict) -> str:
-    p = format_param
-    return (f"C = {p(s['C'])}  a = {p(s['ratio'])}  b = {p(s['L'])}  c = {p(s['m'])}  R^2 = {_r2(s)}, "
-            f"{s['n_cells']} cells")
-
-
-def missing_text(result: dict) -> str:
-    """One line saying which (L, m) and seeds are missing, or that nothing is."""
-    miss = result["missing"]
-    if not miss["blocks"]:
-        return f"all {result['blocks_total']} blocks done"
-    parts = [f"L={g['L']} m={g['m']} seeds {_ranges(g['seeds'])}" for g in miss["by_L_m"]]
-    return (f"{result['blocks_done']} of {result['blocks_total']} blocks done; fitted on what is there. "
-            f"Missing {miss['blocks']} blocks ({miss['networks']} networks): " + "; ".join(parts))
-
-
-def _ranges(seeds: list[int]) -> str:
-    runs, start = [], None
-    for j, s in enumerate(seeds):
-        if start is None:
-            start = s
-        if j + 1 == len(seeds) or seeds[j + 1] != s + 1:
-            runs.append(f"{start}" if start == s else f"{start}..{s}")
-            start = None
-    return ",".join(runs)
-
-
-def to_text(result: dict) -> str:
-    """The fit as a few readable lines (the JSON holds everything)."""
-    units = result["bootstrap_over"]
-    n = result[f"{units}_per_L_m"]
-    nets = f"{n['min']}" if n["min"] == n["max"] else f"{n['min']}..{n['max']}"
-    what = "networks per (L, m)" if units == "networks" else "noise draws of the one network per (L, m)"
-    lines = [f"store {result['store']}: {missing_text(result)}",
-             f"{nets} {what}, k = {result['k']}; 95% intervals from {result['n_bootstrap']} "
-             f"bootstrap resamples of the {units}",
-             "E R = C r^a L^b m^c, least squares on the log of cell means (cell = L, m, ratio, layer):"]
-    for name, s in law_rows(result):
-        th = s.get("theory", {}).get("arccos", {})
-        extra = f"   (arc-cosine theory on these cells: a = {th['ratio']:.4g})" if th.get("ratio") else ""
-        lines.append(f"  {name:<15} {_law(s)}{extra}")
-    a, v, p = result.get("attenuation"), result.get("log_variance"), format_param
-    if a:
-        lines.append("Depth attenuation, exp(E log R) = C r^a / (1 + beta (L - i) r): "
-                     f"C = {p(a['C'])}  a = {p(a['ratio'])}  beta = {p(a['beta'])}  "
-                     f"(theory 1, 1, {theory.ATTENUATION_BETA:.4g}); R^2 = {_r2(a)}")
-        sg, sm = a.get("scale_gmean"), a.get("scale_mean")
-        if sg and sm:
-            lines.append(f"  against the arc-cosine curve A(r, L - i): exp(E log R) = {p(sg['scale'])} x A, "
-                         f"E R = {p(sm['scale'])} x A exp(s^2 / 2)   (theory: 1 and 1)")
-    if v:
-        lines.append(f"Var log R = slope (L - i) / m + intercept: slope = {p(v['slope'])} (theory 2), "
-                     f"intercept = {p(v['intercept'])} (theory 1/k = {1 / result['k']:.4g}); R^2 = {_r2(v)}")
-    rows = [r for r in result.get("linear_answer", []) if r["nonlinearity"] is not None]
-    if rows:
-        lo, hi = min(rows, key=lambda r: r["nonlinearity"]), max(rows, key=lambda r: r["nonlinearity"])
-        gain = [r["worst_over_rms"] for r in rows if r["worst_over_rms"]]
-        lines.append(f"Each network's linear answer: sqrt(E R^2) / linear prediction from {lo['nonlinearity']:.4g} "
-                     f"(r = {lo['ratio']:g}) to {hi['nonlinearity']:.4g} (r = {hi['ratio']:g}); the worst direction "
-                     f"moves the output {min(gain):.3g} to {max(gain):.3g} times the RMS change (--json: "
-                     "linear_answer, per cell)")
-    return "\n".join(lines)
+             "layer": int(cells.layer[j]), **{k: num(v[j]) for k, v in rows.items()},
+             "power_law": num(fitted[j]), "residual_log": num(np.log(rows["mean"][j] / fitted[j])),
+             "theory_attenuation": num(att[j])} for j in range(cells.L.size)]
