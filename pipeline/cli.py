@@ -252,8 +252,8 @@ def _estimate_table(spec, result: dict) -> list[str]:
         vals = []
         for _, key, w in cols:
             v = s.get(key) if key else s.get("theory_attenuation", s.get("theory_first_order"))
-            vals.append(_num(v, w))
-        lines.append(f"{r:>7} {i:>6} " + " ".join(vals[:2]) + f" [{_num(lo, 9)}, {_num(hi, 9)}] "
+            vals.append(_cell(v, w))
+        lines.append(f"{r:>7} {i:>6} " + " ".join(vals[:2]) + f" [{_cell(lo, 9)}, {_cell(hi, 9)}] "
                      + " ".join(vals[2:]))
     lines.append("R = ||v - v*|| / ||v||; pred chg: share of (input, draw) whose predicted class changed; "
                  "bound: worst-case Lipschitz bound on ||v - v*||"
@@ -265,7 +265,7 @@ def _estimate_table(spec, result: dict) -> list[str]:
     return lines
 
 
-def _num(x: float | None, width: int) -> str:
+def _cell(x: float | None, width: int) -> str:
     """A number for the estimate table; 'overflow' for an infinity, '-' for an undefined value."""
     if x is None or isinstance(x, float) and math.isnan(x):
         return f"{'-':>{width}}"

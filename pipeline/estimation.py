@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .jsonout import num
 from .measure import BlockResult, measure_block
 from .spec import Spec
 
@@ -22,11 +23,6 @@ def t_interval(samples: np.ndarray) -> list[float] | None:
 
     ci = interval(samples)
     return None if ci is None else list(ci)
-
-
-def _num(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
 
 
 def summarise(block: BlockResult, ratio_index: list[int], layer_index: list[int], units: str) -> dict:
@@ -45,25 +41,25 @@ def summarise(block: BlockResult, ratio_index: list[int], layer_index: list[int]
     # one network: a draw is one sample, whatever the cells pooled (every ratio reuses the same draws)
     per_unit = per_draw.mean(axis=(1, 2)) if units == "networks" else per_draw.mean(axis=2).ravel()
     out = {
-        "mean_abs_change": _num(delta.mean()),
-        "mean_rel_change": _num(rel.mean()),
+        "mean_abs_change": num(delta.mean()),
+        "mean_rel_change": num(rel.mean()),
         "ci95": t_interval(per_unit),
         "ci95_over": units,
-        "median_rel_change": _num(np.median(rel)),
-        "rms_rel_change": _num(np.sqrt(np.mean(rel**2))),
-        "bound": _num(cells(block.bound).mean()),
-        "pred_change_rate": _num(cells(block.pred_changed).mean()),
+        "median_rel_change": num(np.median(rel)),
+        "rms_rel_change": num(np.sqrt(np.mean(rel**2))),
+        "bound": num(cells(block.bound).mean()),
+        "pred_change_rate": num(cells(block.pred_changed).mean()),
         # the network's own first-order answer: the small-r prediction of rms_rel_change, and the worst direction
-        "linear_rms_rel": _num(np.sqrt(np.mean((cells(block.linear_rms) / block.output_norm[:, :, None]) ** 2))),
-        "worst_linear_rel": _num(np.mean(cells(block.worst_linear) / block.output_norm[:, :, None])),
-        "worst_rel": _num(np.mean(cells(block.worst_realised) / block.output_norm[:, :, None])),
+        "linear_rms_rel": num(np.sqrt(np.mean((cells(block.linear_rms) / block.output_norm[:, :, None]) ** 2))),
+        "worst_linear_rel": num(np.mean(cells(block.worst_linear) / block.output_norm[:, :, None])),
+        "worst_rel": num(np.mean(cells(block.worst_realised) / block.output_norm[:, :, None])),
     }
     accuracy = cells(block.accuracy)
     if np.all(np.isfinite(accuracy)):
-        out["accuracy"] = _num(accuracy.mean())
+        out["accuracy"] = num(accuracy.mean())
         out["accuracy_ci95"] = t_interval(accuracy.mean(axis=(1, 2)) if units == "networks"
                                           else accuracy.mean(axis=2).ravel())
-        out["clean_accuracy"] = _num(block.clean_accuracy.mean())
+        out["clean_accuracy"] = num(block.clean_accuracy.mean())
     return out
 
 
