@@ -278,9 +278,23 @@ class _Window:
         # scheduler must not be merged into one task
         self.prefix = f"block-{spec.hash[:8]}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         self.done = as_completed()
+        self._size, self._sized = 0, -float("inf")
+
+    def limit(self) -> int:
+        """The most blocks in flight: ``window``, or 2 per worker thread (at least 64).
+
+        The cluster's size is asked of the scheduler at most once a second, not
+        once a block: each asking is a round trip that the client would
+        otherwise pay for every block it collects.
+        """
+        if self.window:
+            return self.window
+        if time.monotonic() - self._sized > 1.0:
+            self._size, self._sized = max(64, 2 * sum(self.client.nthreads().values())), time.monotonic()
+        return self._size
 
     def top_up(self) -> None:
-        limit = self.window or max(64, 2 * sum(self.client.nthreads().values()))
+        limit = self.limit()
         while len(self.futures) < limit:
             key = next(self.pending, None)
             if key is None:
