@@ -152,10 +152,17 @@ def _tls(tls: Any, base_dir: Path) -> dict[str, Any] | None:
     return tls
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(address: str) -> bool:
+    """Whether a host, ``HOST:PORT`` or ``PROTOCOL://HOST:PORT`` is this machine's loopback interface.
+
+    >>> is_loopback("tcp://localhost:8786"), is_loopback("127.0.0.1"), is_loopback("tls://10.1.2.3:8786")
+    (True, True, False)
+    """
     import ipaddress
     import socket
+    from urllib.parse import urlsplit
 
+    host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
     try:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except (OSError, ValueError):
@@ -181,11 +188,11 @@ def exposure(cfg: ClusterConfig) -> str | None:
     o = cfg.options
     if cfg.backend == "local":
         open_to = []
-        if "host" in o and not _is_loopback(str(o["host"])):
+        if "host" in o and not is_loopback(str(o["host"])):
             open_to.append(f"scheduler and workers on {o['host'] or 'every interface'}")
         if o.get("interface"):
             open_to.append(f"scheduler and workers on interface {o['interface']}")
-        if "dashboard_address" in o and not _is_loopback(_host(o["dashboard_address"]) or "0.0.0.0"):
+        if "dashboard_address" in o and not is_loopback(_host(o["dashboard_address"]) or "0.0.0.0"):
             open_to.append(f"the dashboard on {o['dashboard_address']}")
         if not open_to:
             return None
@@ -195,7 +202,7 @@ def exposure(cfg: ClusterConfig) -> str | None:
                 "Use host: 127.0.0.1 unless other machines must join (see cluster/README.md).")
     if cfg.backend in ("slurm", "pbs"):
         host = (o.get("scheduler_options") or {}).get("host")
-        if host and _is_loopback(str(host)):
+        if host and is_loopback(str(host)):
             return None
         where = f"interface {o['interface']}" if o.get("interface") else "this machine's network address"
         return (f"warning: the {cfg.backend} scheduler listens on {where} without TLS: the traffic is "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import ipaddress
 import logging
 import os
 import signal
@@ -25,7 +24,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
-from urllib.parse import urlsplit
 
 import dask
 from distributed import Client, LocalCluster, Security, as_completed
@@ -33,13 +31,14 @@ from distributed.core import Status
 from distributed.scheduler import KilledWorker
 from tqdm.auto import tqdm
 
+from .clusterconfig import ClusterConfig, is_loopback
 from .errors import BlockFailed, ClusterLost, Interrupted, ResultNotFinite, UserError
+from .location import StoreLocation, as_location
 from .lock import store_lock
 from .measure import measure_block
-from .plan import BlockKey, all_blocks, pending_blocks
-from .clusterconfig import ClusterConfig
+from .plan import BlockKey, all_blocks, n_cells, pending_blocks
 from .spec import Spec
-from .store import StoreLocation, as_location, check_store, create_or_resume, done_mask, growth, write_block
+from .store import check_store, create_or_resume, done_mask, growth, write_block
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +95,8 @@ def run_block(spec: Spec, path: str | StoreLocation, key: BlockKey) -> dict:
                           "(--seeds-per-block) or workers with more memory") from e
     except Exception as e:
         raise BlockFailed(f"block {key}: {type(e).__name__}: {e}") from e
-    present = sum(1 for i in spec.grid.layer if i <= key.L)
-    cells = len(spec.grid.ratio) * present * len(key.seeds) * spec.noise.draws
     return {"key": str(key), "seconds": time.perf_counter() - t0, "host": socket.gethostname(),
-            "cells": cells}
+            "cells": n_cells(spec, key)}
 
 
 @contextlib.contextmanager
@@ -154,18 +151,10 @@ def security(tls: dict | None) -> Security | None:
                     tls_worker_key=tls.get("key"), require_encryption=tls.get("require_encryption", True))
 
 
-def _is_loopback(address: str) -> bool:
-    host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        return False
-
-
 @contextlib.contextmanager
 def connect(scheduler: str, timeout: float = 10.0, tls: dict | None = None, **client_kwargs) -> Iterator[Client]:
     """A client of an existing scheduler; fails within ``timeout`` seconds if it is unreachable."""
-    if not scheduler.startswith("tls://") and not _is_loopback(scheduler):
+    if not scheduler.startswith("tls://") and not is_loopback(scheduler):
         print(f"warning: connecting to {scheduler} without TLS: the traffic is unencrypted and anyone "
               "who can reach the scheduler can run code on its workers. Use a tls:// address with "
               "certificates (see cluster/README.md).", file=sys.stderr)
@@ -289,9 +278,23 @@ class _Window:
         # scheduler must not be merged into one task
         self.prefix = f"block-{spec.hash[:8]}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         self.done = as_completed()
+        self._size, self._sized = 0, -float("inf")
+
+    def limit(self) -> int:
+        """The most blocks in flight: ``window``, or 2 per worker thread (at least 64).
+
+        The cluster's size is asked of the scheduler at most once a second, not
+        once a block: each asking is a round trip that the client would
+        otherwise pay for every block it collects.
+        """
+        if self.window:
+            return self.window
+        if time.monotonic() - self._sized > 1.0:
+            self._size, self._sized = max(64, 2 * sum(self.client.nthreads().values())), time.monotonic()
+        return self._size
 
     def top_up(self) -> None:
-        limit = self.window or max(64, 2 * sum(self.client.nthreads().values()))
+        limit = self.limit()
         while len(self.futures) < limit:
             key = next(self.pending, None)
             if key is None:

@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Iterator
 
 from .errors import StoreError
-from .store import StoreLocation, as_location, short
+from .location import StoreLocation, as_location, short_path
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +135,14 @@ def store_lock(where: str | StoreLocation) -> Iterator[None]:
 
 def _locked(loc: StoreLocation, path: str, holder: Holder | None) -> StoreLocked:
     who = str(holder) if holder else "a process that has not yet written its name"
-    return StoreLocked(f"store {short(loc.url)} is in use by another nnsweep process ({who}; lock file "
+    return StoreLocked(f"store {short_path(loc.url)} is in use by another nnsweep process ({who}; lock file "
                        f"{path}). Wait for it to finish or stop it, then run again. Nothing was written.")
 
 
 def _cannot(loc: StoreLocation, path: str, e: Exception) -> StoreError:
     what = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
-    return StoreError(f"cannot create the lock file {short(path)} for store {short(loc.url)} ({what}); choose "
-                      "a --store path in a directory you can write to. Nothing was written.")
+    return StoreError(f"cannot create the lock file {short_path(path)} for store {short_path(loc.url)} ({what}); "
+                      "choose a --store path in a directory you can write to. Nothing was written.")
 
 
 class _FileLock:

@@ -15,6 +15,7 @@ draw: exactly one chunk of every variable in the store.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,13 +33,36 @@ class BlockKey:
     m_index: int
     seed_start: int
 
-    def region(self) -> dict[str, slice]:
-        """The block's zarr region along the dimensions it does not span whole."""
+    def region(self, through: BlockKey | None = None) -> dict[str, slice]:
+        """The block's zarr region along the dimensions it does not span whole.
+
+        With ``through`` (a later block of the same L and m), the region of the
+        consecutive blocks from this one to that one.
+        """
+        last = through or self
         return {
             "L": slice(self.L_index, self.L_index + 1),
             "m": slice(self.m_index, self.m_index + 1),
-            "seed": slice(self.seed_start, self.seed_start + len(self.seeds)),
+            "seed": slice(self.seed_start, last.seed_start + len(last.seeds)),
         }
+
+    def selection(self, dims: tuple[str, ...], through: BlockKey | None = None) -> tuple[slice, ...]:
+        """The block's region in an array over ``dims``: its slices, and every other dimension whole.
+
+        >>> BlockKey(2, 8, (4, 5), 0, 1, 4).selection(("L", "m", "ratio", "seed"))
+        (slice(0, 1, None), slice(1, 2, None), slice(None, None, None), slice(4, 6, None))
+        """
+        region = self.region(through)
+        return tuple(region.get(d, slice(None)) for d in dims)
+
+    def chunk_index(self, dims: tuple[str, ...], seeds_per_block: int) -> tuple[int, ...]:
+        """The index of the block's chunk in an array over ``dims`` (its one chunk along every other).
+
+        >>> BlockKey(2, 8, (4, 5), 0, 1, 4).chunk_index(("L", "m", "ratio", "seed"), 2)
+        (0, 1, 0, 2)
+        """
+        at = {"L": self.L_index, "m": self.m_index, "seed": self.seed_start // seeds_per_block}
+        return tuple(at.get(d, 0) for d in dims)
 
     @property
     def cost(self) -> float:
@@ -49,15 +73,21 @@ class BlockKey:
         return f"L={self.L} m={self.m} seeds={self.seeds[0]}..{self.seeds[-1]}"
 
 
+def grid_blocks(L: Sequence[int], m: Sequence[int], seeds: Sequence[int], seeds_per_block: int) -> list[BlockKey]:
+    """Every block of a grid with these coordinate values, in store order (L, then m, then seed).
+
+    >>> [str(k) for k in grid_blocks([2], [8], [0, 1, 2], 2)]
+    ['L=2 m=8 seeds=0..1', 'L=2 m=8 seeds=2..2']
+    """
+    seeds = tuple(seeds)
+    return [BlockKey(Lv, mv, seeds[s:s + seeds_per_block], li, mi, s)
+            for li, Lv in enumerate(L) for mi, mv in enumerate(m) for s in range(0, len(seeds), seeds_per_block)]
+
+
 def all_blocks(spec: Spec) -> list[BlockKey]:
     """Every block of the grid, largest first (so the long ones do not finish last)."""
-    g, n = spec.grid, spec.execution.seeds_per_block
-    keys = [
-        BlockKey(L, m, g.seeds[s:s + n], li, mi, s)
-        for li, L in enumerate(g.L)
-        for mi, m in enumerate(g.m)
-        for s in range(0, len(g.seeds), n)
-    ]
+    g = spec.grid
+    keys = grid_blocks(g.L, g.m, g.seeds, spec.execution.seeds_per_block)
     return sorted(keys, key=lambda k: (-k.cost, k))
 
 

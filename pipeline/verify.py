@@ -23,7 +23,9 @@ from zarr.core.sync import sync
 
 from .errors import StoreError, UserError
 from .plan import BlockKey
-from .store import VARIABLES, StoreLocation, as_location, check_arrays, nonfinite, read_attrs, short
+from .location import StoreLocation, as_location, short_path
+from .lock import store_lock
+from .store import VARIABLES, check_arrays, nonfinite, read_attrs, store_blocks, unmark
 
 
 BATCH_BYTES = 64 * 2**20  # read this much of one array at once; chunk by chunk only after a failure
@@ -66,18 +68,6 @@ class Report:
                             "problem": d.problem} for d in self.damage]}
 
 
-def store_blocks(group: zarr.Group, seeds_per_block: int) -> list[BlockKey]:
-    """Every block of a store, from its coordinates, in store order."""
-    L, m, seeds = (group[d][...].tolist() for d in ("L", "m", "seed"))
-    return [BlockKey(Lv, mv, tuple(seeds[s:s + seeds_per_block]), li, mi, s)
-            for li, Lv in enumerate(L) for mi, mv in enumerate(m) for s in range(0, len(seeds), seeds_per_block)]
-
-
-def _chunk_index(name: str, key: BlockKey, seeds_per_block: int) -> tuple[int, ...]:
-    at = {"L": key.L_index, "m": key.m_index, "seed": key.seed_start // seeds_per_block}
-    return tuple(at.get(d, 0) for d in VARIABLES[name][0])
-
-
 def _keys(group: zarr.Group, name: str) -> set[str]:
     """The chunk keys an array has in the store (one listing, not one request per chunk)."""
     store, prefix = group.store, f"{group[name].path}/"
@@ -107,14 +97,12 @@ def _read(arr: zarr.Array, index: tuple[int, ...], keys: set[str]) -> np.ndarray
 
 def _read_run(arr: zarr.Array, name: str, run: list[BlockKey], spb: int, keys: set[str]) -> list[np.ndarray | str]:
     """The chunks of consecutive blocks of one (L, m): one read when every chunk is there and sound."""
-    indexes = [_chunk_index(name, k, spb) for k in run]
+    dims = VARIABLES[name][0]
+    indexes = [k.chunk_index(dims, spb) for k in run]
     if all(arr.metadata.encode_chunk_key(i) in keys for i in indexes):
-        dims = VARIABLES[name][0]
-        first, last = run[0], run[-1]
-        span = {"L": slice(first.L_index, first.L_index + 1), "m": slice(first.m_index, first.m_index + 1),
-                "seed": slice(first.seed_start, last.seed_start + len(last.seeds))}
+        first = run[0]
         try:
-            data = arr[tuple(span.get(d, slice(None)) for d in dims)]
+            data = arr[first.selection(dims, through=run[-1])]
         except Exception:  # some chunk is damaged: find which, one by one
             pass
         else:
@@ -205,21 +193,16 @@ def repair(where: str | StoreLocation, report: Report) -> list[BlockKey]:
     Returns:
         The blocks repaired.
     """
-    from .lock import store_lock
-
     loc = as_location(where)
     blocks = report.damaged_blocks
     with store_lock(loc):
         group = zarr.open_group(loc.url, mode="r+", **loc.zarr_kwargs)
         spb = int(read_attrs(loc)["seeds_per_block"])
         for key in blocks:
-            # the done mark first: from here on the block counts as not done, whatever happens next
-            done = group["done"]
-            index = _chunk_index("done", key, spb)
-            sync(done.store.delete(f"{done.path}/{done.metadata.encode_chunk_key(index)}"))
-            for name in VARIABLES:
+            unmark(group, key, spb)  # the done mark first: from here on the block counts as not done
+            for name, (dims, *_) in VARIABLES.items():
                 arr = group[name]
-                sync(arr.store.delete(f"{arr.path}/{arr.metadata.encode_chunk_key(_chunk_index(name, key, spb))}"))
+                sync(arr.store.delete(f"{arr.path}/{arr.metadata.encode_chunk_key(key.chunk_index(dims, spb))}"))
     return blocks
 
 
@@ -235,7 +218,7 @@ def describe(report: Report, limit: int = 8) -> str:
 
 
 def damaged_error(report: Report) -> DamagedStore:
-    path = short(report.store)
+    path = short_path(report.store)
     return DamagedStore(f"store {path} is damaged: {describe(report)}. Run `nnsweep verify {report.store} "
                         f"--repair`, then `nnsweep run SPEC --store {report.store}` to compute those blocks again.")
 

@@ -116,3 +116,17 @@ def test_bench_sweep_script(bench_sweep):
     # the whole nnsweep process holds numpy and the pipeline; a bare interpreter does not
     assert e["peak_rss_mb"] > e["python_pass"]["peak_rss_mb"] > 0
     assert e["seconds"] > e["python_pass"]["seconds"] > 0
+
+
+def test_bench_scale_end_to_end():
+    """bench_scale on the smallest grid: every figure is there, and the counts are the store's own."""
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "bench_scale.py"), "--full", "100", "--plan", "100",
+                        "--workers", "1", "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    plan_row, full_row = json.loads(r.stdout)["rows"]
+    assert plan_row["blocks"] == full_row["blocks"] == 100
+    # the root, 20 arrays' zarr.json and 6 coordinate chunks (input = [0] is all fill value: no chunk)
+    assert plan_row["objects_after_creation"] == full_row["objects_after_creation"] == 27
+    assert full_row["objects_per_block"] == 13  # one chunk of each of the 13 variables
+    assert full_row["per_block_ms"] > 0 and full_row["client_cpu_per_block_ms"] > 0
+    assert full_row["peak_rss_mb"] >= full_row["plan_peak_rss_mb"] > 0

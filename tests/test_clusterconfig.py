@@ -13,8 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.clusterconfig import load_cluster_config
-from pipeline.execute import _is_loopback
+from pipeline.clusterconfig import is_loopback, load_cluster_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "tiny", "network": {"input_dim": 8, "output_dim": 3},
@@ -110,9 +109,9 @@ def test_run_with_local_cluster_file(tmp_path):
 
 
 def test_loopback_detection():
-    assert _is_loopback("tcp://127.0.0.1:8786") and _is_loopback("tcp://localhost:8786")
-    assert _is_loopback("127.0.0.1:8786")
-    assert not _is_loopback("tcp://10.1.2.3:8786") and not _is_loopback("tls://192.168.0.7:8786")
+    assert is_loopback("tcp://127.0.0.1:8786") and is_loopback("tcp://localhost:8786")
+    assert is_loopback("127.0.0.1:8786")
+    assert not is_loopback("tcp://10.1.2.3:8786") and not is_loopback("tls://192.168.0.7:8786")
 
 
 def _write_certs(d: Path) -> dict:

@@ -173,3 +173,11 @@ def test_same_spec_into_two_stores_on_one_scheduler_writes_both(tmp_path, cluste
     for p in paths:
         assert summaries[p].ok and summaries[p].done == 6
         assert done_mask(p).all(), p
+
+
+def test_cells_per_second_counts_every_input(tmp_path, cluster2):
+    spec = make_spec(network={"n_inputs": 3}, grid={"L": [2], "m": [8], "seeds": 4})
+    summary = run_sweep(spec, str(tmp_path / "in.zarr"), cluster2, progress=False)
+    assert summary.ok, summary.failed
+    assert summary.cells == plan.n_cells(spec) == 3 * 3 * 2 * 4 * 4  # inputs, ratios, layers, seeds, draws
+    assert f"{summary.cells / summary.seconds:,.0f} cells/s" in str(summary)

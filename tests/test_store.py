@@ -259,3 +259,57 @@ def test_a_store_of_an_older_schema_is_refused_untouched(full_store, tmp_path):
     res = CliRunner().invoke(main, ["query", str(old)])
     assert res.exit_code == 2 and "schema version 2" in res.output and "Traceback" not in res.output
     assert snapshot(old) == before
+
+
+def test_every_chunk_is_written_by_exactly_one_block(tmp_path):
+    """Write the blocks one by one: each write adds exactly its own chunk of every variable, and
+    together they write every chunk of every variable once (3 seeds per block: a short last block)."""
+    path = tmp_path / "w.zarr"
+    spec, _ = store.create_or_resume(make_spec(execution={"seeds_per_block": 3}), str(path))
+    before, writer = snapshot(path), {}
+    for key in plan.all_blocks(spec):
+        store.write_block(str(path), key, measure_block(spec, key.L, key.m, key.seeds), 0.1)
+        after = snapshot(path)
+        changed = {name for name, entry in after.items() if before.get(name) != entry and entry[0] == "file"}
+        assert changed == {str(chunk_path(path, v, key, spec).relative_to(path)) for v in store.VARIABLES}, key
+        for name in changed:
+            assert writer.setdefault(name, key) == key, f"{name} written by {writer[name]} and {key}"
+        before = after
+    every = set()
+    for name, (dims, *_) in store.VARIABLES.items():
+        arr = zarr.open_array(str(path), path=name, mode="r")
+        every |= {f"{name}/{arr.metadata.encode_chunk_key(i)}" for i in np.ndindex(*arr.cdata_shape)}
+    assert set(writer) == every
+
+
+def test_creation_writes_metadata_only_whatever_the_grid(tmp_path):
+    """10^5 blocks: no chunk of any variable is written, and it takes what a tiny grid takes."""
+    import time
+
+    raw = {"grid": {"L": [1, 2], "m": list(range(4, 54)), "ratio": [0.1], "seeds": 4}, "network": {"input_dim": 4},
+           "noise": {"draws": 2}, "execution": {"seeds_per_block": 4}}
+    seconds = {}
+    for name, seeds in (("small", 4), ("large", 4000)):
+        raw["grid"]["seeds"] = seeds
+        spec = make_spec(raw)
+        t0 = time.perf_counter()
+        spec, _ = store.create_or_resume(spec, str(tmp_path / f"{name}.zarr"))
+        assert not store.done_mask(str(tmp_path / f"{name}.zarr")).any()
+        assert len(plan.pending_blocks(spec, store.done_mask(str(tmp_path / f"{name}.zarr")))) == 100 * seeds // 4
+        seconds[name] = time.perf_counter() - t0
+    for name in store.VARIABLES:
+        assert chunk_files(tmp_path / "large.zarr", name) == [], name
+    assert seconds["large"] < 10 * seconds["small"] + 5, seconds
+
+
+def test_done_mask_reads_what_zarr_reads_and_a_damaged_mark_is_not_done(tmp_path):
+    path = tmp_path / "d.zarr"
+    spec, left = fill_in_process(make_spec(execution={"seeds_per_block": 3}), path, skip=3)
+    assert left
+    done = zarr.open_array(str(path), path="done", mode="r")[...].astype(bool)
+    assert np.array_equal(store.done_mask(str(path)), done) and done.any() and not done.all()
+    key = next(k for k in plan.all_blocks(spec) if k not in left)
+    mark = chunk_path(path, "done", key, spec)
+    mark.write_bytes(mark.read_bytes()[:-1] + bytes([mark.read_bytes()[-1] ^ 1]))  # its checksum fails
+    done[key.selection(store.VARIABLES["done"][0])] = False
+    assert np.array_equal(store.done_mask(str(path)), done)
