@@ -126,7 +126,5 @@ def test_analysis_reads_bottom_up():
     assert importers == {"pipeline.analysis.commands"}  # the report is the top of the analysis
 
 
-@pytest.mark.xfail(reason="cycles outside pipeline.analysis (issue 20: network/noise/sizes, lock/store) are "
-                          "owned by other modules; this passes once they are broken", strict=False)
 def test_pipeline_has_no_import_cycle():
     assert cycles(GRAPH) == []

@@ -7,8 +7,9 @@ workers in the other; they reach the scheduler over TLS, and the store through
 a path (namespaces share the filesystem). The result must equal the kernel's
 bit for bit, also when one of the other namespace's workers is killed mid-run.
 
-Needs root and ``ip`` (iproute2). Where network namespaces are not permitted
-the test is skipped with the reason; `tests/test_clusterconfig.py`'s
+Needs root and ``ip`` (iproute2; .ci/run installs it). Where network
+namespaces are not permitted the test fails with the reason rather than
+passing unseen; `tests/test_clusterconfig.py`'s
 ``test_tls_scheduler_from_cluster_file`` runs the same path on loopback.
 """
 
@@ -55,7 +56,8 @@ def namespaces():
     """Two namespaces joined by a veth pair: {"sched": (name, address), "work": (name, address)}."""
     why = _why_not()
     if why:
-        pytest.skip(f"{why}; test_clusterconfig.py::test_tls_scheduler_from_cluster_file covers TLS on loopback")
+        pytest.fail(f"{why}: this test needs two network namespaces (run as root with iproute2, as .ci/run "
+                    "does); test_clusterconfig.py::test_tls_scheduler_from_cluster_file covers TLS on loopback")
     tag = os.getpid() % 200 + 20  # distinct per test process: two CI jobs on one host do not collide
     names = {"sched": f"nns-s{os.getpid()}", "work": f"nns-w{os.getpid()}"}
     addrs = {"sched": f"10.231.{tag}.1", "work": f"10.231.{tag}.2"}
