@@ -346,6 +346,11 @@ def status(store, as_json, storage_options):
     click.echo(f"network:   d={n['input_dim']} k={n['output_dim']} init={n['init']} bias_std={n['bias_std']} "
                f"norm_bound={n['weight_norm_bound']} input={n['input']} ({n['n_inputs']} inputs) "
                f"labels={n['labels']}")
+    for r in n.get("read", []):  # how each network file was read (stores made before 0.4 do not say)
+        click.echo(f"read:      {r['path']} ({r['format']}): widths {'-'.join(map(str, r['widths']))}, "
+                   f"activations from {r['activation_source']}")
+        for line in r["lines"]:
+            click.echo(f"             {line}")
     click.echo(f"noise:     {z['distribution']}, {z['norm']} norm, {z['draws']} draws; "
                f"random_seed={s['random_seed']}")
     click.echo(f"created:   {s['created']} with " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
