@@ -32,7 +32,7 @@ LONGER = {
     "name": "longer", "random_seed": 5,
     "network": {"input_dim": 64, "output_dim": 10},
     "grid": {"L": [8], "m": [512], "ratio": [0.1, 0.3], "seeds": 36},
-    "noise": {"draws": 256},
+    "noise": {"draws": 768},  # blocks of about 1.5 s: the sweep outlasts a job's replacement
     "execution": {"seeds_per_block": 3},
 }
 
