@@ -78,7 +78,7 @@ class Moved:
     """What the perturbed columns of one origin layer did, per column."""
 
     delta: np.ndarray   # ||v' - v||
-    flips: np.ndarray   # hidden units whose ReLU state differs from the clean pass
+    flips: np.ndarray   # hidden units whose state (pre-activation > 0) differs from the clean pass
     argmax: np.ndarray  # the perturbed network's predicted class
 
 
@@ -113,8 +113,9 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int],
     (n equal runs, one per input, input slowest). The columns hold
     differences from the clean pass, not perturbed values: the change
     delta_j = z'_j - z_j goes through W_{j+1} (biases cancel) and through
-    ReLU as relu(z + delta) - relu(z) = max(delta + min(z, 0), -max(z, 0)),
-    which never subtracts two nearly equal numbers. So the rounding error of
+    the activation as f(z + delta) - f(z), for ReLU max(delta + min(z, 0),
+    -max(z, 0)) and for the others the identities of :mod:`pipeline.activations`,
+    which never subtract two nearly equal numbers. So the rounding error of
     ||v' - v|| is relative to the change itself, whatever the ratio: what
     makes float32 accurate. Columns are laid out by origin, so at layer j the
     columns of origins i < j are a prefix that goes through W_j as one GEMM.
@@ -161,7 +162,8 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int],
                 if b is not None:
                     z += b[:, None]
                 pre.append(z)
-                h = np.maximum(z, 0.0)
+                if j < net.depth:
+                    h = net.activations[j - 1].forward(z)
         cols = visit(j, w, post[j - 1])
         with clock("kernel"):
             z = pre[j - 1]
@@ -179,15 +181,26 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int],
             del w, b
             if j == net.depth or not active:
                 continue
-            # relu(z + delta) - relu(z); a unit is on afterwards iff delta + min(z, 0) > -max(z, 0)
-            zneg, zcut, on = np.minimum(z, 0)[:, :, None], -np.maximum(z, 0)[:, :, None], (z > 0)[:, :, None]
-            for t, d, a in zip(runs(out[:, :active]), runs(differs[:z.shape[0], :active]),
-                               runs(alive[None, :active])):
-                t += zneg
-                np.greater(t, zcut, out=d)
-                np.any(d, axis=0, out=a[0])
-                np.not_equal(d, on, out=d)
-                np.maximum(t, zcut, out=t)
+            act = net.activations[j - 1]
+            if act.zero_below:
+                # relu(z + delta) - relu(z); a unit is on afterwards iff delta + min(z, 0) > -max(z, 0)
+                zneg, zcut, on = np.minimum(z, 0)[:, :, None], -np.maximum(z, 0)[:, :, None], (z > 0)[:, :, None]
+                for t, d, a in zip(runs(out[:, :active]), runs(differs[:z.shape[0], :active]),
+                                   runs(alive[None, :active])):
+                    t += zneg
+                    np.greater(t, zcut, out=d)
+                    np.any(d, axis=0, out=a[0])
+                    np.not_equal(d, on, out=d)
+                    np.maximum(t, zcut, out=t)
+            else:
+                # f(z + delta) - f(z) by the activation's own cancellation-free formula; a unit's state
+                # is the sign of its pre-activation, z + delta > 0 iff delta > -z (an exact comparison)
+                zb, zcut, on = z[:, :, None], -z[:, :, None], (z > 0)[:, :, None]
+                alive[:active] = True
+                for t, d in zip(runs(out[:, :active]), runs(differs[:z.shape[0], :active])):
+                    np.greater(t, zcut, out=d)
+                    np.not_equal(d, on, out=d)
+                    t[...] = act.difference(zb, t)
             # bytes summed into 16 bits: several times faster than numpy's bool sum, exact below 65536 rows
             counts = differs[:z.shape[0], :active].view(np.uint8)
             flips[:active] += np.add.reduce(counts, axis=0, dtype=np.uint16 if z.shape[0] < 2**16 else np.int64)
@@ -224,13 +237,16 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray],
 
 
 def worst_case_bound(norms: np.ndarray, fwd: Forward, x: np.ndarray, layer: int, size: float,
-                     biases: bool) -> np.ndarray:
+                     net: Network) -> np.ndarray:
     """The Lipschitz bound on ||v - v*|| for ratio 1 (it is linear in r), per input.
 
-    ||eta||_2 * prod_{j != i} ||W_j||_2 * ||x*||, where ||eta||_2 is r ||W_i||_2
-    for spectral scaling and at most r ||W_i||_F for Frobenius scaling. With
-    biases, prod_{j < i} ||W_j||_2 ||x*|| is replaced by ||h_{i-1}||, which the
-    product does not bound. The ||W_j||_2 (``norms``) are Lanczos estimates
+    ||eta||_2 * prod_{j != i} ||W_j||_2 * prod_j Lip(f_j) * ||x*||, where ||eta||_2 is
+    r ||W_i||_2 for spectral scaling and at most r ||W_i||_F for Frobenius
+    scaling, and Lip(f) = 1 for ReLU (the product runs over the activations
+    the change passes through, and those before layer i). With biases, or an
+    activation before layer i with f(0) != 0 (sigmoid), the part before layer i
+    is ||h_{i-1}|| itself, which the product does not bound. The ||W_j||_2
+    (``norms``) are Lanczos estimates
     (:func:`pipeline.network.spectral_norm_estimate`), a fraction of a percent
     low at most; the bound exceeds measured changes by orders of magnitude.
 
@@ -241,9 +257,12 @@ def worst_case_bound(norms: np.ndarray, fwd: Forward, x: np.ndarray, layer: int,
     Returns:
         The bound of each input, shape (n,).
     """
-    before = np.prod(norms[:layer - 1]) * np.linalg.norm(x, axis=0) if not biases \
-        else np.linalg.norm(fwd.post[layer - 1].astype(np.float64), axis=0)
-    return size * before * np.prod(norms[layer:])
+    lip = np.array([a.lipschitz for a in net.activations])  # f_1 .. f_{L-1}
+    if net.has_biases or not all(a.zero_at_zero for a in net.activations[:layer - 1]):
+        before = np.linalg.norm(fwd.post[layer - 1].astype(np.float64), axis=0)
+    else:
+        before = np.prod(norms[:layer - 1]) * np.prod(lip[:layer - 1]) * np.linalg.norm(x, axis=0)
+    return size * before * np.prod(norms[layer:]) * np.prod(lip[layer - 1:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +286,8 @@ def jacobians(net: Network, fwd: Forward, layers, clock: Clock = Clock()) -> Ite
     """(i, J_i) for the given layers, last first: J_i = dv/dz_i of every input, (n, k, n_i).
 
     One backward pass from the identity on the k outputs through W_j and the
-    clean ReLU masks, J_i = J_{i+1} W_{i+1} D_i with J_L = I_k: every input's
+    clean pass's slopes D_i = diag(f_i'(z_i)) (ReLU's 0/1 masks),
+    J_i = J_{i+1} W_{i+1} D_i with J_L = I_k: every input's
     Jacobian in one GEMM per layer, O(n k m^2), fetching (for a drawn network,
     drawing again) one matrix at a time. A generator, so a caller that
     reduces each J_i at once holds one layer's worth.
@@ -280,7 +300,7 @@ def jacobians(net: Network, fwd: Forward, layers, clock: Clock = Clock()) -> Ite
                 w = net.params(i + 1)[0]
             with clock("linear"):
                 J = (J.reshape(n * k, -1) @ w).reshape(n, k, w.shape[1])
-                J *= (fwd.pre[i - 1] > 0).T[:, None, :]
+                J *= net.activations[i - 1].derivative(fwd.pre[i - 1]).T[:, None, :]
             del w
         if i in layers:
             yield i, J
@@ -409,7 +429,7 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
             worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
         if with_bound:
-            bound[:, col] = ratios[:, None] * worst_case_bound(norms, fwd, X, i, sizes[i], net.has_biases)[None, :]
+            bound[:, col] = ratios[:, None] * worst_case_bound(norms, fwd, X, i, sizes[i], net)[None, :]
     clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
     v = fwd.output.astype(np.float64)
     return NetworkResult(delta, flips, changed, accuracy, bound, linear_rms, worst_linear, worst_realised,

@@ -1,8 +1,9 @@
-"""ReLU networks: weights for one (L, m, seed) and a forward pass that keeps activations.
+"""Feed-forward networks: weights for one (L, m, seed) and a forward pass that keeps activations.
 
-A network has L weight matrices: W_1 is m x d, W_2..W_{L-1} are m x m and the
-linear read-out W_L is k x m (for L = 1, W_1 is k x d). Hidden layers apply
-ReLU; the read-out does not.
+A network has L weight matrices W_j of shape n_j x n_{j-1}, n_0 = d and n_L = k:
+a random network has every hidden width n_j = m, a network read from a file
+the widths it has. Hidden layer j applies its activation f_j (ReLU unless the
+spec says otherwise, see :mod:`pipeline.activations`); the read-out does not.
 
 >>> import numpy as np
 >>> net = Network((np.eye(2), 2 * np.eye(2)))
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import files
+from .activations import RELU, Activation, activation
 from .errors import SpecError
 
 if TYPE_CHECKING:
@@ -58,10 +60,24 @@ def keeps_weights(shapes, dtype) -> bool:
 Layer = tuple[np.ndarray, "np.ndarray | None"]
 
 
-class Network:
-    """A feed-forward ReLU network whose layers are fetched one at a time.
+def activation_list(activations, depth: int) -> tuple[Activation, ...]:
+    """One :class:`~pipeline.activations.Activation` per hidden layer, from None (ReLU), one name, or a
+    sequence of names (or rows) with one per hidden layer."""
+    if activations is None:
+        return (RELU,) * (depth - 1)
+    if isinstance(activations, (str, Activation)):
+        activations = [activations] * (depth - 1)
+    out = tuple(a if isinstance(a, Activation) else activation(a) for a in activations)
+    if len(out) != depth - 1:
+        raise ValueError(f"{len(out)} activations for a network of {depth - 1} hidden layers")
+    return out
 
-    ``params(j)`` gives (W_j, b_j) in the network's ``dtype``. A network made
+
+class Network:
+    """A feed-forward network whose layers are fetched one at a time.
+
+    ``params(j)`` gives (W_j, b_j) in the network's ``dtype``; ``activations[j-1]``
+    is the activation after hidden layer j. A network made
     from arrays holds them; one made by :meth:`drawn` draws W_j from its own
     random stream when asked, so a pass through it holds one matrix at a
     time, and asking again gives the same numbers. ``weights`` and ``biases``
@@ -73,21 +89,22 @@ class Network:
     array([2., 0.])
     """
 
-    def __init__(self, weights, biases=None, dtype=np.float64):
+    def __init__(self, weights, biases=None, dtype=np.float64, activations=None):
         weights = tuple(np.asarray(w, dtype) for w in weights)
         biases = None if biases is None else tuple(np.asarray(b, dtype) for b in biases)
         self._setup(tuple(w.shape for w in weights), lambda j: (weights[j - 1], None if biases is None else biases[j - 1]),
-                    biases is not None, dtype)
+                    biases is not None, dtype, activations)
 
     @classmethod
-    def drawn(cls, shapes, draw, has_biases: bool, dtype, keep: bool) -> Network:
+    def drawn(cls, shapes, draw, has_biases: bool, dtype, keep: bool, activations=None) -> Network:
         """A network whose layer j is ``draw(j)`` (deterministic), memoised when ``keep``."""
         net = cls.__new__(cls)
-        net._setup(tuple(shapes), functools.cache(draw) if keep else draw, has_biases, dtype)
+        net._setup(tuple(shapes), functools.cache(draw) if keep else draw, has_biases, dtype, activations)
         return net
 
-    def _setup(self, shapes, fetch, has_biases, dtype):
+    def _setup(self, shapes, fetch, has_biases, dtype, activations):
         self.shapes, self._fetch, self.has_biases, self.dtype = shapes, fetch, has_biases, np.dtype(dtype)
+        self.activations = activation_list(activations, len(shapes))
 
     @property
     def depth(self) -> int:
@@ -120,7 +137,8 @@ class Network:
             post.append(h)
             z = self.layer(j, h)
             pre.append(z)
-            h = np.maximum(z, 0.0)
+            if j < self.depth:
+                h = self.activations[j - 1].forward(z)
         return Forward(tuple(pre), tuple(post))
 
 
