@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import click
@@ -90,7 +91,18 @@ ESTIMATE_OPTIONS = {
     "network.init": "--init", "network.bias_std": "--bias-std", "noise.distribution": "--noise",
     "noise.norm": "--norm", "random_seed": "--random-seed", "network.input": "--input",
     "network.n_inputs": "--n-inputs", "network.labels": "--labels", "compute.precision": "--precision",
+    "network.activation": "--activation", "network.layer_order": "--layer-order",
+    "network.clean_outputs": "--clean-outputs", "network.clean_outputs_tolerance": "--clean-outputs-tolerance",
 }
+
+
+def reading_lines(spec) -> list[str]:
+    """How every network file of ``spec`` was read (at most 3 shown, then a count), for stderr."""
+    read = spec.network.read
+    lines = [f"network: {r.text()}" for r in read[:3]]
+    if len(read) > 3:
+        lines.append(f"network: ... and {len(read) - 3} more files, read alike (`nnsweep status` lists them all)")
+    return lines
 
 
 @main.command()
@@ -130,9 +142,21 @@ ESTIMATE_OPTIONS = {
 @click.option("--precision", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="Precision of weights, noise and matrix products; float32 is about twice as fast and "
                    "changes ||v - v*|| by less than 1e-3 relative (norms and sums stay float64).")
+@click.option("--activation", default=None,
+              help="Activation of every hidden layer: relu, leaky_relu(ALPHA), tanh, sigmoid, gelu, gelu_tanh, "
+                   "silu; or one per hidden layer, comma-separated. Default: relu, or what an ONNX file applies "
+                   "(a state dict does not say: give it).")
+@click.option("--layer-order", default=None,
+              help="A state dict's module names in forward order, comma-separated (e.g. stem,body,top), "
+                   "where the file does not say it.")
+@click.option("--clean-outputs", default=None,
+              help="A .npy of your own network's outputs on --input, shape (n, k) (model(x).detach().numpy()): "
+                   "compared with the tool's clean pass before any work; a mismatch is an error.")
+@click.option("--clean-outputs-tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Allowed difference, relative to the largest output. [default: 1e-4]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, labels, bias_std, noise, norm,
-             random_seed, precision, as_json):
+             random_seed, precision, activation, layer_order, clean_outputs, clean_outputs_tolerance, as_json):
     """Estimate E||v - v*|| for one configuration, with a 95% CI.
 
     The CI is over networks, or over noise draws when there is one network
@@ -160,6 +184,13 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     network = {**dims, "init": init, "bias_std": bias_std, "input": input_, "labels": labels}
     if n_inputs is not None:
         network["n_inputs"] = n_inputs
+    if activation is not None:
+        names = [a.strip() for a in re.split(r",(?![^()]*\))", activation)]  # commas outside leaky_relu(...)
+        network["activation"] = names[0] if len(names) == 1 else names
+    for key, value in (("layer_order", layer_order), ("clean_outputs", clean_outputs),
+                       ("clean_outputs_tolerance", clean_outputs_tolerance)):
+        if value is not None:
+            network[key] = value
     spec = Spec.from_dict({
         "network": network,
         "grid": {**given, "ratio": ratios, "layer": layer},
@@ -176,8 +207,15 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     check_fits(spec, machine_memory(), "this machine")
     import numpy as np
 
+    for line in reading_lines(spec):
+        click.echo(line, err=True)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
         result = run_estimate(spec)
+    if spec.network.read:
+        r = spec.network.read[0]
+        result["network"] = {"path": r.path, "format": r.format, "widths": list(r.widths),
+                             "activations": list(r.activations), "activation_source": r.activation_source,
+                             "layers": list(r.lines)}
     if as_json:
         click.echo(dumps(result, indent=2))
         return
@@ -193,7 +231,7 @@ def _estimate_table(spec, result: dict) -> list[str]:
     lines = [f"L={g.L[0]} m={g.m[0]} d={net.input_dim} k={net.output_dim} r={','.join(map(str, g.ratio))} "
              f"init={Path(net.init).name} noise={spec.noise.distribution}/{spec.noise.norm}: {what} x "
              f"{net.n_inputs} input{'s' if net.n_inputs > 1 else ''}; 95% CI over {result['ci95_over']}"]
-    random_init = not net.init_is_file  # estimate gives random-network theory to random networks only
+    random_init = "theory_first_order" in result  # random-network theory: random ReLU networks only
     cols = [("E|v-v*|", "mean_abs_change", 11), ("E R", "mean_rel_change", 9), ("median R", "median_rel_change", 9)]
     if random_init:
         cols.append(("theory R", None, 9))
@@ -265,6 +303,8 @@ def run(spec_path, store, scheduler, workers, seeds_per_block, cluster_file, sto
     from .spec import load_spec
 
     spec = load_spec(spec_path)  # refuses a grid beyond the size limits
+    for line in reading_lines(spec):
+        click.echo(line, err=True)
     cluster = load_cluster_config(cluster_file) if cluster_file else None
     warning = exposure(cluster) if cluster else None
     if warning:

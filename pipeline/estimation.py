@@ -76,7 +76,7 @@ def estimate(spec: Spec) -> dict:
         are) holding one summary each; ``by_ratio`` entries have their own
         ``by_layer``. Random-init networks also get ``theory_first_order`` (r)
         and ``theory_attenuation`` (the infinite-width arc-cosine prediction);
-        a given network gets no random-network theory.
+        a given network, or one with another activation, gets no random-network theory.
     """
     (L,), (m,) = spec.grid.L, spec.grid.m
     block = measure_block(spec, L, m, spec.grid.seeds)
@@ -85,7 +85,8 @@ def estimate(spec: Spec) -> dict:
     counts = {"n_networks": 1 if spec.network.one_network else len(spec.grid.seeds),
               "n_inputs": spec.network.n_inputs, "n_draws": spec.noise.draws}
     ratios, layers = spec.grid.ratio, spec.grid.layer
-    random_init = not spec.network.init_is_file
+    # the random-network theory is that of ReLU networks at random init
+    random_init = not spec.network.init_is_file and spec.network.activation == "relu"
 
     def summary(ri: list[int], li: list[int]) -> dict:
         out = {**summarise(block, ri, li, units), **counts}

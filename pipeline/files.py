@@ -40,6 +40,15 @@ class NetworkArrays:
 
     weights: tuple[np.ndarray, ...]
     biases: tuple[np.ndarray, ...] | None
+    activations: tuple[str | None, ...] = ()  # after each hidden layer, as the file says; None: it cannot say
+    format: str = "npz"
+
+    def __post_init__(self):
+        if not self.activations:
+            object.__setattr__(self, "activations", (None,) * (len(self.weights) - 1))
+
+    def describe(self) -> list[str]:
+        return [f"W{j} ({w.shape[0]} x {w.shape[1]})" for j, w in enumerate(self.weights, 1)]
 
     @property
     def depth(self) -> int:
@@ -152,7 +161,7 @@ def _name_layers(arrays: dict[str, np.ndarray], path: str) -> tuple[list, list]:
     return weights, biases
 
 
-def parse_network(data: bytes, path: str) -> NetworkArrays:
+def parse_network(data: bytes, path: str, order: tuple[str, ...] | None = None) -> NetworkArrays:
     """Validate and convert the bytes of a network file.
 
     Raises:
@@ -181,9 +190,9 @@ def parse_network(data: bytes, path: str) -> NetworkArrays:
 
 
 @functools.lru_cache(maxsize=8)
-def load_network(path: str, digest: str) -> NetworkArrays:
+def load_network(path: str, digest: str, order: tuple[str, ...] | None = None) -> NetworkArrays:
     """A network file as verified against ``digest``; cached per process (workers reuse it)."""
-    return parse_network(read_verified(path, digest), path)
+    return parse_network(read_verified(path, digest), path, order)
 
 
 # --- inputs and labels ----------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import files
 from .activations import RELU, Activation, activation
+from .config import env_size
 from .errors import SpecError
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ KEEP_WEIGHTS_BYTES = 256 * 2**20
 
 def keeps_weights(shapes, dtype) -> bool:
     """Whether a drawn network of these layer shapes keeps its matrices between passes."""
-    from .sizes import env_size  # local: sizes imports the schema, which imports spec, which imports us
-
     limit = env_size("NNSWEEP_KEEP_WEIGHTS", KEEP_WEIGHTS_BYTES, zero=True)
     return sum(a * b for a, b in shapes) * np.dtype(dtype).itemsize <= limit
 
@@ -248,12 +247,13 @@ def build_network(spec: Spec, L: int, m: int, seed: int, keep: bool | None = Non
     network is read whole.
     """
     net, dtype = spec.network, spec.compute.dtype
+    activations = net.activations(L, m, seed)
     if net.init_is_file:
-        arrays = files.load_network(*net.network_file(L, m, seed))
+        arrays = files.load_network(*net.network_file(L, m, seed), net.layer_order)
         weights = arrays.weights
         if net.weight_norm_bound is not None:
             weights = tuple(w * _bound_scale(w, net.weight_norm_bound, j) for j, w in enumerate(weights, 1))
-        return Network(weights, arrays.biases, dtype)
+        return Network(weights, arrays.biases, dtype, activations)
     shapes = layer_shapes(L, m, net.input_dim, net.output_dim)
 
     def draw(j: int) -> Layer:
@@ -270,7 +270,25 @@ def build_network(spec: Spec, L: int, m: int, seed: int, keep: bool | None = Non
 
     if keep is None:
         keep = keeps_weights(shapes, dtype)
-    return Network.drawn(shapes, draw, net.bias_std > 0, dtype, keep)
+    return Network.drawn(shapes, draw, net.bias_std > 0, dtype, keep, activations)
+
+
+def clean_output_mismatch(arrays: files.NetworkArrays, activations, x: np.ndarray, outputs: np.ndarray,
+                          tolerance: float) -> str:
+    """How the clean pass of ``arrays`` on inputs ``x`` (n, d) misses the user's ``outputs`` (n, k), or "".
+
+    The comparison allows ``tolerance`` of the largest |output| (a float32 model's own rounding),
+    and also requires the same predicted class wherever the user's top two outputs are further
+    apart than that.
+    """
+    ours = Network(arrays.weights, arrays.biases, np.float64, activations).forward(x.T).output.T
+    scale = max(float(np.abs(outputs).max()), np.finfo(float).tiny)
+    err = np.abs(ours - outputs).max(axis=1)
+    worst = int(err.argmax())
+    if err[worst] > tolerance * scale:
+        return (f"by up to {err[worst]:.3g} at input {worst}, where the largest output is {scale:.3g}; "
+                f"{int(np.sum(err > tolerance * scale))} of {len(err)} inputs differ")
+    return ""
 
 
 def _bound_scale(w: np.ndarray, bound: float, j: int) -> float:

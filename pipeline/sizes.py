@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import numpy as np
 
+from .config import env_size
 from .errors import SpecError
+from .network import keeps_weights, layer_shapes
+from .noise import BATCH_BYTES, TABLE_INPUTS
 from .schema import VARIABLES, chunk_lengths, dim_lengths
 
 LIMITS = {  # name -> (environment variable, default in bytes or count, what it bounds)
@@ -98,12 +100,13 @@ def block_peak_bytes(spec) -> int:
     Jacobians, the workspaces of the norms, and the block's results.
     tests/test_sizes.py checks it against the peak that tracemalloc measures.
     """
-    from .network import keeps_weights, layer_shapes  # local: network imports spec, which imports us
-    from .noise import BATCH_BYTES, TABLE_INPUTS
-
     g, net, nz = spec.grid, spec.network, spec.noise
     L, m = max(g.L), max(g.m)
     shapes = layer_shapes(L, m, net.input_dim, net.output_dim)
+    if net.read:  # networks read from files: the largest of them, with the widths it has
+        shapes = max(([(w[j + 1], w[j]) for j in range(len(w) - 1)] for w in (r.widths for r in net.read)),
+                     key=lambda s: sum(a * b for a, b in s))
+        L = len(shapes)
     item = spec.compute.dtype.itemsize
     biggest = max(a * b for a, b in shapes)
     per_block = min(spec.execution.seeds_per_block, len(g.seeds))
@@ -142,31 +145,6 @@ def limit(name: str) -> int:
     """The limit ``name`` (a key of :data:`LIMITS`): its environment variable, or the default."""
     var, default, _ = LIMITS[name]
     return env_size(var, default, count=name == "blocks")
-
-
-def env_size(var: str, default: int, count: bool = False, zero: bool = False) -> int:
-    """A size in bytes (or a count) from the environment variable ``var``, or ``default`` when unset.
-
-    Raises:
-        SpecError: the value is not a size (or count) > 0 (>= 0 with ``zero``).
-    """
-    raw = os.environ.get(var)
-    if raw is None:
-        return default
-    try:
-        if not raw.strip():
-            raise ValueError(raw)
-        if count:
-            value = int(raw)
-        else:
-            from dask.utils import parse_bytes  # only when the variable is set: dask is slow to import
-
-            value = int(parse_bytes(raw))
-    except (ValueError, TypeError):
-        raise SpecError(f"{var}={raw!r} is not allowed; expected a count or a size such as 64GB.") from None
-    if value < 0 or value == 0 and not zero:
-        raise SpecError(f"{var}={raw!r} is not allowed; expected a number {'>= 0' if zero else '> 0'}.")
-    return value
 
 
 def check_sizes(spec) -> Sizes:

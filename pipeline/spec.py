@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
+from .activations import canonical
 from .files import NETWORK_SUFFIXES, NetworkArrays, parse_inputs, parse_labels, parse_network, read_bytes, sha256
 from .sizes import check_sizes
 
@@ -39,6 +41,9 @@ RATIO_RTOL = 1e-9
 # test_min_ratio_is_resolved, tests/test_precision.py). The kernel carries differences from the
 # clean pass, so nothing breaks just below it; it keeps typos such as 1e-100 out of a sweep.
 MIN_RATIO = 1e-10
+# The user's clean outputs and the tool's may differ by this much of the largest output: float32
+# exports computed in float32 agree to about 1e-6; a layer order or activation guessed wrong is off by O(1).
+CLEAN_OUTPUTS_TOLERANCE = 1e-4
 
 _short = reprlib.Repr()  # keyword arguments need Python 3.12
 _short.maxstring, _short.maxother, _short.maxlist, _short.maxtuple, _short.maxdict, _short.maxlevel = \
@@ -67,8 +72,16 @@ class NetworkSpec:
     one file per grid cell. ``input`` is ``"gaussian"`` (``n_inputs`` standard
     normal inputs from the random seed) or the absolute path of a ``.npy`` of
     shape (n, d) or (d,); ``labels`` the path of a ``.npy`` of n class indices.
-    ``files`` holds (role, path, sha256) of every file read, in a fixed order:
-    workers refuse a file whose bytes no longer match.
+    ``activation`` is the activation of every hidden layer (a name of
+    :mod:`pipeline.activations`) or a list with one per hidden layer; None
+    means "as the network file says" (an ONNX graph names its activations).
+    ``layer_order`` lists a state dict's module names in forward order where
+    the file cannot say it; ``clean_outputs`` is the path of a ``.npy`` of the
+    user's own clean outputs on ``input`` (n x k), compared with the tool's
+    clean pass when the spec is loaded, to ``clean_outputs_tolerance`` of the
+    largest output. ``files`` holds (role, path, sha256) of every file read,
+    in a fixed order: workers refuse a file whose bytes no longer match.
+    ``read`` says how each network file was read (:class:`NetworkRead`).
     """
 
     input_dim: int = 784
@@ -79,7 +92,12 @@ class NetworkSpec:
     input: str = "gaussian"
     n_inputs: int = 1
     labels: str | None = None
+    activation: str | tuple[str, ...] | None = "relu"
+    layer_order: tuple[str, ...] | None = None
+    clean_outputs: str | None = None
+    clean_outputs_tolerance: float = CLEAN_OUTPUTS_TOLERANCE
     files: tuple[tuple[str, str, str], ...] = ()
+    read: tuple[NetworkRead, ...] = ()
 
     @property
     def init_kind(self) -> str:
@@ -104,9 +122,63 @@ class NetworkSpec:
                 return path, digest
         raise KeyError(role)
 
+    def network_role(self, L: int, m: int, seed: int) -> str:
+        return "init" if self.init_kind == "file" else cell_role(L, m, seed)
+
     def network_file(self, L: int, m: int, seed: int) -> tuple[str, str]:
         """(path, sha256) of the network file of one grid cell."""
-        return self.file("init" if self.init_kind == "file" else cell_role(L, m, seed))
+        return self.file(self.network_role(L, m, seed))
+
+    def reading(self, L: int, m: int, seed: int) -> NetworkRead:
+        """How the network file of one grid cell was read."""
+        role = self.network_role(L, m, seed)
+        return next(r for r in self.read if r.role == role)
+
+    def widths(self, L: int, m: int, seed: int) -> tuple[int, ...]:
+        """n_0 = d, n_1 .. n_{L-1}, n_L = k of one grid cell's network."""
+        if self.init_is_file:
+            return self.reading(L, m, seed).widths
+        return (self.input_dim,) + (m,) * (L - 1) + (self.output_dim,)
+
+    def activations(self, L: int, m: int, seed: int) -> tuple[str, ...]:
+        """The activation after each hidden layer of one grid cell's network."""
+        if self.init_is_file:
+            return self.reading(L, m, seed).activations
+        return per_layer(self.activation, L)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkRead:
+    """How one network file was read: which tensor became which layer, its shape, the activation after it.
+
+    Printed by every command that reads a network, and recorded in the
+    store (it is part of the spec's provenance, not of its hash: the file's
+    sha256 and the spec's fields already determine it).
+    """
+
+    role: str
+    path: str
+    format: str
+    widths: tuple[int, ...]
+    activations: tuple[str, ...]
+    lines: tuple[str, ...]
+    activation_source: str  # "the file" or "the spec" or "the default"
+
+    def text(self) -> str:
+        head = (f"{self.path} ({self.format}): {len(self.widths) - 1} layers, widths "
+                f"{'-'.join(map(str, self.widths))}, activations from {self.activation_source}")
+        return "\n".join([head] + [f"  {line}" for line in self.lines])
+
+    def inline(self) -> str:
+        """:meth:`text` on one line, for an error message."""
+        return self.text().replace("\n  ", "; ")
+
+
+def per_layer(activation: str | tuple[str, ...] | None, L: int) -> tuple[str, ...]:
+    """One activation name per hidden layer of an L-layer network."""
+    if activation is None:
+        activation = "relu"
+    return (activation,) * (L - 1) if isinstance(activation, str) else tuple(activation)
 
 
 def cell_role(L: int, m: int, seed: int) -> str:
@@ -191,6 +263,7 @@ class Spec:
         d.pop("source")
         d["grid"] = {k: list(v) for k, v in d["grid"].items()}
         d["network"]["files"] = [list(f) for f in self.network.files]
+        d["network"]["read"] = [dataclasses.asdict(r) for r in self.network.read]
         # option names only: values may be credentials and the dict is written to the store
         d["execution"]["storage_options"] = sorted(k for k, _ in self.execution.storage_options)
         return d
@@ -225,6 +298,14 @@ def result_fields(d: dict) -> dict:
     net["input"] = "gaussian" if net["input"] == "gaussian" else "file"
     net["labels"] = net["labels"] is not None
     net["files"] = {role: digest for role, _, digest in net["files"]}
+    # how the files were read follows from their bytes and the fields below; the clean-output check changes
+    # no number; the defaults are left out so that specs made before these fields existed keep their hash
+    for key in ("read", "clean_outputs", "clean_outputs_tolerance"):
+        net.pop(key, None)
+    if net.get("activation", "relu") in ("relu", None):
+        net.pop("activation", None)
+    if net.get("layer_order") is None:
+        net.pop("layer_order", None)
     return d
 
 
@@ -276,6 +357,7 @@ class _Validator:
         self.source = source
         self.base_dir = base_dir
         self.names = names or {}
+        self.order: tuple[str, ...] | None = None  # network.layer_order, once read
 
     def fail(self, field: str, value: Any, allowed: str) -> SpecError:
         where = f"{self.source}: " if self.source else ""
@@ -357,8 +439,9 @@ class _Validator:
             raise self.fail("description", description, "a string")
         random_seed = self.int_(raw.get("random_seed", 0), "random_seed", 0)
         net_raw = self.mapping(raw.get("network"), "network", {f.name for f in dataclasses.fields(NetworkSpec)}
-                               - {"files"})
+                               - {"files", "read"})
         init = self.init(net_raw.get("init", NetworkSpec.init))
+        self.order = self.layer_order(net_raw.get("layer_order"), init)
         single = self.read_network(init, "init") if init not in INITS and "{" not in init else None
         grid = self.grid(raw.get("grid"), single)
         if "{" in init and "{seed}" not in init and len(grid.seeds) > 1:
@@ -390,26 +473,94 @@ class _Validator:
         return str((self.base_dir / v).resolve()) if fields else self.path(v, "network.init", NETWORK_SUFFIXES,
                                                                          allowed)
 
+    def layer_order(self, v: Any, init: str) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",")]
+        what = ("null, or the module names of a state dict in forward order, e.g. [stem, body, top] (the "
+                "prefixes of their .weight tensors)")
+        if init in INITS:
+            raise self.fail("network.layer_order", v, f"null with network.init: {init} (an order is read from "
+                            "a network file only)")
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v) \
+                or len(set(v)) != len(v):
+            raise self.fail("network.layer_order", v, what)
+        return tuple(v)
+
     def read_network(self, path: str, role: str, cell: str = "") -> tuple[NetworkArrays, tuple[str, str, str]]:
         """Parse one network file on the client: (arrays, (role, path, sha256))."""
         if not Path(path).is_file():
             raise self.fail("network.init", path, f"an existing network file{cell}")
         data = read_bytes(path, self.names.get("network.init", "network.init"))
         try:
-            arrays = parse_network(data, path)
+            arrays = parse_network(data, path, self.order)
         except SpecError as e:
             raise self.rename(SpecError(f"{e}{cell}")) from None
         return arrays, (role, path, sha256(data))
 
+    def activation(self, v: Any, field: str = "network.activation") -> str | tuple[str, ...]:
+        """A canonical name, or a tuple of names (one per hidden layer)."""
+        try:
+            if isinstance(v, list):
+                if not v:
+                    raise self.fail(field, v, "an activation name, or a non-empty list of one per hidden layer")
+                return tuple(canonical(x) for x in v)
+            return canonical(v)
+        except SpecError as e:
+            raise self.rename(e) from None
+
+    def resolve_activations(self, given: Any, arrays: NetworkArrays, path: str, cell: str) -> tuple[tuple, str]:
+        """The activation after each hidden layer of a file's network, and where it came from.
+
+        A file that names its activations (an ONNX graph) is followed, and a spec that says
+        otherwise is refused; a file that cannot say (a state dict) takes the spec's, or ReLU.
+        """
+        L = arrays.depth
+        from_file = [a for a in arrays.activations if a is not None]
+        if len(from_file) == L - 1 and L > 1:
+            file_acts = tuple(canonical(a) for a in arrays.activations)
+            if given is not None:
+                want = per_layer(self.activation(given), L)
+                if want != file_acts:
+                    raise self.fail("network.activation", given,
+                                    f"{list(file_acts)}, the activations that {path}{cell} itself applies "
+                                    "(or leave network.activation out: the file's are used)")
+            return file_acts, "the file"
+        act = self.activation(given) if given is not None else "relu"
+        acts = per_layer(act, L)
+        if len(acts) != L - 1:
+            raise self.fail("network.activation", given, f"one name, or a list of {L - 1} names (one per hidden "
+                            f"layer of {path}{cell})")
+        return acts, "the spec" if given is not None else "the default (relu: the file does not say)"
+
+    def reading(self, arrays: NetworkArrays, entry: tuple[str, str, str], given: Any, cell: str) -> NetworkRead:
+        role, path, _ = entry
+        acts, source = self.resolve_activations(given, arrays, path, cell)
+        lines = list(arrays.describe())
+        lines = [f"{line}, then {acts[j]}" if j < len(acts) else f"{line}, linear read-out"
+                 for j, line in enumerate(lines)]
+        widths = (arrays.input_dim,) + tuple(w.shape[0] for w in arrays.weights)
+        return NetworkRead(role, path, arrays.format, widths, acts, tuple(lines), source)
+
     def network(self, raw: dict, init: str, single, grid: GridSpec) -> NetworkSpec:
         d = NetworkSpec()
-        files = []
+        files, read, cells = [], [], []
+        given = raw.get("activation")
         if init in INITS:
             dims = (raw.get("input_dim", d.input_dim), raw.get("output_dim", d.output_dim))
+            activation = self.activation(given) if given is not None else "relu"
+            if isinstance(activation, tuple) and any(len(activation) != L - 1 for L in grid.L):
+                raise self.fail("network.activation", given, f"one name, or a list of one per hidden layer "
+                                f"({max(grid.L) - 1} names) with a single L (grid.L is {list(grid.L)})")
         else:
             cells = self.network_files(init, single, grid)
             files = [f for _, f in cells]
             dims = self.file_dims(raw, cells)
+            read = [self.reading(arrays, entry, given, f" ({entry[0]})" if entry[0] != "init" else "")
+                    for arrays, entry in cells]
+            activation = (None if all(r.activation_source == "the file" for r in read)
+                          else self.activation(given) if given is not None else "relu")
         input_dim = self.int_(dims[0], "network.input_dim", 1)
         output_dim = self.int_(dims[1], "network.output_dim", 1)
         bias_std = self.float_(raw.get("bias_std", d.bias_std), "network.bias_std", nonneg=True)
@@ -429,7 +580,61 @@ class _Validator:
             except SpecError as e:
                 raise self.rename(e) from None
             files.append(("labels", labels, sha256(data)))
-        return NetworkSpec(input_dim, output_dim, init, bias_std, bound, inp, n_inputs, labels, tuple(files))
+        tolerance = self.float_(raw.get("clean_outputs_tolerance", d.clean_outputs_tolerance),
+                                "network.clean_outputs_tolerance", positive=True)
+        clean = raw.get("clean_outputs")
+        if clean is not None:
+            clean = self.check_clean_outputs(clean, init, inp, cells, read, tolerance)
+        return NetworkSpec(input_dim, output_dim, init, bias_std, bound, inp, n_inputs, labels, activation,
+                           self.order, clean, tolerance, tuple(files), tuple(read))
+
+    def check_clean_outputs(self, v: Any, init: str, inp: str, cells: list, read: list, tolerance: float) -> str:
+        """The user's clean outputs against the tool's clean pass of every network file, before any work."""
+        from .network import clean_output_mismatch
+
+        field = "network.clean_outputs"
+        what = ("null, or the path of a .npy of your own network's outputs on network.input, shape (n, k) "
+                "(e.g. model(x).detach().numpy()), with {L}, {m}, {seed} for a path template of networks")
+        if init in INITS:
+            raise self.fail(field, v, "null with a random-init network (compare outputs of a network file)")
+        if not isinstance(v, str) or not v.endswith(".npy"):
+            raise self.fail(field, v, what)
+        if inp == "gaussian":
+            raise self.fail("network.input", inp, f"a .npy of inputs when {self.names.get(field, field)} is given "
+                            "(the outputs compared are those of these inputs)")
+        if "{" in init and "{" not in v and len(cells) > 1:
+            raise self.fail(field, v, what + f"; one file cannot hold the outputs of {len(cells)} networks")
+        x = parse_inputs(read_bytes(inp, "network.input"), inp, None)
+        for (arrays, (role, path, _)), r in zip(cells, read):
+            cell = dict(zip(("L", "m", "seed"), map(int, re.findall(r"=(\d+)", role)))) if role != "init" else {}
+            p = self.path(v.format(**cell) if cell else v, field, ".npy", what)
+            y = self.outputs_file(p, x.shape[0], arrays.output_dim)
+            bad = clean_output_mismatch(arrays, r.activations, x, y, tolerance)
+            if bad:
+                where = f"{self.source}: " if self.source else ""
+                raise SpecError(
+                    f"{where}{self.names.get(field, field)}: the network was not read as it runs: the tool's clean "
+                    f"outputs of {path} differ from yours in {p} ({bad}; the tolerance is {tolerance:g} of the "
+                    "largest output). Check the layer order (network.layer_order / --layer-order), the activation "
+                    f"(network.activation / --activation: now {', '.join(dict.fromkeys(r.activations)) or 'none'}), "
+                    "and that the outputs come from these weights in eval mode on these inputs. The tool read it "
+                    f"as {r.inline()}. Nothing was run.")
+        return v
+
+    def outputs_file(self, path: str, n: int, k: int):
+        import numpy as np
+
+        field = "network.clean_outputs"
+        data = read_bytes(path, field)
+        try:
+            y = np.load(io.BytesIO(data), allow_pickle=False)
+        except Exception as e:  # not an .npy, pickled objects, truncated
+            raise self.fail(field, path, f"a readable .npy ({type(e).__name__})") from None
+        y = y[:, None] if y.ndim == 1 and k == 1 else y
+        if y.shape != (n, k) or y.dtype.kind not in "fiu" or not np.all(np.isfinite(y)):
+            raise self.fail(field, path, f"an array of shape ({n}, {k}) of finite numbers, the outputs of the {n} "
+                            f"inputs (it holds shape {y.shape}, dtype {y.dtype})")
+        return y.astype(np.float64)
 
     def network_files(self, init: str, single, grid: GridSpec) -> list:
         """(arrays, file entry) of every network file, checked against its grid cell."""
@@ -442,10 +647,10 @@ class _Validator:
                     cell = f" (grid cell L={L}, m={m}, seed={seed})"
                     path = init.format(L=L, m=m, seed=seed)
                     arrays, entry = self.read_network(path, cell_role(L, m, seed), cell)
-                    if arrays.depth != L or L > 1 and set(arrays.hidden_widths) != {m}:
-                        raise self.fail("network.init", path, f"a network of L = {L} layers and hidden width "
-                                        f"m = {m}{cell}; the file has {arrays.depth} layers of widths "
-                                        f"{list(arrays.hidden_widths)}")
+                    if arrays.depth != L or L > 1 and max(arrays.hidden_widths) != m:
+                        raise self.fail("network.init", path, f"a network of L = {L} layers whose widest hidden "
+                                        f"layer has m = {m} units{cell}; the file has {arrays.depth} layers of "
+                                        f"hidden widths {list(arrays.hidden_widths)}")
                     cells.append((arrays, entry))
         return cells
 
@@ -509,12 +714,8 @@ class _Validator:
 
     def single_network_grid(self, raw: dict, net: NetworkArrays, entry: tuple[str, str, str]) -> dict:
         """grid.L and grid.m of a single network file: read from it, or checked against it."""
-        widths = set(net.hidden_widths)
-        if len(widths) > 1:
-            raise self.fail("network.init", entry[1], f"a network with one hidden width m; its hidden "
-                            f"widths are {list(net.hidden_widths)}")
-        m = widths.pop() if widths else net.input_dim
-        for key, value, what in (("L", net.depth, "weight layers"), ("m", m, "hidden width")):
+        m = max(net.hidden_widths) if net.hidden_widths else net.input_dim  # a label: the widest hidden layer
+        for key, value, what in (("L", net.depth, "weight layers"), ("m", m, "widest hidden layer")):
             if key in raw and raw[key] not in (value, [value]):
                 raise self.fail(f"grid.{key}", raw[key], f"[{value}], the {what} of the network file "
                                 "(or leave it out)")

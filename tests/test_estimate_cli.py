@@ -26,7 +26,7 @@ def run(*args):
 def run_json(*args) -> dict:
     res = run(*SMALL, *args, "--json")
     assert res.exit_code == 0, res.output
-    return json.loads(res.output)
+    return json.loads(res.stdout)
 
 
 def check_summary(s: dict):
@@ -136,7 +136,7 @@ def test_one_network_gets_an_interval_over_draws():
     and --json is standard JSON."""
     res = run(*SMALL[:-4], "--seeds", "1", "--draws", "30", "--layer", "1", "--json")
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output, parse_constant=refuse)
+    out = json.loads(res.stdout, parse_constant=refuse)
     assert out["n_networks"] == 1 and out["ci95_over"] == "draws"
     spec = Spec.from_dict({"network": {"input_dim": 8, "output_dim": 4},
                            "grid": {"L": [3], "m": [16], "ratio": [0.1], "layer": [1], "seeds": 1},
@@ -158,7 +158,7 @@ def test_weight_file_init(tmp_path):
     path = _weights(tmp_path / "w.npz", [(16, 8), (16, 16), (4, 16)])
     res = run("--init", path, "--draws", "6", "--json")
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output, parse_constant=refuse)
+    out = json.loads(res.stdout, parse_constant=refuse)
     check_summary(out)
     assert set(out["by_layer"]) == {"1", "2", "3"}
     assert out["n_networks"] == 1 and out["ci95_over"] == "draws"
@@ -241,7 +241,7 @@ def test_inputs_labels_and_several_ratios(tmp_path, digits_zoo):
     res = run("--init", model, "--input", str(x), "--labels", str(y), "--ratio", "0.1,1.0", "--draws", "20",
               "--json")
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output, parse_constant=refuse)
+    out = json.loads(res.stdout, parse_constant=refuse)
     assert set(out["by_ratio"]) == {"0.1", "1.0"} and out["n_inputs"] == 50 and out["n_networks"] == 1
     spec = Spec.from_dict({"network": {"init": model, "input": str(x), "labels": str(y)},
                            "grid": {"ratio": [0.1, 1.0]}, "noise": {"draws": 20}})
@@ -288,7 +288,7 @@ def test_one_network_pools_ratios_by_draw():
     """Every ratio reuses the same draws: pooled over ratios, one network still has one sample per draw,
     so two nearly equal ratios give the interval of one (not a narrower one)."""
     base = [*SMALL[:-4], "--seeds", "1", "--draws", "20", "--layer", "2", "--json"]
-    one = json.loads(run(*base, "--ratio", "0.1").output)
-    two = json.loads(run(*base, "--ratio", "0.1,0.1000001").output)
+    one = json.loads(run(*base, "--ratio", "0.1").stdout)
+    two = json.loads(run(*base, "--ratio", "0.1,0.1000001").stdout)
     assert two["ci95"] == pytest.approx(one["ci95"], rel=1e-4)
     assert two["ci95_over"] == "draws"

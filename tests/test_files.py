@@ -175,7 +175,7 @@ def test_single_file_is_one_network(tmp_path):
     save_file(torch_state_dict(ws, bs), str(tmp_path / "m.safetensors"))
     with pytest.raises(SpecError, match=r"grid.seeds: 4 is not allowed; expected 1 with a single network file"):
         Spec.from_dict({**raw(tmp_path / "m.safetensors"), "grid": {"ratio": [0.1], "seeds": 4}})
-    for key, value, words in (("L", [2], "[3], the weight layers"), ("m", [4], "[6], the hidden width")):
+    for key, value, words in (("L", [2], "[3], the weight layers"), ("m", [4], "[6], the widest hidden layer")):
         with pytest.raises(SpecError) as info:
             Spec.from_dict({**raw(tmp_path / "m.safetensors"), "grid": {"ratio": [0.1], key: value}})
         assert f"grid.{key}: {value} is not allowed; expected {words}" in str(info.value)

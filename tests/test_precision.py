@@ -139,7 +139,7 @@ def test_float32_estimate_from_the_cli(tmp_path):
     for precision in ("float64", "float32"):
         res = CliRunner().invoke(main, args + ["--precision", precision])
         assert res.exit_code == 0, res.output
-        out[precision] = json.loads(res.output)
+        out[precision] = json.loads(res.stdout)
     lo, hi = out["float64"]["ci95"]
     assert lo - (hi - lo) < out["float32"]["mean_rel_change"] < hi + (hi - lo)
     res = CliRunner().invoke(main, args + ["--precision", "float16"])

@@ -1,0 +1,47 @@
+"""Tunables read from the environment: a leaf module (nothing of the package below it).
+
+Every ``NNSWEEP_*`` variable that changes how the tool runs (never a number it
+computes) is parsed here, in one way: a size in bytes such as ``64MB`` or
+``2GiB`` (or a count), refused in one line when it is not one.
+
+==============================  ===================================================  =========
+variable                        what it sets                                         default
+==============================  ===================================================  =========
+``NNSWEEP_KEEP_WEIGHTS``        the largest network (bytes) whose weights a worker   256 MiB
+                                keeps between the kernel's passes
+``NNSWEEP_MAX_STORE_BYTES``     the largest store a spec may ask for                 1 TB
+``NNSWEEP_MAX_BLOCKS``          the most blocks (tasks) a spec may ask for           1000000
+``NNSWEEP_MAX_BLOCK_MEMORY``    the largest estimated peak memory of one block       16 GiB
+==============================  ===================================================  =========
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import SpecError
+
+
+def env_size(var: str, default: int, count: bool = False, zero: bool = False) -> int:
+    """A size in bytes (or a count) from the environment variable ``var``, or ``default`` when unset.
+
+    Raises:
+        SpecError: the value is not a size (or count) > 0 (>= 0 with ``zero``).
+    """
+    raw = os.environ.get(var)
+    if raw is None:
+        return default
+    try:
+        if not raw.strip():
+            raise ValueError(raw)
+        if count:
+            value = int(raw)
+        else:
+            from dask.utils import parse_bytes  # only when the variable is set: dask is slow to import
+
+            value = int(parse_bytes(raw))
+    except (ValueError, TypeError):
+        raise SpecError(f"{var}={raw!r} is not allowed; expected a count or a size such as 64GB.") from None
+    if value < 0 or value == 0 and not zero:
+        raise SpecError(f"{var}={raw!r} is not allowed; expected a number {'>= 0' if zero else '> 0'}.")
+    return value
