@@ -277,6 +277,9 @@ def exported(tmp_path_factory):
 # --- comparison -------------------------------------------------------------------------------
 
 def _se_from_ci(ci, n: int) -> float:
+    """The standard error behind a 95% t-interval; 0 for None (the tool's interval of draws that all agree)."""
+    if ci is None:
+        return 0.0
     lo, hi = ci
     return (hi - lo) / 2 / stats.t.ppf(0.975, n - 1)
 
