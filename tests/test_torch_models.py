@@ -412,6 +412,8 @@ def test_estimate_json_says_how_it_read_the_network(exported, name):
     assert net["format"] == {"pth": "pt", "float16": "safetensors", "bfloat16": "safetensors"}.get(
         case.export, case.export), net
     assert len(net["layers"]) == ex.n_layers, net
+    layers = linear_layers(ex.reference, ex.x64)
+    assert net["widths"] == [layers[0].linear.in_features] + [lay.linear.out_features for lay in layers], net
     if case.activations is not None:
         assert tuple(net["activations"]) == case.activations, net
     if "batchnorm" in name:
