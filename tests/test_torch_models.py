@@ -162,6 +162,12 @@ CASES = [
     Case("onnx_leaky_relu", lambda: sequential([40, 64, 48, 10], lambda: nn.LeakyReLU(0.2)), export="onnx",
          activations=_acts(LEAKY, 2)),
     Case("onnx_tanh", lambda: sequential([40, 64, 48, 10], nn.Tanh), export="onnx", activations=_acts("tanh", 2)),
+    Case("onnx_batchnorm_tanh", lambda: sequential([40, 64, 48, 10], nn.Tanh, bn=True), export="onnx",
+         activations=_acts("tanh", 2)),
+    Case("onnx_matmul_add", lambda: sequential([64, 100, 50, 10], nn.SiLU), export="onnx_matmul",
+         activations=_acts("silu", 2)),
+    Case("onnx_gemm_transb0", lambda: sequential([40, 64, 48, 10], nn.Sigmoid), export="onnx_transb0",
+         activations=_acts("sigmoid", 2)),
 ]
 BY_NAME = {c.name: c for c in CASES}
 
@@ -196,6 +202,35 @@ def _save_onnx(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bool = Fal
                               output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
 
 
+def _rewrite_gemms(path: Path, form: str) -> None:
+    """Each Gemm(x, W, b, transB=1) of torch's export as other exporters write it (tf2onnx, skl2onnx):
+    ``matmul``: MatMul(x, W^T) then Add(., b); ``transb0``: Gemm(x, W^T, b) with transB=0."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "Gemm":
+            nodes.append(node)
+            continue
+        x, w, b = node.input
+        wt = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(inits[w]).T), f"{w}_T")
+        graph.initializer.remove(inits[w])
+        graph.initializer.append(wt)
+        if form == "matmul":
+            nodes += [helper.make_node("MatMul", [x, wt.name], [f"{node.output[0]}_mm"], name=f"{node.name}_MatMul"),
+                      helper.make_node("Add", [f"{node.output[0]}_mm", b], list(node.output), name=f"{node.name}_Add")]
+        else:
+            nodes.append(helper.make_node("Gemm", [x, wt.name, b], list(node.output), name=node.name, transB=0))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def export(case: Case, directory: Path, seed: int = 0) -> Exported:
     from safetensors.torch import save_file
 
@@ -208,10 +243,13 @@ def export(case: Case, directory: Path, seed: int = 0) -> Exported:
     as_stored = copy.deepcopy(model).to(stored).float()  # what the file holds, computed in float32
     with torch.no_grad():
         logits = as_stored(x)
-    suffix = {"float16": "safetensors", "bfloat16": "safetensors", "onnx_dynamo": "onnx"}.get(case.export, case.export)
+    suffix = "onnx" if case.export.startswith("onnx") else {"float16": "safetensors", "bfloat16": "safetensors"}.get(
+        case.export, case.export)
     net = directory / f"model.{suffix}"
     if case.export.startswith("onnx"):
         _save_onnx(model, x, net, dynamo=case.export == "onnx_dynamo")
+        if case.export in ("onnx_matmul", "onnx_transb0"):
+            _rewrite_gemms(net, case.export.removeprefix("onnx_"))
     elif case.export in ("pt", "pth"):
         torch.save(model.state_dict(), net)
     else:
@@ -408,21 +446,23 @@ def test_onnx_from_the_dynamo_exporter(tmp_path, name):
     assert not bad, f"{name} (dynamo export):\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("name", ["onnx_relu", "onnx_tanh", "batchnorm_named_ordered", "leaky_relu", "bfloat16"])
+@pytest.mark.parametrize("name", ["onnx_relu", "onnx_tanh", "onnx_matmul_add", "batchnorm_named_ordered",
+                                  "onnx_batchnorm_tanh", "leaky_relu", "bfloat16"])
 def test_estimate_json_says_how_it_read_the_network(exported, name):
     ex = exported(name)
     out = estimate_json(ex)
     net = out["network"]
     case = ex.case
-    assert net["format"] == {"pth": "pt", "float16": "safetensors", "bfloat16": "safetensors"}.get(
-        case.export, case.export), net
+    assert net["format"] == ("onnx" if case.export.startswith("onnx") else {
+        "pth": "pt", "float16": "safetensors", "bfloat16": "safetensors"}.get(case.export, case.export)), net
     assert len(net["layers"]) == ex.n_layers, net
     layers = linear_layers(ex.reference, ex.x64)
     assert net["widths"] == [layers[0].linear.in_features] + [lay.linear.out_features for lay in layers], net
     if case.activations is not None:
         assert tuple(net["activations"]) == case.activations, net
     if "batchnorm" in name:
-        assert all("bn" in line and "folded" in line for line in net["layers"][:-1]), net
+        assert all(re.search(r"\bbn\d|batchnorm", line, re.I) and "folded" in line for line in net["layers"][:-1]), net
+        assert "folded" not in net["layers"][-1], net
     if name == "bfloat16":
         assert all("bfloat16" in line for line in net["layers"]), net
 
