@@ -150,6 +150,9 @@ CASES = [
     Case("gelu_tanh", lambda: sequential([40, 64, 48, 10], lambda: nn.GELU(approximate="tanh")),
          options=("--activation", "gelu_tanh")),
     Case("silu", lambda: sequential([40, 64, 48, 10], nn.SiLU), options=("--activation", "silu")),
+    Case("mixed_activations", lambda: nn.Sequential(nn.Linear(40, 64), nn.GELU(), nn.Linear(64, 48),
+                                                    nn.LeakyReLU(0.1), nn.Linear(48, 10)),
+         options=("--activation", "gelu,leaky_relu(0.1)"), activations=("gelu", "leaky_relu(0.1)")),
     Case("batchnorm_sequential", lambda: sequential([40, 64, 48, 10], bn=True)),
     Case("batchnorm_named_ordered", lambda: Named(["fc1", "fc2", "fc3"], [40, 64, 48, 10], bn=True),
          options=("--layer-order", "fc1,bn1,fc2,bn2,fc3")),
@@ -162,6 +165,10 @@ CASES = [
     Case("onnx_leaky_relu", lambda: sequential([40, 64, 48, 10], lambda: nn.LeakyReLU(0.2)), export="onnx",
          activations=_acts(LEAKY, 2)),
     Case("onnx_tanh", lambda: sequential([40, 64, 48, 10], nn.Tanh), export="onnx", activations=_acts("tanh", 2)),
+    Case("onnx_mixed_activations", lambda: nn.Sequential(nn.Linear(40, 64), nn.Tanh(), nn.Linear(64, 48), nn.SiLU(),
+                                                         nn.Linear(48, 10)), export="onnx", activations=("tanh", "silu")),
+    Case("onnx_gelu_opset14", lambda: sequential([40, 64, 48, 10], nn.GELU), export="onnx_opset14",
+         activations=_acts("gelu", 2)),  # before opset 20 GELU is exported as Div, Erf, Add, Mul, Mul
     Case("onnx_batchnorm_tanh", lambda: sequential([40, 64, 48, 10], nn.Tanh, bn=True), export="onnx",
          activations=_acts("tanh", 2)),
     Case("onnx_matmul_add", lambda: sequential([64, 100, 50, 10], nn.SiLU), export="onnx_matmul",
@@ -190,7 +197,7 @@ class Exported:
     n_layers: int
 
 
-def _save_onnx(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bool = False) -> None:
+def _save_onnx(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bool = False, opset: int | None = None) -> None:
     """The TorchScript exporter by default: torch's default (dynamo) exporter needs onnxscript."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -198,7 +205,7 @@ def _save_onnx(model: nn.Module, x: torch.Tensor, path: Path, dynamo: bool = Fal
             torch.onnx.export(model, (x[:2],), str(path), dynamo=True, input_names=["x"], output_names=["logits"],
                               dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
         else:
-            torch.onnx.export(model, (x[:2],), str(path), dynamo=False, input_names=["x"],
+            torch.onnx.export(model, (x[:2],), str(path), dynamo=False, input_names=["x"], opset_version=opset,
                               output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
 
 
@@ -247,7 +254,8 @@ def export(case: Case, directory: Path, seed: int = 0) -> Exported:
         case.export, case.export)
     net = directory / f"model.{suffix}"
     if case.export.startswith("onnx"):
-        _save_onnx(model, x, net, dynamo=case.export == "onnx_dynamo")
+        opset = int(case.export.removeprefix("onnx_opset")) if case.export.startswith("onnx_opset") else None
+        _save_onnx(model, x, net, dynamo=case.export == "onnx_dynamo", opset=opset)
         if case.export in ("onnx_matmul", "onnx_transb0"):
             _rewrite_gemms(net, case.export.removeprefix("onnx_"))
     elif case.export in ("pt", "pth"):
@@ -446,7 +454,8 @@ def test_onnx_from_the_dynamo_exporter(tmp_path, name):
     assert not bad, f"{name} (dynamo export):\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("name", ["onnx_relu", "onnx_tanh", "onnx_matmul_add", "batchnorm_named_ordered",
+@pytest.mark.parametrize("name", ["onnx_relu", "onnx_tanh", "onnx_matmul_add", "onnx_gelu_opset14",
+                                  "onnx_mixed_activations", "mixed_activations", "batchnorm_named_ordered",
                                   "onnx_batchnorm_tanh", "leaky_relu", "bfloat16"])
 def test_estimate_json_says_how_it_read_the_network(exported, name):
     ex = exported(name)
