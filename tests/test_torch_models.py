@@ -596,3 +596,22 @@ def test_onnx_graphs_that_are_not_a_supported_chain_are_refused_naming_the_node(
 def test_an_activation_the_tool_cannot_compute_is_refused_by_name(exported):
     ex = exported("relu_uniform")
     assert_refused(estimate(ex, "--activation", "mish", clean_outputs=False), "mish")
+
+
+def test_a_layer_order_leaving_out_a_batchnorm_is_refused(exported):
+    ex = exported("batchnorm_named_ordered")
+    assert_refused(estimate(ex, "--layer-order", "fc1,fc2,fc3"), r"\bbn1\b", r"\bbn2\b")
+
+
+def test_a_batchnorm_after_an_activation_is_refused_in_every_format_and_the_advice_leads_somewhere(tmp_path):
+    """Linear, ReLU, BatchNorm1d, Linear: the BatchNorm does not fold into the Linear layer before it, and a
+    state dict cannot show that an activation sits in between; an ONNX graph can. Whatever the tool does,
+    it must not fold it silently, and a refusal must not send the user to a format that is refused too."""
+    case = Case("bn_after_relu", lambda: nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.BatchNorm1d(64),
+                                                       nn.Linear(64, 10)))
+    state_dict = assert_refused(estimate(export(case, tmp_path / "st")), r"\b2\b", "BatchNorm")
+    as_onnx = estimate(export(dataclasses.replace(case, export="onnx"), tmp_path / "onnx"))
+    if as_onnx.exit_code != 0:
+        assert_refused(as_onnx, "BatchNormalization")
+        assert "onnx" not in state_dict.lower(), (
+            f"the state dict's refusal recommends ONNX, which is refused too:\n{state_dict}\n{as_onnx.output}")
