@@ -239,8 +239,11 @@ def _order(modules: dict[str, Module], order, bad) -> list[str]:
     numbered = names if len(names) == 1 else _numbered(names)
     gap = _bn_gap(numbered or [], modules)
     if gap:
-        raise bad(f"has the modules {', '.join(numbered)}, and {gap}. Export the model to ONNX, which "
-                  "records every step, or save it with each BatchNorm1d right after its Linear layer",
+        raise bad(f"has the modules {', '.join(numbered)}, and {gap}. If the BatchNorm1d directly follows "
+                  "its Linear layer, save the model with the BatchNorm right after it; if it follows an "
+                  "activation, fold it into the next Linear layer before saving (with s = gamma / "
+                  "sqrt(running_var + eps): W' = W * s, column by column, and b' = b + W @ (beta - s * "
+                  "running_mean)), since no file format nnsweep reads can carry it there",
                   expected=None)
     if order is not None:
         given = _expand(order, modules, bad)
