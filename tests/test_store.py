@@ -255,7 +255,7 @@ def test_a_store_of_an_older_schema_is_refused_untouched(full_store, tmp_path):
             action()
         msg = str(e.value)
         assert "schema version 2" in msg and f"reads version {store.SCHEMA_VERSION}" in msg
-        assert "stream of its own" in msg and "nnsweep run SPEC --store NEW.zarr" in msg
+        assert "batches of draws" in msg and "nnsweep run SPEC --store NEW.zarr" in msg
     res = CliRunner().invoke(main, ["query", str(old)])
     assert res.exit_code == 2 and "schema version 2" in res.output and "Traceback" not in res.output
     assert snapshot(old) == before
