@@ -24,9 +24,12 @@ import string
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError
+import numpy as np
+
 from .activations import canonical, per_layer
+from .errors import SpecError
 from .files import NETWORK_SUFFIXES, NetworkArrays, parse_inputs, parse_labels, parse_network, read_bytes, sha256
+from .network import clean_output_mismatch
 from .sizes import check_sizes
 
 INITS = ("he", "xavier", "orthogonal")
@@ -216,8 +219,6 @@ class ComputeSpec:
 
     @property
     def dtype(self):
-        import numpy as np
-
         return np.dtype(self.precision)
 
 
@@ -585,8 +586,6 @@ class _Validator:
 
     def check_clean_outputs(self, v: Any, init: str, inp: str, cells: list, read: list, tolerance: float) -> str:
         """The user's clean outputs against the tool's clean pass of every network file, before any work."""
-        from .network import clean_output_mismatch
-
         field = "network.clean_outputs"
         what = ("null, or the path of a .npy of your own network's outputs on network.input, shape (n, k) "
                 "(e.g. model(x).detach().numpy()), with {L}, {m}, {seed} for a path template of networks")
@@ -617,8 +616,6 @@ class _Validator:
         return v
 
     def outputs_file(self, path: str, n: int, k: int):
-        import numpy as np
-
         field = "network.clean_outputs"
         data = read_bytes(path, field)
         try:
