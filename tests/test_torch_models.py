@@ -460,8 +460,7 @@ def test_float32_precision_matches_a_torch_monte_carlo_down_to_small_ratios(expo
 
 @pytest.mark.parametrize("name", ["onnx_relu", "onnx_leaky_relu", "onnx_tanh"])
 def test_onnx_from_the_dynamo_exporter(tmp_path, name):
-    """torch.onnx.export's default exporter (MatMul/Gemm as it chooses); needs onnxscript."""
-    pytest.importorskip("onnxscript")
+    """torch.onnx.export's default exporter (MatMul/Gemm as it chooses); it needs onnxscript, a test dependency."""
     ex = export(dataclasses.replace(BY_NAME[name], export="onnx_dynamo"), tmp_path)
     bad = compare(ex, estimate_json(ex))
     assert not bad, f"{name} (dynamo export):\n" + "\n".join(bad)
