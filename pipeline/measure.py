@@ -410,7 +410,8 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     present = [i for i in layers if i <= net.depth]
     with_linear = with_linear and bool(present)
     if batch_draws is None:
-        batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype)
+        smooth = any(not a.piecewise_linear for a in net.activations)
+        batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth)
     batch_draws = max(1, min(batch_draws, draws))
     sizes, norms, linear, sources = {}, np.full(net.depth, np.nan), {}, {}
 

@@ -137,12 +137,6 @@ class NetworkSpec:
         role = self.network_role(L, m, seed)
         return next(r for r in self.read if r.role == role)
 
-    def widths(self, L: int, m: int, seed: int) -> tuple[int, ...]:
-        """n_0 = d, n_1 .. n_{L-1}, n_L = k of one grid cell's network."""
-        if self.init_is_file:
-            return self.reading(L, m, seed).widths
-        return (self.input_dim,) + (m,) * (L - 1) + (self.output_dim,)
-
     def activations(self, L: int, m: int, seed: int) -> tuple[str, ...]:
         """The activation after each hidden layer of one grid cell's network."""
         if self.init_is_file:
