@@ -24,6 +24,8 @@ from . import files
 from .activations import RELU, Activation, activation
 from .config import env_size
 from .errors import SpecError
+# the norms are linalg's; measure, the benchmarks and the tests name them here too
+from .linalg import LANCZOS_STEPS, frobenius_norm, spectral_norm, spectral_norm_estimate  # noqa: F401
 
 if TYPE_CHECKING:
     from .spec import Spec
@@ -139,73 +141,6 @@ class Network:
             if j < self.depth:
                 h = self.activations[j - 1].forward(z)
         return Forward(tuple(pre), tuple(post))
-
-
-def frobenius_norm(w: np.ndarray) -> float:
-    """||W||_F: each row's sum of squares in the matrix's precision (relative error below 1e-5
-    for float32 rows of up to 10^5 entries), the rows added in float64."""
-    return float(np.sqrt(np.einsum("ij,ij->i", w, w).sum(dtype=np.float64)))
-
-
-def spectral_norm(w: np.ndarray) -> float:
-    """Largest singular value; Lanczos (ARPACK) for large matrices, a full SVD otherwise.
-
-    ARPACK starts from a fixed random vector (reproducible, and never
-    orthogonal to the top singular vector in practice). Its tolerance bounds
-    the residual; the singular value itself, a Ritz value, is accurate to
-    about the residual squared over the spectral gap, far below 1e-6.
-    """
-    if min(w.shape) < 128:
-        return float(np.linalg.norm(w, 2))
-    if not np.any(w):
-        return 0.0
-    from scipy.sparse.linalg import svds
-
-    v0 = np.random.default_rng(0).standard_normal(min(w.shape))
-    return float(svds(w, k=1, tol=1e-6, v0=v0, return_singular_vectors=False)[0])
-
-
-LANCZOS_STEPS = 20
-
-
-def spectral_norm_estimate(w: np.ndarray, steps: int = LANCZOS_STEPS) -> float:
-    """Largest singular value by a fixed number of Lanczos steps on the Gram matrix; exact when small.
-
-    ``steps`` matrix-vector products with W and W^T (full reorthogonalisation,
-    a fixed start vector), then the top Ritz value: a lower estimate, never
-    above ||W||_2 but for float32 rounding (the products run in float32: they
-    are memory-bound, and the estimate's own error is far larger). For He-init
-    matrices the shortfall measured by tests/test_network.py is below 0.5% at
-    m = 2048, at a fraction of the cost of the converged ARPACK run of
-    :func:`spectral_norm` (benchmarks/bench_linear.py).
-    """
-    if min(w.shape) < 128:
-        return float(np.linalg.norm(w, 2))
-    a = (w if w.shape[0] >= w.shape[1] else w.T).astype(np.float32, copy=False)  # the smaller Gram matrix a^T a
-    steps = min(steps, a.shape[1])
-    basis = np.zeros((steps, a.shape[1]))
-    alpha, beta = np.zeros(steps), np.zeros(steps)
-    v = np.random.default_rng(0).standard_normal(a.shape[1])
-    v /= np.linalg.norm(v)
-    for j in range(steps):
-        basis[j] = v
-        u = (a.T @ (a @ v.astype(np.float32))).astype(np.float64)
-        alpha[j] = v @ u
-        for _ in range(2):  # twice is enough (Kahan): the basis stays orthonormal to rounding
-            u -= basis[:j + 1].T @ (basis[:j + 1] @ u)
-        beta[j] = np.linalg.norm(u)
-        if beta[j] <= 1e-10 * alpha[:j + 1].max():  # an invariant subspace: the Ritz values are exact
-            steps = j + 1
-            break
-        v = u / beta[j]
-    top = np.linalg.eigvalsh(tridiagonal(alpha[:steps], beta[:steps - 1]))[-1]
-    return float(np.sqrt(max(top, 0.0)))
-
-
-def tridiagonal(diagonal: np.ndarray, off: np.ndarray) -> np.ndarray:
-    """The dense symmetric tridiagonal matrix of a Lanczos run: a few dozen rows, so numpy's dense
-    eigensolver is as fast as a tridiagonal one and spares importing scipy on the way to an answer."""
-    return np.diag(diagonal) + np.diag(off, 1) + np.diag(off, -1)
 
 
 def layer_shapes(L: int, m: int, d: int, k: int) -> list[tuple[int, int]]:

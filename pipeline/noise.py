@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .network import frobenius_norm, tridiagonal
+from .linalg import SPECTRAL_TOL, frobenius_norm, top_singular_value
 
 BATCH_BYTES = 64 * 2**20
-SPECTRAL_TOL = 1e-6  # relative error allowed in a spectral norm (the eigenvalue of the Gram matrix)
 DENSE_SPECTRAL_BELOW = 128  # min(shape) below which a spectral norm is a full SVD
 TABLE_INPUTS = 8  # with at most this many inputs, Rademacher eta @ H uses byte tables
-MAX_LANCZOS_STEPS = 300  # a converged spectral norm takes tens of steps; beyond this, a full SVD
 
 
 def matrix_norm(w: np.ndarray, norm: str) -> float:
@@ -294,40 +292,4 @@ def spectral_norms(e: np.ndarray) -> np.ndarray:
     """||e_b||_2 for a stack of matrices (b, n_out, n_in), float64, to a relative SPECTRAL_TOL or better."""
     if min(e.shape[1:]) < DENSE_SPECTRAL_BELOW:
         return np.linalg.norm(e.astype(np.float64, copy=False), 2, axis=(1, 2))
-    return np.array([_top_singular_value(m) for m in e])
-
-
-def _top_singular_value(w: np.ndarray, tol: float = SPECTRAL_TOL) -> float:
-    """Largest singular value by Lanczos on the smaller Gram matrix until converged.
-
-    Products in float32 (memory-bound; their rounding moves the answer by about
-    1e-8 relative), the recurrence in float64 with full reorthogonalisation, a
-    fixed start vector. Stops when the top Ritz pair's residual is below
-    ``tol`` times its value: then an eigenvalue of the Gram matrix lies within
-    ``tol`` (relative) of it, and the singular value within tol / 2. Falls back
-    to a full SVD if that takes more than MAX_LANCZOS_STEPS steps (or the dimension).
-    """
-    a = (w if w.shape[0] >= w.shape[1] else w.T).astype(np.float32, copy=False)
-    n = a.shape[1]
-    # the basis grows as needed: a converged run takes tens of steps, and n x n floats can be 100 MB
-    basis, alpha, beta = np.zeros((min(n, 64), n)), np.zeros(n), np.zeros(n)
-    v = np.random.default_rng(0).standard_normal(n)
-    v /= np.linalg.norm(v)
-    for j in range(min(n, MAX_LANCZOS_STEPS)):
-        if j == len(basis):
-            basis = np.concatenate([basis, np.zeros((min(len(basis), n - j), n))])
-        basis[j] = v
-        u = (a.T @ (a @ v.astype(np.float32))).astype(np.float64)
-        alpha[j] = v @ u
-        u -= basis[:j + 1].T @ (basis[:j + 1] @ u)
-        u -= basis[:j + 1].T @ (basis[:j + 1] @ u)  # twice is enough (Kahan)
-        beta[j] = np.linalg.norm(u)
-        # a check costs a tridiagonal eigensolve; before ~20 steps one never passes at 1e-6
-        if (j >= min(19, n - 1) and j % 5 == 4) or j == n - 1 or beta[j] <= 1e-12 * np.max(alpha[:j + 1]):
-            theta, s = np.linalg.eigh(tridiagonal(alpha[:j + 1], beta[:j]))
-            if beta[j] * abs(s[-1, -1]) <= tol * theta[-1]:
-                return float(np.sqrt(theta[-1]))
-        if beta[j] == 0.0:
-            break
-        v = u / beta[j]
-    return float(np.linalg.norm(w.astype(np.float64), 2))
+    return np.array([top_singular_value(m) for m in e])
