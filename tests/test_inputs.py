@@ -121,6 +121,46 @@ def test_many_inputs_match_naive_in_distribution(distribution, norm):
     assert res.pred_changed.max() > 0
 
 
+@pytest.mark.parametrize("distribution, norm", [("gaussian", "frobenius"), ("gaussian", "spectral"),
+                                                ("rademacher", "frobenius")])
+@pytest.mark.parametrize("n", [3, 14])
+def test_kernel_with_several_inputs_and_ratios_equals_a_naive_rerun_of_the_same_noise(distribution, norm, n):
+    """measure_network with n inputs and three ratios at once, cell by cell, against materialising eta and
+    rerunning the whole network on every input. The noise is the kernel's own: its stream's eta @ H at
+    ratio 1 (H the layer's clean inputs), and eta' = (eta @ H) H^+ has eta' H = eta H (H H^+ H = H), so
+    W_i + r eta' moves every input as the kernel's draw does. n = 3 samples eta @ H without eta; n = 14
+    (more inputs than units) forms eta. A mix-up of ratios, inputs, draws or layers in the columns fails."""
+    rng = np.random.default_rng(60 + n)
+    L, d, m, k, draws = 3, 10, 11, 4, 5
+    net = random_net(rng, L, d, m, k, biases=True)
+    X = rng.standard_normal((d, n))
+    labels = rng.integers(0, k, n)
+    ratios = np.array([0.001, 0.1, 0.7])
+    stream = lambda i: np.random.default_rng([8, i])  # noqa: E731
+    res = measure_network(net, X.T, ratios, (1, 2, 3), draws, distribution, norm, stream, labels)
+    clean, clean_pre = naive_outputs(net.weights, net.biases, X)
+    hidden = (L - 1) * m
+    changed = 0
+    for i in (1, 2, 3):
+        H = X if i == 1 else np.stack([np.maximum(p[i - 2], 0.0) for p in clean_pre], axis=1)
+        P = pre_activation_noise(stream(i), net.weights[i - 1], H, draws, distribution, norm)  # (n_i, draw, n)
+        for t in range(draws):
+            eta = P[:, t, :] @ np.linalg.pinv(H)
+            for a, r in enumerate(ratios):
+                out, pre = naive_outputs(net.weights, net.biases, X, i, r * eta)
+                flips = [sum(int(np.sum((u > 0) != (w > 0))) for u, w in zip(cp[:-1], p[:-1]))
+                         for cp, p in zip(clean_pre, pre)]
+                np.testing.assert_allclose(res.delta_norm[a, i - 1, :, t], np.sqrt(((out - clean) ** 2).sum(axis=0)),
+                                           rtol=1e-8, err_msg=f"layer {i}, ratio {r}, draw {t}")
+                np.testing.assert_allclose(res.hidden_flip_fraction[a, i - 1, :, t], np.array(flips) / hidden,
+                                           rtol=0, atol=1e-15)
+                moved = out.argmax(axis=0) != clean.argmax(axis=0)
+                np.testing.assert_array_equal(res.pred_changed[a, i - 1, :, t], moved)
+                assert res.accuracy[a, i - 1, t] == pytest.approx(np.mean(out.argmax(axis=0) == labels), abs=1e-12)
+                changed += int(moved.sum())
+    assert changed > 0  # the prediction comparison was not vacuous
+
+
 def test_metrics_of_one_network(tmp_path):
     """clean accuracy and margin against a direct computation; accuracy with r = 0 is the clean one."""
     rng = np.random.default_rng(8)

@@ -387,6 +387,21 @@ def test_ratios_that_cannot_be_told_apart_are_refused(tiny_raw):
     assert "grid.ratio" in msg and "differ by more than 1e-09" in msg and "--sel" in msg
 
 
+@pytest.mark.parametrize("a, b", [(1e-10, 1.5e-10), (1e-10, 1e-10 * (1 + 3e-9)), (1.0, 1.0 + 3e-9),
+                                  (1e3, 1e3 * (1 + 3e-9))])
+def test_distinct_ratios_are_told_apart_relative_to_their_size(tiny_raw, a, b):
+    """Two ratios 5e-11 apart at 1e-10 are 50% apart: distinct, though an absolute 1e-9 rule would merge them."""
+    spec = Spec.from_dict(tiny_raw(grid={"ratio": [b, a]}))
+    assert spec.grid.ratio == (a, b)
+
+
+@pytest.mark.parametrize("a, b", [(1.0, 1.0 + 1e-12), (1e-10, 1e-10 * (1 + 1e-10)), (1e3, 1e3 + 1e-7)])
+def test_ratios_within_a_relative_1e_9_are_refused(tiny_raw, a, b):
+    """1e3 and 1e3 + 1e-7 differ by 1e-10 relative: refused, though an absolute 1e-9 rule would keep both."""
+    msg = _error(tiny_raw(grid={"ratio": [a, b]}))
+    assert "grid.ratio" in msg and "differ by more than 1e-09 relative" in msg and repr(a) in msg
+
+
 def test_ratio_below_the_tested_range_is_refused_with_the_reason(tiny_raw):
     msg = _error(tiny_raw(grid={"ratio": [1e-14, 0.1]}))
     assert "grid.ratio: 1e-14 is not allowed" in msg and "ratios >= 1e-10, the smallest ratio whose accuracy" in msg
