@@ -378,7 +378,7 @@ def _history_lines(s: dict) -> list[str]:
 @click.option("--var", default="rel_change", show_default=True,
               help="Variable: rel_change, delta_norm, pred_changed, accuracy, hidden_flip_fraction, bound, output_norm, ...")
 @click.option("--reduce", type=click.Choice(["mean", "median", "std", "min", "max", "count"]), default=None,
-              help="Reduce over --over (default: seed and draw).")
+              help="Reduce over --over (default: over seed, input and draw, those the variable has).")
 @click.option("--over", default="", metavar="DIMS", help="Comma-separated dimensions to reduce over.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
@@ -386,7 +386,7 @@ def _history_lines(s: dict) -> list[str]:
 def query(store, sel, var, reduce, over, fmt, storage_options):
     """Select and reduce results, e.g. the mean relative change by L and m at r = 0.1:
 
-    nnsweep query STORE --sel ratio=0.1 --reduce mean --over layer,seed,draw
+    nnsweep query STORE --sel ratio=0.1 --reduce mean --over layer,seed,input,draw
     """
     from .query import query as run_query
     from .query import to_text

@@ -293,6 +293,20 @@ def test_query_json_median_default_over_seed_input_and_draw(partial_store, direc
     np.testing.assert_allclose(got.values, want.values, rtol=1e-9)  # full precision: see the test below
 
 
+@pytest.mark.parametrize("var", ["delta_norm", "accuracy", "output_norm"])
+def test_query_help_names_the_dimensions_the_default_reduces_over(partial_store, direct, var):
+    """--reduce without --over removes exactly the dimensions --help names (those the variable has)."""
+    _, path = partial_store
+    text = " ".join(invoke("query", "--help").output.split())
+    named = re.search(r"\(default: over ([^)]*)\)", text).group(1)
+    named = [w for w in re.split(r"[ ,]+", named) if w in direct.dims]
+    assert named == ["seed", "input", "draw"]
+    result = invoke("query", path, "--var", var, "--reduce", "count", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    kept = set(pd.read_csv(io.StringIO(result.output)).columns) - {var}
+    assert set(direct[var].dims) - kept == set(named) & set(direct[var].dims)
+
+
 def test_query_count_skips_missing_and_absent_cells(partial_store, direct):
     _, path = partial_store
     result = invoke("query", path, "--sel", "L=2", "--sel", "m=8", "--sel", "ratio=0.3", "--reduce", "count",
