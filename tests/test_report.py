@@ -159,6 +159,36 @@ def test_answer_matches_direct_reductions_and_scipy(made, direct):
     assert sig3(words[1], min(loose)) and sig3(words[2], max(loose)), words[0]
 
 
+def test_linear_table_of_random_networks_matches_the_store(made, direct):
+    """index.md's linear table, every column of every (L, m, layer) row, against xarray on the store: a
+    column computed from the wrong variable, or printed under the wrong header, fails."""
+    _, _, out = made
+    lines = (out / "index.md").read_text().splitlines()
+    start = lines.index("## The linear answer and the worst direction")
+    head = next(j for j in range(start, len(lines)) if lines[j].startswith("| L | m | i | E R | RMS R"))
+    assert f"At r = {RATIO:g}," in lines[start + 2]
+    rows = []
+    for ln in lines[head + 2:]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    v = direct["output_norm"]
+    over = ["seed", "input"]
+    rel = direct["R"].sel(ratio=RATIO)
+    rms = np.sqrt((rel**2).mean(over + ["draw"]))
+    worst = (direct["worst_realised"] / v).sel(ratio=RATIO).mean(over)
+    bound = (direct["bound"] / v).sel(ratio=RATIO).mean(over)
+    want = [rel.mean(over + ["draw"]), rms, np.sqrt(((direct["linear_rms"] / v).sel(ratio=RATIO) ** 2).mean(over)),
+            (direct["worst_linear"] / v).sel(ratio=RATIO).mean(over), worst, bound, worst / rms, bound / worst]
+    expected = [(int(L), int(m), int(i)) for L in direct.L.values for m in direct.m.values for i in direct.layer.values
+                if i <= L and np.isfinite(float(want[0].sel(L=L, m=m, layer=i)))]
+    assert [(int(r[0]), int(r[1]), int(r[2])) for r in rows] == expected and expected
+    for r in rows:
+        cell = dict(L=int(r[0]), m=int(r[1]), layer=int(r[2]))
+        for text, da in zip(r[3:], want):
+            assert sig3(text, float(da.sel(cell))), (r, text, float(da.sel(cell)))
+
+
 def test_every_plot_is_written_and_embedded(made):
     _, _, out = made
     index = (out / "index.md").read_text()
