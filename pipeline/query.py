@@ -103,7 +103,7 @@ def query(path, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str 
     da = ds[var].sel(selection)
     if reduce is None:
         if over:
-            raise UserError("--over needs --reduce, e.g. --reduce mean --over seed,draw.")
+            raise UserError("--over needs --reduce, e.g. --reduce mean --over seed,input,draw.")
         return _checked(path, ds, da, da)
     if reduce not in REDUCERS:
         raise UserError(f"--reduce {reduce!r} is not allowed; expected one of {', '.join(REDUCERS)}.")
