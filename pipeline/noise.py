@@ -331,3 +331,41 @@ def _top_singular_value(w: np.ndarray, tol: float = SPECTRAL_TOL) -> float:
             break
         v = u / beta[j]
     return float(np.linalg.norm(w.astype(np.float64), 2))
+
+
+# ---------------------------------------------------------------- every layer at once
+
+
+def weight_noise(rng: np.random.Generator, shape: tuple[int, int], draws: int, distribution: str, norm: str,
+                 size: float, dtype=np.float64) -> np.ndarray:
+    """``draws`` independent eta formed whole, shape (draws, n_out, n_in), with ||eta||_norm = ``size``.
+
+    For the cells with noise in every layer at once, where eta_j multiplies the perturbed input of layer j
+    (a different vector in every column), so eta @ H alone is not enough. The same laws as the samplers
+    above: a uniformly random direction (gaussian, sphere) or random signs, scaled. Drawn draw-major from
+    ``rng``, so consecutive calls give what one call for all the draws gives.
+    """
+    n_out, n_in = shape
+    if distribution == "rademacher":
+        e = _signs(_sign_bytes(rng, draws, shape), n_in, np.dtype(np.float64))
+    else:
+        e = rng.standard_normal((draws, n_out, n_in))
+    raw = np.sqrt(np.einsum("bij,bij->b", e, e)) if norm == "frobenius" else spectral_norms(e)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(raw > 0, size / raw, 0.0)
+    e *= scale[:, None, None]
+    return e.astype(dtype, copy=False)
+
+
+def bias_noise(rng: np.random.Generator, n_out: int, draws: int, distribution: str, size: float,
+               dtype=np.float64) -> np.ndarray:
+    """``draws`` independent eta_b of 2-norm ``size`` (a vector's Frobenius and spectral norms agree),
+    shape (draws, n_out): a uniformly random direction (gaussian, sphere) or random signs / sqrt(n_out)."""
+    if distribution == "rademacher":
+        e = rng.integers(0, 2, size=(draws, n_out)) * 2.0 - 1.0
+    else:
+        e = rng.standard_normal((draws, n_out))
+    raw = np.linalg.norm(e, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e *= np.where(raw > 0, size / raw, 0.0)[:, None]
+    return e.astype(dtype, copy=False)

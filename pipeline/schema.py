@@ -16,6 +16,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .spec import Spec
 
+TOGETHER = 0  # the layer coordinate of the cells whose noise is in every layer at once
+TOGETHER_NAME = "together"  # how specs, the CLI and reports write it
+
+
+def layer_name(i: int) -> str:
+    """A layer coordinate as specs and reports write it.
+
+    >>> layer_name(0), layer_name(3)
+    ('together', '3')
+    """
+    return TOGETHER_NAME if i == TOGETHER else str(i)
+
+
 FULL = ("L", "m", "ratio", "layer", "seed", "input", "draw")
 NET = ("L", "m", "seed")
 CELL_INPUT = ("L", "m", "ratio", "layer", "seed", "input")
