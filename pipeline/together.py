@@ -26,6 +26,7 @@ import numpy as np
 from .noise import bias_noise, weight_noise
 
 ASCENT_STEPS = 200  # the worst joint direction's ascent converges in a few tens of steps
+RANDOM_STARTS = 4
 
 
 def _no_clock(phase: str):
@@ -124,7 +125,8 @@ def joint_worst(grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (the support function of a sum of ellipsoids). f is convex, so the step
     w <- grad f(w) / ||grad f(w)|| never lowers it (it maximises f's tangent plane on the
     sphere); it stops at a local maximum. Started from the top eigenvector of sum_t M_t
-    (the answer under one joint constraint) and of each M_t, the best end point is kept:
+    (the answer under one joint constraint), of each M_t and from RANDOM_STARTS fixed random
+    vectors, the best end point is kept:
     exact for k = 1 and for one layer, a lower bound on the maximum otherwise, and
     never below the joint-constraint answer.
 
@@ -141,6 +143,9 @@ def joint_worst(grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     T, n, k, _ = grams.shape
     starts = [np.linalg.eigh(grams.sum(axis=0))[1][:, :, -1]] + [np.linalg.eigh(g)[1][:, :, -1] for g in grams]
+    # and a few fixed random ones: a start where some term is 0 (an eigenvector of one rank-deficient term) sits
+    # on f's kink there, where the step does not move even when it is no maximum
+    starts += list(np.random.default_rng(0).standard_normal((RANDOM_STARTS, n, k)))
     best, best_w = np.full(n, -np.inf), np.zeros((n, k))
     for w in starts:
         w = w + 1e-3 * np.where(np.abs(w).sum(axis=1, keepdims=True) > 0, 0.0, 1.0)  # a zero start: any vector
