@@ -164,11 +164,11 @@ def together_bytes(shapes, n: int, ratios: int, dtype, smooth: bool = False) -> 
     """Working memory of one draw of the together cells (pipeline/together.py): its n * ratios columns
     as the perturbed input, the change and the clean pre-activations gathered per column, their
     difference and a transposed copy (the widest layer, working precision), one layer's eta formed in
-    float64 and cast, and a smooth activation's float64 temporaries."""
+    float64 (and cast to float32 in float32), and a smooth activation's float64 temporaries."""
     rows = max(max(a, b) for a, b in shapes)
     columns = n * ratios
-    per_draw = rows * columns * (6 * np.dtype(dtype).itemsize + 2) + max(a * b for a, b in shapes) * \
-        (8 + np.dtype(dtype).itemsize)
+    item = np.dtype(dtype).itemsize
+    per_draw = rows * columns * (6 * item + 2) + max(a * b for a, b in shapes) * (8 + (item if item < 8 else 0))
     if smooth:
         per_draw += 12 * 8 * rows * columns
     return int(per_draw + 3 * 8 * columns)
