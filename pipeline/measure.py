@@ -421,7 +421,8 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     if batch_draws is None:
         batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth)
     batch_draws = max(1, min(batch_draws, draws))
-    together_batch = together_draws_per_batch(net.shapes, n, R, net.dtype, smooth)
+    together_batch = together_draws_per_batch(net.shapes, n, R, net.dtype, smooth,
+                                              distribution == "rademacher" or norm == "spectral")
     sizes, norms, linear, sources, bias_sizes = {}, np.full(net.depth, np.nan), {}, {}, {}
 
     def measure_norms(j: int, w: np.ndarray) -> None:

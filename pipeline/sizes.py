@@ -126,8 +126,9 @@ def block_peak_bytes(spec) -> int:
     batch = min(nz.draws, draws_per_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth))
     work = batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth) * (batch + 1)
     if together:  # its passes run after the batch's single-layer columns, whose buffers are still held
-        passes = min(nz.draws, together_draws_per_batch(shapes, n, len(g.ratio), spec.compute.dtype, smooth))
-        work += together_bytes(shapes, n, len(g.ratio), spec.compute.dtype, smooth) * (passes + 1)
+        formed = nz.distribution == "rademacher" or nz.norm == "spectral"
+        passes = min(nz.draws, together_draws_per_batch(shapes, n, len(g.ratio), spec.compute.dtype, smooth, formed))
+        work += together_bytes(shapes, n, len(g.ratio), spec.compute.dtype, smooth, formed) * (passes + 1)
     work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
     if nz.distribution == "rademacher" or n >= min(b for _, b in shapes):
         # eta is formed a batch of draws at a time (pipeline/noise.py): signs as bytes and in the working
@@ -160,15 +161,18 @@ def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool =
     return int(per_draw + 3 * 8 * columns)
 
 
-def together_bytes(shapes, n: int, ratios: int, dtype, smooth: bool = False) -> int:
+def together_bytes(shapes, n: int, ratios: int, dtype, smooth: bool = False, formed: bool = True) -> int:
     """Working memory of one draw of the together cells (pipeline/together.py): its n * ratios columns
     as the perturbed input, the change and the clean pre-activations gathered per column, their
-    difference and a transposed copy (the widest layer, working precision), one layer's eta formed in
-    float64 (and cast to float32 in float32), and a smooth activation's float64 temporaries."""
+    difference and a transposed copy (the widest layer, working precision), the float64 samples and
+    product of the exact sampler, one layer's eta where it is formed (``formed``: Rademacher or
+    spectral noise; else only layers with at most n * ratios inputs) in float64 (and cast to float32
+    in float32), and a smooth activation's float64 temporaries."""
     rows = max(max(a, b) for a, b in shapes)
     columns = n * ratios
     item = np.dtype(dtype).itemsize
-    per_draw = rows * columns * (6 * item + 2) + max(a * b for a, b in shapes) * (8 + (item if item < 8 else 0))
+    eta = max([a * b for a, b in shapes if formed or b <= columns], default=0)
+    per_draw = rows * columns * (6 * item + 2 + 3 * 8) + eta * (8 + (item if item < 8 else 0))
     if smooth:
         per_draw += 12 * 8 * rows * columns
     return int(per_draw + 3 * 8 * columns)
@@ -180,12 +184,12 @@ def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bo
     return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth))
 
 
-def together_draws_per_batch(shapes, n: int, ratios: int, dtype, smooth: bool = False) -> int:
+def together_draws_per_batch(shapes, n: int, ratios: int, dtype, smooth: bool = False, formed: bool = True) -> int:
     """Draws per pass of the together cells: as many as fit NNSWEEP_DRAW_BATCH_MEMORY (at least one).
     A batch of the kernel runs its together draws in passes of this many, after its single-layer
     columns, so the single-layer batches (and their float32 rounding) do not change."""
     budget = env_size("NNSWEEP_DRAW_BATCH_MEMORY", DRAW_BATCH_BYTES)
-    return max(1, budget // together_bytes(shapes, n, ratios, dtype, smooth))
+    return max(1, budget // together_bytes(shapes, n, ratios, dtype, smooth, formed))
 
 
 def limit(name: str) -> int:

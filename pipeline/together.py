@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from .noise import bias_noise, weight_noise
+from .noise import bias_noise, uniform_direction_products, weight_noise
 
 ASCENT_STEPS = 200  # the worst joint direction's ascent converges in a few tens of steps
 RANDOM_STARTS = 4
@@ -37,26 +37,37 @@ class TogetherNoise:
     """The noise of the together cells of one network, drawn batch after batch.
 
     ``rng`` (the stream of layer coordinate 0) spawns one child per layer j,
-    and each child two streams: eta_j's and eta_b,j's. Each is drawn
+    and each child three streams: eta_j's (its entries, or Z below), the
+    chi-squares of eta_j's exact sampler, and eta_b,j's. Each is drawn
     draw-major, so the draws do not depend on how they are split into batches.
+
+    Gaussian or sphere noise scaled by the Frobenius norm, when a draw's c columns are
+    fewer than n_{j-1}, is sampled without forming eta_j
+    (:func:`pipeline.noise.uniform_direction_products`: a thin QR of the draw's perturbed
+    inputs, c x c per draw); every other case forms eta_j (:func:`pipeline.noise.weight_noise`).
     """
 
     def __init__(self, rng: np.random.Generator, shapes, distribution: str, norm: str, sizes: dict[int, float],
                  bias_sizes: dict[int, float] | None, dtype):
         self.shapes, self.distribution, self.norm, self.sizes = shapes, distribution, norm, sizes
         self.bias_sizes, self.dtype = bias_sizes, np.dtype(dtype)
-        self.streams = [child.spawn(2) for child in rng.spawn(len(shapes))]
+        self.streams = [child.spawn(3) for child in rng.spawn(len(shapes))]
 
-    def weights(self, j: int, draws: int) -> np.ndarray:
-        """eta_j of the next ``draws`` draws at ratio 1, (draws, n_j, n_{j-1})."""
-        return weight_noise(self.streams[j - 1][0], self.shapes[j - 1], draws, self.distribution, self.norm,
-                            self.sizes[j], self.dtype)
+    def products(self, j: int, x: np.ndarray) -> np.ndarray:
+        """eta_j X_d at ratio 1 for the next draws, X (draws, n_{j-1}, c) their columns: (draws, n_j, c)."""
+        draws, n_in, c = x.shape
+        if self.distribution != "rademacher" and self.norm == "frobenius" and c < n_in:
+            out = uniform_direction_products(self.streams[j - 1][:2], self.shapes[j - 1], x, self.sizes[j])
+            return out.astype(self.dtype, copy=False)
+        eta = weight_noise(self.streams[j - 1][0], self.shapes[j - 1], draws, self.distribution, self.norm,
+                           self.sizes[j], self.dtype)
+        return np.matmul(eta, x)
 
     def biases(self, j: int, draws: int) -> np.ndarray | None:
         """eta_b,j of the next ``draws`` draws at ratio 1, (draws, n_j); None when biases are not perturbed."""
         if self.bias_sizes is None:
             return None
-        return bias_noise(self.streams[j - 1][1], self.shapes[j - 1][0], draws, self.distribution,
+        return bias_noise(self.streams[j - 1][2], self.shapes[j - 1][0], draws, self.distribution,
                           self.bias_sizes[j], self.dtype)
 
 
@@ -221,15 +232,15 @@ def together_pass(net, fwd, noise: TogetherNoise, ratios: np.ndarray, draws: int
     for j in range(1, net.depth + 1):
         with clock("weights"):
             w, _ = net.params(j)
-        with clock("noise"):
-            eta, eta_b = noise.weights(j, draws), noise.biases(j, draws)
         with clock("kernel"):
             h, z = fwd.post[j - 1], fwd.pre[j - 1]
             hp = h[:, input_of] if d is None else h[:, input_of] + d  # the perturbed input of layer j
             x = hp.reshape(h.shape[0], n * R, e)
             out = np.empty((w.shape[0], n * R, e), net.dtype)
-            # one eta per draw for all of its columns: a stack of GEMMs, draw by draw
-            prod = np.matmul(eta, np.ascontiguousarray(x[:, :, :draws].transpose(2, 0, 1)))
+        with clock("noise"):  # one eta per draw for all of its columns
+            prod = noise.products(j, np.ascontiguousarray(x[:, :, :draws].transpose(2, 0, 1)))
+            eta_b = noise.biases(j, draws)
+        with clock("kernel"):
             out[:, :, :draws] = prod.transpose(1, 2, 0)
             if eta_b is not None:
                 out[:, :, :draws] += eta_b.T[:, None, :]
@@ -239,7 +250,7 @@ def together_pass(net, fwd, noise: TogetherNoise, ratios: np.ndarray, draws: int
             out *= scale
             if d is not None:
                 out += w @ d
-            del w, eta, prod
+            del w, prod
             if j == net.depth:
                 break
             zc = z[:, input_of]
