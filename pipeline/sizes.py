@@ -124,13 +124,14 @@ def block_peak_bytes(spec) -> int:
     smooth = any(not activation(a).piecewise_linear for r in net.read or [None]
                  for a in (r.activations if r else per_layer(net.activation, L)))
     batch = min(nz.draws, draws_per_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth))
-    work = batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth) * (batch + 1)
+    # without a single layer (only the together cells) there are no single-layer columns and no LayerNoise
+    work = batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth) * (batch + 1) if present else 0
     if together:  # its passes run after the batch's single-layer columns, whose buffers are still held
         formed = nz.distribution == "rademacher" or nz.norm == "spectral"
         passes = min(nz.draws, together_draws_per_batch(shapes, n, len(g.ratio), spec.compute.dtype, smooth, formed))
         work += together_bytes(shapes, n, len(g.ratio), spec.compute.dtype, smooth, formed) * (passes + 1)
     work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
-    if nz.distribution == "rademacher" or n >= min(b for _, b in shapes):
+    if present and (nz.distribution == "rademacher" or n >= min(b for _, b in shapes)):
         # eta is formed a batch of draws at a time (pipeline/noise.py): signs as bytes and in the working
         # precision, or float64 normals and their working-precision copy
         batch = min(nz.draws, max(1, BATCH_BYTES // (8 * biggest))) * biggest
