@@ -433,9 +433,9 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         if j in present or together:
             with clock("noise"):  # a Lanczos run for spectral scaling
                 sizes[j] = matrix_norm(w, norm)
-        if together:
-            b = net.params(j)[1] if net.has_biases else None
-            bias_sizes[j] = 0.0 if b is None or not biases else float(np.linalg.norm(b.astype(np.float64)))
+        if together:  # b_j fetched again only when its noise is asked for (a drawn network draws it again)
+            b = net.params(j)[1] if biases and net.has_biases else None
+            bias_sizes[j] = 0.0 if b is None else float(np.linalg.norm(b.astype(np.float64)))
 
     def perturbation(b: int, worst: bool):
         def visit(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
