@@ -157,24 +157,24 @@ def joint_worst(grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # and a few fixed random ones: a start where some term is 0 (an eigenvector of one rank-deficient term) sits
     # on f's kink there, where the step does not move even when it is no maximum
     starts += list(np.random.default_rng(0).standard_normal((RANDOM_STARTS, n, k)))
-    best, best_w = np.full(n, -np.inf), np.zeros((n, k))
-    for w in starts:
-        w = w + 1e-3 * np.where(np.abs(w).sum(axis=1, keepdims=True) > 0, 0.0, 1.0)  # a zero start: any vector
-        w /= np.linalg.norm(w, axis=1, keepdims=True)
-        value = np.zeros(n)
-        for _ in range(ASCENT_STEPS):
-            q = np.einsum("tnab,nb->tna", grams, w)
-            norms = np.sqrt(np.maximum(np.einsum("tna,na->tn", q, w), 0.0))
-            value = norms.sum(axis=0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                grad = np.where(norms[:, :, None] > 0, q / norms[:, :, None], 0.0).sum(axis=0)
-            size = np.linalg.norm(grad, axis=1, keepdims=True)
-            step = np.where(size > 0, grad / np.where(size > 0, size, 1.0), w)
-            if np.max(np.abs(step - w)) < 1e-13:
-                break
-            w = step
-        better = value > best
-        best, best_w[better] = np.where(better, value, best), w[better]
+    w = np.stack(starts)  # (start, n, k): every start of every input at once
+    w = w + 1e-3 * np.where(np.abs(w).sum(axis=2, keepdims=True) > 0, 0.0, 1.0)  # a zero start: any vector
+    w /= np.linalg.norm(w, axis=2, keepdims=True)
+    value = np.full(w.shape[:2], -np.inf)
+    for _ in range(ASCENT_STEPS):
+        q = np.einsum("tnab,snb->tsna", grams, w)
+        norms = np.sqrt(np.maximum(np.einsum("tsna,sna->tsn", q, w), 0.0))
+        last, value = value, norms.sum(axis=0)
+        if np.all(value - last <= 1e-14 * value):  # the ascent never lowers f: it has stopped everywhere
+            break
+        with np.errstate(invalid="ignore", divide="ignore"):
+            grad = np.where(norms[..., None] > 0, q / norms[..., None], 0.0).sum(axis=0)
+        size = np.linalg.norm(grad, axis=2, keepdims=True)
+        w = np.where(size > 0, grad / np.where(size > 0, size, 1.0), w)
+    else:  # ASCENT_STEPS reached: f at the last step
+        value = np.sqrt(np.maximum(np.einsum("tnab,snb,sna->tsn", grams, w, w), 0.0)).sum(axis=0)
+    pick = value.argmax(axis=0)
+    best, best_w = value[pick, np.arange(n)], w[pick, np.arange(n)]
     best_w *= np.where(np.take_along_axis(best_w, np.abs(best_w).argmax(axis=1)[:, None], axis=1) < 0, -1.0, 1.0)
     return best, best_w
 
