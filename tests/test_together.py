@@ -83,6 +83,8 @@ def agree(a: np.ndarray, b: np.ndarray) -> None:
     ("gaussian", "frobenius", True, "relu", 2),    # two ratios x two inputs < 5: the exact QR sampler
     ("rademacher", "spectral", True, "tanh", 20),
     ("sphere", "frobenius", True, "relu", 20),
+    ("gaussian", "spectral", False, "relu", 3),
+    ("rademacher", "frobenius", False, "tanh", 3),
 ])
 def test_against_a_monte_carlo_that_perturbs_every_matrix(distribution, norm, biases, act, n):
     ws, bs, net = make_network(1, True, act)
