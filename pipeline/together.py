@@ -9,9 +9,12 @@ differences from the clean pass, as in :func:`pipeline.measure.run_pass`:
 
     delta_j = W_j dh_{j-1} + eta_j (h_{j-1} + dh_{j-1}) [+ eta_b,j],   dh_j = f(z_j + delta_j) - f(z_j)
 
-so eta_j multiplies the perturbed input of layer j, and eta_j is formed whole
-(a batch of draws at a time); the activation's difference is the
-cancellation-free one of :mod:`pipeline.activations`, so float32 stays accurate.
+so eta_j multiplies the perturbed input of layer j, a different vector in every
+column: eta_j is formed whole (a pass of draws at a time), or, for Gaussian and
+sphere noise scaled by the Frobenius norm, eta_j times a draw's columns is
+sampled exactly through their thin QR (:class:`TogetherNoise`). The
+activation's difference is the cancellation-free one of
+:mod:`pipeline.activations`, so float32 stays accurate.
 
 Plain numpy; :mod:`pipeline.measure` calls it beside the single-layer kernel.
 """
