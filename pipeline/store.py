@@ -73,7 +73,8 @@ def template(spec: Spec) -> xr.Dataset:
         "L": ("L", np.array(g.L), {"description": "number of weight layers"}),
         "m": ("m", np.array(g.m), {"description": "neurons per hidden layer"}),
         "ratio": ("ratio", np.array(g.ratio), {"description": "noise ratio r = ||eta|| / ||W_i||"}),
-        "layer": ("layer", np.array(g.layer), {"description": "perturbed layer i (cells with i > L are NaN); 0: every layer at once ('together' in specs)"}),
+        "layer": ("layer", np.array(g.layer), {"description": "perturbed layer i (cells with i > L are NaN); "
+                                                              "0: every layer at once ('together' in specs)"}),
         "seed": ("seed", np.array(g.seeds), {"description": "network seed (with one network file: always 0)"}),
         "input": ("input", np.arange(spec.network.n_inputs), {"description": "input x* (row of network.input)"}),
         "draw": ("draw", np.arange(spec.noise.draws), {"description": "noise draw (one eta for every input)"}),
