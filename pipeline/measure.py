@@ -464,7 +464,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         worst = with_linear and start == 0
         columns = {i: n * R * (b + worst) for i in present}
         moved = {}
-        if not isinstance(fwd, Forward):  # the first batch without the linear answer: the clean pass and norms ride along
+        if not isinstance(fwd, Forward):  # the first batch without the linear answer: clean pass and norms ride along
             visit = perturbation(b, worst)
             fwd, moved = run_pass(net, fwd, columns, lambda j, w, h: measure_norms(j, w) or visit(j, w, h), clock)
         elif columns:
