@@ -365,7 +365,8 @@ def status(store, as_json, storage_options):
     click.echo(f"store:     {s['store']}  (spec {s['name'] or '-'}, hash {s['spec_hash'][:12]})")
     click.echo(f"blocks:    {s['blocks_done']} of {s['blocks_total']} done "
                f"({s['seeds_per_block']} seeds per block, {s['compute_seconds']:.1f} s of compute)")
-    click.echo(f"grid:      L={g['L']} m={g['m']} ratio={g['ratio']} layer={g['layer']} "
+    layers = "[" + ", ".join(layer_name(i) for i in g["layer"]) + "]"
+    click.echo(f"grid:      L={g['L']} m={g['m']} ratio={g['ratio']} layer={layers} "
                f"seeds={len(g['seeds'])}")
     n, z = s["network"], s["noise"]
     click.echo(f"network:   d={n['input_dim']} k={n['output_dim']} init={n['init']} bias_std={n['bias_std']} "
@@ -376,7 +377,8 @@ def status(store, as_json, storage_options):
                    f"activations from {r['activation_source']}")
         for line in r["lines"]:
             click.echo(f"             {line}")
-    click.echo(f"noise:     {z['distribution']}, {z['norm']} norm, {z['draws']} draws; "
+    biases = ", biases perturbed too (together cells)" if z.get("biases") else ""
+    click.echo(f"noise:     {z['distribution']}, {z['norm']} norm, {z['draws']} draws{biases}; "
                f"random_seed={s['random_seed']}")
     click.echo(f"created:   {s['created']} with " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
     for line in _history_lines(s):

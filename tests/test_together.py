@@ -268,6 +268,8 @@ def test_fit_and_report_leave_the_together_cells_out(tmp_path):
                                     "--no-progress"])
     assert rep.exit_code == 0, rep.output
     assert "left out" in (tmp_path / "rep" / "index.md").read_text()
+    status = CliRunner().invoke(main, ["status", mixed])
+    assert status.exit_code == 0 and "layer=[together, 1, 2, 3]" in status.output, status.output
     only = build_store(tmp_path / "only.zarr", raw_spec(base, grid={"L": [2], "layer": "together", "seeds": 2}))
     res = CliRunner().invoke(main, ["fit", only])
     assert res.exit_code == 2 and "Traceback" not in res.output and "layer=0" in res.output
