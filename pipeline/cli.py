@@ -12,6 +12,7 @@ import click
 from .cliopts import dumps
 from .cliopts import storage_option as _storage_option
 from .errors import ClusterLost, Interrupted, UserError
+from .schema import TOGETHER, layer_name
 
 
 class _Cli(click.Group):
@@ -60,18 +61,28 @@ class _Ratios(click.ParamType):
 
 
 class _Layer(click.ParamType):
-    name = "LAYER|all"
+    """'all', 'together', a layer i >= 1, or several of these comma-separated (returned as a list)."""
+
+    name = "LAYER|all|together"
 
     def convert(self, value, param, ctx):
-        if value == "all":
+        if isinstance(value, list) or value == "all":
             return value
-        try:
-            i = int(value)
-        except (TypeError, ValueError):
-            i = 0
-        if i < 1:
-            self.fail(f"{value!r} is not allowed; expected 'all' or an integer layer >= 1.", param, ctx)
-        return i
+        out = []
+        for part in str(value).split(","):
+            part = part.strip()
+            if part in ("all", "together"):
+                out.append(part)
+                continue
+            try:
+                i = int(part)
+            except (TypeError, ValueError):
+                i = 0
+            if i < 1:
+                self.fail(f"{part!r} is not allowed; expected 'all', 'together' (noise in every layer at once) or "
+                          "an integer layer >= 1, or several of these comma-separated (all,together).", param, ctx)
+            out.append(i)
+        return out
 
 
 @click.group(cls=_Cli)
@@ -93,6 +104,7 @@ ESTIMATE_OPTIONS = {
     "network.n_inputs": "--n-inputs", "network.labels": "--labels", "compute.precision": "--precision",
     "network.activation": "--activation", "network.layer_order": "--layer-order",
     "network.clean_outputs": "--clean-outputs", "network.clean_outputs_tolerance": "--clean-outputs-tolerance",
+    "noise.biases": "--biases",
 }
 
 
@@ -118,7 +130,8 @@ def reading_lines(spec) -> list[str]:
 @click.option("--ratio", "ratios", type=_Ratios(), multiple=True,
               help="Noise ratio r = ||eta|| / ||W_i||; several as 0.01,0.1,0.3 or repeated --ratio. [default: 0.1]")
 @click.option("--layer", type=_Layer(), default="all", show_default=True,
-              help="Perturbed layer i (1..L), or 'all' for one row per layer.")
+              help="Perturbed layer i (1..L), 'all' for one row per layer, 'together' for noise in every layer at "
+                   "once (each W_j its own eta_j), or several comma-separated: all,together.")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
               help="Number of networks (independent weight draws). Default: 32; 1 with a network file.")
 @click.option("--draws", type=click.IntRange(min=1), default=64, show_default=True,
@@ -154,9 +167,11 @@ def reading_lines(spec) -> list[str]:
                    "compared with the tool's clean pass before any work; a mismatch is an error.")
 @click.option("--clean-outputs-tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Allowed difference, relative to the largest output. [default: 1e-4]")
+@click.option("--biases", is_flag=True,
+              help="With --layer together: perturb every bias b_j too, by its own eta of norm r ||b_j||.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, labels, bias_std, noise, norm,
-             random_seed, precision, activation, layer_order, clean_outputs, clean_outputs_tolerance, as_json):
+             random_seed, precision, activation, layer_order, clean_outputs, clean_outputs_tolerance, biases, as_json):
     """Estimate E||v - v*|| for one configuration, with a 95% CI.
 
     The CI is over networks, or over noise draws when there is one network
@@ -178,9 +193,7 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     if not file_net:
         given = {"L": 8, "m": 256, "seeds": 32, **given}
         dims = {"input_dim": 784, "output_dim": 10, **dims}
-        if layer != "all" and layer > given["L"]:
-            raise click.BadParameter(f"{layer} is beyond the network's depth; expected 'all' or 1..{given['L']}.",
-                                     param_hint="'--layer'")
+        _check_layers(layer, given["L"])
     network = {**dims, "init": init, "bias_std": bias_std, "input": input_, "labels": labels}
     if n_inputs is not None:
         network["n_inputs"] = n_inputs
@@ -194,14 +207,12 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     spec = Spec.from_dict({
         "network": network,
         "grid": {**given, "ratio": ratios, "layer": layer},
-        "noise": {"distribution": noise, "norm": norm, "draws": draws},
+        "noise": {"distribution": noise, "norm": norm, "draws": draws, **({"biases": True} if biases else {})},
         "random_seed": random_seed,
         "compute": {"precision": precision},
         "execution": {"seeds_per_block": given.get("seeds", 1)},  # estimate measures every network in one block
     }, source="nnsweep estimate", names=ESTIMATE_OPTIONS)
-    if layer != "all" and layer > spec.grid.L[0]:
-        raise click.BadParameter(f"{layer} is beyond the network's depth; expected 'all' or 1..{spec.grid.L[0]}.",
-                                 param_hint="'--layer'")
+    _check_layers(layer, spec.grid.L[0])
     from .sizes import check_fits, machine_memory
 
     check_fits(spec, machine_memory(), "this machine")
@@ -223,6 +234,20 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
         click.echo(line)
 
 
+def _check_layers(layer, L: int) -> None:
+    """Refuse a layer beyond the network's depth, in the option's words."""
+    for i in [] if layer == "all" else layer:
+        if isinstance(i, int) and i > L:
+            raise click.BadParameter(f"{i} is beyond the network's depth; expected 'all', 'together' or 1..{L}.",
+                                     param_hint="'--layer'")
+
+
+def _pooled_layers(layers) -> str:
+    """What the pooled row of several layers pools: the single layers (never the together cells)."""
+    single = [i for i in layers if i != TOGETHER]
+    return "all" if len(single) > 1 else layer_name(single[0])
+
+
 def _estimate_table(spec, result: dict) -> list[str]:
     """The estimate as a table: one row per (ratio, layer), then the pooled row."""
     net, g = spec.network, spec.grid
@@ -238,22 +263,22 @@ def _estimate_table(spec, result: dict) -> list[str]:
     cols += [("bound", "bound", 10), ("pred chg", "pred_change_rate", 9)]
     if "accuracy" in result:
         cols.append(("accuracy", "accuracy", 9))
-    lines.append(f"{'ratio':>7} {'layer':>6} " + " ".join(f"{h:>{w}}" for h, _, w in cols[:2])
+    lines.append(f"{'ratio':>7} {'layer':>8} " + " ".join(f"{h:>{w}}" for h, _, w in cols[:2])
                  + f" {'95% CI':>21} " + " ".join(f"{h:>{w}}" for h, _, w in cols[2:]))
     by_ratio = result.get("by_ratio", {repr(g.ratio[0]): result})
     rows = []
     for r, sr in by_ratio.items():
         rows += [(r, i, s) for i, s in sr.get("by_layer", {}).items()]
-        rows.append((r, "all" if "by_layer" in sr else str(g.layer[0]), sr))
+        rows.append((r, _pooled_layers(g.layer) if "by_layer" in sr else layer_name(g.layer[0]), sr))
     if len(by_ratio) > 1:
-        rows.append(("all", "all" if len(g.layer) > 1 else str(g.layer[0]), result))
+        rows.append(("all", _pooled_layers(g.layer) if len(g.layer) > 1 else layer_name(g.layer[0]), result))
     for r, i, s in rows:
         lo, hi = s["ci95"] or (float("nan"), float("nan"))
         vals = []
         for _, key, w in cols:
             v = s.get(key) if key else s.get("theory_attenuation", s.get("theory_first_order"))
             vals.append(_cell(v, w))
-        lines.append(f"{r:>7} {i:>6} " + " ".join(vals[:2]) + f" [{_cell(lo, 9)}, {_cell(hi, 9)}] "
+        lines.append(f"{r:>7} {i:>8} " + " ".join(vals[:2]) + f" [{_cell(lo, 9)}, {_cell(hi, 9)}] "
                      + " ".join(vals[2:]))
     lines.append("R = ||v - v*|| / ||v||; pred chg: share of (input, draw) whose predicted class changed; "
                  "bound: worst-case Lipschitz bound on ||v - v*||"
@@ -340,7 +365,8 @@ def status(store, as_json, storage_options):
     click.echo(f"store:     {s['store']}  (spec {s['name'] or '-'}, hash {s['spec_hash'][:12]})")
     click.echo(f"blocks:    {s['blocks_done']} of {s['blocks_total']} done "
                f"({s['seeds_per_block']} seeds per block, {s['compute_seconds']:.1f} s of compute)")
-    click.echo(f"grid:      L={g['L']} m={g['m']} ratio={g['ratio']} layer={g['layer']} "
+    layers = "[" + ", ".join(layer_name(i) for i in g["layer"]) + "]"
+    click.echo(f"grid:      L={g['L']} m={g['m']} ratio={g['ratio']} layer={layers} "
                f"seeds={len(g['seeds'])}")
     n, z = s["network"], s["noise"]
     click.echo(f"network:   d={n['input_dim']} k={n['output_dim']} init={n['init']} bias_std={n['bias_std']} "
@@ -351,7 +377,8 @@ def status(store, as_json, storage_options):
                    f"activations from {r['activation_source']}")
         for line in r["lines"]:
             click.echo(f"             {line}")
-    click.echo(f"noise:     {z['distribution']}, {z['norm']} norm, {z['draws']} draws; "
+    biases = ", biases perturbed too (together cells)" if z.get("biases") else ""
+    click.echo(f"noise:     {z['distribution']}, {z['norm']} norm, {z['draws']} draws{biases}; "
                f"random_seed={s['random_seed']}")
     click.echo(f"created:   {s['created']} with " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()))
     for line in _history_lines(s):

@@ -14,6 +14,7 @@ import numpy as np
 
 from .jsonout import num
 from .measure import BlockResult, measure_block
+from .schema import TOGETHER, layer_name
 from .spec import Spec
 
 
@@ -69,7 +70,9 @@ def estimate(spec: Spec) -> dict:
     Returns:
         The summary of every listed ratio and layer together, with ``by_layer``
         (when several layers are listed) and ``by_ratio`` (when several ratios
-        are) holding one summary each; ``by_ratio`` entries have their own
+        are) holding one summary each, keyed by layer ("together" for noise in
+        every layer at once, which the pooled summary leaves out when single
+        layers are listed too); ``by_ratio`` entries have their own
         ``by_layer``. Random-init networks also get ``theory_first_order`` (r)
         and ``theory_attenuation`` (the infinite-width arc-cosine prediction);
         a given network, or one with another activation, gets no random-network theory.
@@ -89,15 +92,22 @@ def estimate(spec: Spec) -> dict:
         if random_init and len(ri) == 1:
             from .analysis.theory import attenuation
 
-            out["theory_first_order"] = ratios[ri[0]]
-            if len(li) == 1:
-                out["theory_attenuation"] = float(attenuation(ratios[ri[0]], L - layers[li[0]]))
+            if layers[li[0]] == TOGETHER:  # L independent first-order terms of r^2 each in E R^2
+                out["theory_first_order"] = ratios[ri[0]] * float(np.sqrt(L))
+            else:
+                out["theory_first_order"] = ratios[ri[0]]
+                if len(li) == 1:
+                    out["theory_attenuation"] = float(attenuation(ratios[ri[0]], L - layers[li[0]]))
         return out
 
+    # the pooled summary is over the single layers; the together cells (noise in every layer at once)
+    # answer another question and are pooled only when they are all there is
+    single = [c for c, i in enumerate(layers) if i != TOGETHER] or list(range(len(layers)))
+
     def with_layers(ri: list[int]) -> dict:
-        out = summary(ri, list(range(len(layers))))
+        out = summary(ri, single)
         if len(layers) > 1:
-            out["by_layer"] = {str(i): summary(ri, [c]) for c, i in enumerate(layers)}
+            out["by_layer"] = {layer_name(i): summary(ri, [c]) for c, i in enumerate(layers)}
         return out
 
     result = with_layers(list(range(len(ratios))))

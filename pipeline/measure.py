@@ -24,8 +24,10 @@ from threadpoolctl import threadpool_limits
 from .network import (NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, spectral_norm_estimate,
                       stream)
 from .noise import LayerNoise, matrix_norm
-from .sizes import draws_per_batch
+from .schema import TOGETHER
+from .sizes import draws_per_batch, together_draws_per_batch
 from .spec import Spec
+from .together import TogetherLinear, TogetherNoise, together_bound, together_pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +353,7 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     draws: int, distribution: str, norm: str, rng_for_layer,
                     labels: np.ndarray | None = None, with_bound: bool = True,
                     with_linear: bool = True, timings: dict[str, float] | None = None,
-                    batch_draws: int | None = None) -> NetworkResult:
+                    batch_draws: int | None = None, biases: bool = False) -> NetworkResult:
     """Measure one network at every (ratio, layer, input, draw), in the network's precision.
 
     The draws of all batches of :func:`network_batches`, joined: the numbers
@@ -360,7 +362,7 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     columns share it).
     """
     parts = list(network_batches(net, x, ratios, layers, draws, distribution, norm, rng_for_layer, labels,
-                                 with_bound, with_linear, timings, batch_draws))
+                                 with_bound, with_linear, timings, batch_draws, biases))
     first = parts[0]
     joined = {name: np.concatenate([getattr(p, name) for p in parts], axis=-1) if len(parts) > 1
               else getattr(first, name) for name in PER_DRAW}
@@ -374,7 +376,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     draws: int, distribution: str, norm: str, rng_for_layer,
                     labels: np.ndarray | None = None, with_bound: bool = True,
                     with_linear: bool = True, timings: dict[str, float] | None = None,
-                    batch_draws: int | None = None) -> Iterator[NetworkResult]:
+                    batch_draws: int | None = None, biases: bool = False) -> Iterator[NetworkResult]:
     """Measure one network batch of draws after batch: a :class:`NetworkResult` per batch, whose
     per-draw fields hold that batch's draws (the others are the same in every batch).
 
@@ -399,6 +401,11 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     linear answer and worst direction; ``timings`` (a dict) receives the
     seconds spent per phase: weights, clean, noise, kernel, bound, linear.
 
+    Layer :data:`pipeline.schema.TOGETHER` (0) in ``layers`` asks for the cells
+    with noise in every layer at once (:mod:`pipeline.together`), drawn from
+    ``rng_for_layer(0)``; ``biases`` perturbs the biases there too. They need
+    the clean pass first, as the linear answer does.
+
     Args:
         x: one input (d,) or n inputs (n, d).
         labels: class index per input, or None.
@@ -407,22 +414,28 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     ratios = np.asarray(ratios, dtype=np.float64)
     X = np.atleast_2d(x).T  # (d, n): inputs as columns
     R, n = len(ratios), X.shape[1]
-    present = [i for i in layers if i <= net.depth]
-    with_linear = with_linear and bool(present)
+    present = [i for i in layers if 1 <= i <= net.depth]
+    together = TOGETHER in layers and net.depth >= 1
+    with_linear = with_linear and bool(present or together)
+    smooth = any(not a.piecewise_linear for a in net.activations)
     if batch_draws is None:
-        smooth = any(not a.piecewise_linear for a in net.activations)
         batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth)
     batch_draws = max(1, min(batch_draws, draws))
-    sizes, norms, linear, sources = {}, np.full(net.depth, np.nan), {}, {}
+    together_batch = together_draws_per_batch(net.shapes, n, R, net.dtype, smooth,
+                                              distribution == "rademacher" or norm == "spectral")
+    sizes, norms, linear, sources, bias_sizes = {}, np.full(net.depth, np.nan), {}, {}, {}
 
     def measure_norms(j: int, w: np.ndarray) -> None:
         """What the bound and the noise need of W_j, while it is at hand."""
         if with_bound:
             with clock("bound"):
                 norms[j - 1] = spectral_norm_estimate(w)
-        if j in present:
+        if j in present or together:
             with clock("noise"):  # a Lanczos run for spectral scaling
                 sizes[j] = matrix_norm(w, norm)
+        if together:  # b_j fetched again only when its noise is asked for (a drawn network draws it again)
+            b = net.params(j)[1] if biases and net.has_biases else None
+            bias_sizes[j] = 0.0 if b is None else float(np.linalg.norm(b.astype(np.float64)))
 
     def perturbation(b: int, worst: bool):
         def visit(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
@@ -439,25 +452,63 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         return visit
 
     fwd = X
-    if with_linear:
+    if with_linear or together:
         fwd, _ = run_pass(net, X, {}, lambda j, w, h: measure_norms(j, w), clock)
-        linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm) for i, J in jacobians(net, fwd, present, clock)}
+    if with_linear:
+        linear = _linear_answers(net, fwd, present, together, sizes, bias_sizes if biases else None, norm, clock)
+    noise_all = TogetherNoise(rng_for_layer(TOGETHER), net.shapes, distribution, norm, sizes,
+                              bias_sizes if biases else None, net.dtype) if together else None
     fixed = None
     for start in range(0, draws, batch_draws):
         b = min(batch_draws, draws - start)
         worst = with_linear and start == 0
         columns = {i: n * R * (b + worst) for i in present}
-        if isinstance(fwd, Forward):
-            fwd, moved = run_pass(net, fwd, columns, perturbation(b, worst), clock)
-        else:  # the first batch without the linear answer: the clean pass and the norms ride along
+        moved = {}
+        if not isinstance(fwd, Forward):  # the first batch without the linear answer: clean pass and norms ride along
             visit = perturbation(b, worst)
             fwd, moved = run_pass(net, fwd, columns, lambda j, w, h: measure_norms(j, w) or visit(j, w, h), clock)
+        elif columns:
+            fwd, moved = run_pass(net, fwd, columns, perturbation(b, worst), clock)
+        if together:
+            moved[TOGETHER] = _together_batch(net, fwd, noise_all, ratios, b, linear.get(TOGETHER) if worst else None,
+                                              min(together_batch, b), clock)
         if fixed is None:
-            fixed = _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound)
+            fixed = _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound,
+                                 bias_sizes)
         yield _per_batch(fixed, fwd, layers, moved, n, R, b, worst, labels, net)
 
 
-def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound) -> NetworkResult:
+def _together_batch(net: Network, fwd: Forward, noise, ratios: np.ndarray, b: int, answer, per_pass: int,
+                    clock: Clock) -> Moved:
+    """The together cells' columns of one batch of ``b`` draws, in passes of ``per_pass`` draws (the
+    worst direction in a pass of its own), laid out (input, ratio, draw [+ worst]) as the batch's."""
+    n, R = fwd.output.shape[1], len(ratios)
+    parts = [together_pass(net, fwd, noise, ratios, min(per_pass, b - s), None, clock) for s in range(0, b, per_pass)]
+    if answer is not None:
+        parts.append(together_pass(net, fwd, noise, ratios, 0, answer, clock))
+    return Moved(*(np.concatenate([p[f].reshape(n, R, -1) for p in parts], axis=2).ravel() for f in range(3)))
+
+
+def _linear_answers(net: Network, fwd: Forward, present: list[int], together: bool, sizes: dict,
+                    bias_sizes: dict | None, norm: str, clock: Clock) -> dict:
+    """The linear answer of every present layer and, for the together cells, of every layer at once
+    (under key TOGETHER): one backward pass, and a second one for the together cells' directions."""
+    needed = set(present) | (set(range(1, net.depth + 1)) if together else set())
+    linear, acc = {}, TogetherLinear(fwd, sizes, bias_sizes, norm) if together else None
+    for i, J in jacobians(net, fwd, needed, clock):
+        if i in present:
+            linear[i] = linear_answer(J, fwd.post[i - 1], sizes[i], norm)
+        if acc is not None:
+            with clock("linear"):
+                acc.add(i, J)
+    if acc is not None:
+        with clock("linear"):
+            linear[TOGETHER] = acc.finish(lambda: jacobians(net, fwd, needed, clock))
+    return linear
+
+
+def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound,
+                 bias_sizes=None) -> NetworkResult:
     """The fields that do not depend on the draws (the per-draw ones empty)."""
     n, R = X.shape[1], len(ratios)
     bound, linear_rms, worst_linear, worst_realised = (np.full((R, len(layers), n), np.nan) for _ in range(4))
@@ -469,7 +520,9 @@ def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, label
             worst_realised[:, col] = runs[:, :, -1].T
             linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
             worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
-        if with_bound:
+        if with_bound and i == TOGETHER:
+            bound[:, col] = _together_bound(net, fwd, ratios, norms, sizes, bias_sizes)
+        elif with_bound:
             bound[:, col] = ratios[:, None] * worst_case_bound(norms, fwd, X, i, sizes[i], net)[None, :]
     clean_pred = fwd.output.argmax(axis=0)
     clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
@@ -477,6 +530,17 @@ def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, label
     empty = np.empty((R, len(layers), n, 0))
     return NetworkResult(empty, empty, empty, np.empty((R, len(layers), 0)), bound, linear_rms, worst_linear,
                          worst_realised, np.linalg.norm(v, axis=0), margins(v), clean_accuracy)
+
+
+def _together_bound(net: Network, fwd: Forward, ratios: np.ndarray, norms: np.ndarray, sizes: dict,
+                    bias_sizes: dict) -> np.ndarray:
+    """:func:`pipeline.together.together_bound` of this network, (ratio, input)."""
+    L = net.depth
+    h_norms = np.stack([np.linalg.norm(fwd.post[j].astype(np.float64), axis=0) for j in range(L)])
+    closed = not net.has_biases and all(a.zero_at_zero for a in net.activations)
+    return together_bound(ratios, norms, np.array([sizes[j] for j in range(1, L + 1)]),
+                          np.array([bias_sizes.get(j, 0.0) for j in range(1, L + 1)]), h_norms,
+                          np.array([a.lipschitz for a in net.activations]), closed)
 
 
 def _per_batch(fixed: NetworkResult, fwd: Forward, layers, moved, n: int, R: int, b: int, worst: bool,
@@ -527,5 +591,6 @@ def _measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...], timings) 
         net = build_network(spec, L, m, seed)
         results.append(measure_network(
             net, x, np.array(g.ratio), g.layer, nz.draws, nz.distribution, nz.norm,
-            lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i), labels, timings=timings))
+            lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i), labels, timings=timings,
+            biases=nz.biases))
     return BlockResult.stack(results)

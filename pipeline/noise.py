@@ -293,3 +293,61 @@ def spectral_norms(e: np.ndarray) -> np.ndarray:
     if min(e.shape[1:]) < DENSE_SPECTRAL_BELOW:
         return np.linalg.norm(e.astype(np.float64, copy=False), 2, axis=(1, 2))
     return np.array([top_singular_value(m) for m in e])
+
+
+# ---------------------------------------------------------------- every layer at once
+
+
+def weight_noise(rng: np.random.Generator, shape: tuple[int, int], draws: int, distribution: str, norm: str,
+                 size: float, dtype=np.float64) -> np.ndarray:
+    """``draws`` independent eta formed whole, shape (draws, n_out, n_in), with ||eta||_norm = ``size``.
+
+    For the cells with noise in every layer at once, where eta_j multiplies the perturbed input of layer j
+    (a different vector in every column), so eta @ H alone is not enough. The same laws as the samplers
+    above: a uniformly random direction (gaussian, sphere) or random signs, scaled. Drawn draw-major from
+    ``rng``, so consecutive calls give what one call for all the draws gives.
+    """
+    n_out, n_in = shape
+    if distribution == "rademacher":
+        e = _signs(_sign_bytes(rng, draws, shape), n_in, np.dtype(np.float64))
+    else:
+        e = rng.standard_normal((draws, n_out, n_in))
+    raw = np.sqrt(np.einsum("bij,bij->b", e, e)) if norm == "frobenius" else spectral_norms(e)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(raw > 0, size / raw, 0.0)
+    e *= scale[:, None, None]
+    return e.astype(dtype, copy=False)
+
+
+def bias_noise(rng: np.random.Generator, n_out: int, draws: int, distribution: str, size: float,
+               dtype=np.float64) -> np.ndarray:
+    """``draws`` independent eta_b of 2-norm ``size`` (a vector's Frobenius and spectral norms agree),
+    shape (draws, n_out): a uniformly random direction (gaussian, sphere) or random signs / sqrt(n_out)."""
+    if distribution == "rademacher":
+        e = rng.integers(0, 2, size=(draws, n_out)) * 2.0 - 1.0
+    else:
+        e = rng.standard_normal((draws, n_out))
+    raw = np.linalg.norm(e, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e *= np.where(raw > 0, size / raw, 0.0)[:, None]
+    return e.astype(dtype, copy=False)
+
+
+def uniform_direction_products(streams, shape: tuple[int, int], x: np.ndarray, size: float) -> np.ndarray:
+    """eta_d @ X_d for independent eta_d = size G_d / ||G_d||_F (G_d standard normal), one per draw, without
+    forming eta_d: X (draws, n_in, c) with c < n_in, each X_d independent of G_d.
+
+    The sampler of :func:`_uniform_direction_noise` per draw: with X_d = Q_d R_d (thin QR), G_d Q_d = Z_d is
+    standard normal (n_out x c) and independent of the rest of ||G_d||_F^2, a chi-square with
+    n_out (n_in - c) degrees of freedom, whatever X_d is, so G_d X_d = Z_d R_d. O(n_out c^2 + n_in c^2) per
+    draw instead of O(n_out n_in c). ``streams``: Z's and the chi-squares', drawn draw-major.
+
+    Returns:
+        (draws, n_out, c), float64.
+    """
+    draws, n_in, c = x.shape
+    n_out = shape[0]
+    r = np.linalg.qr(x.astype(np.float64), mode="r")
+    z = streams[0].standard_normal((draws, n_out, c))
+    rest = streams[1].chisquare(n_out * (n_in - c), size=draws)
+    return (z @ r) * (size / np.sqrt(np.einsum("dij,dij->d", z, z) + rest))[:, None, None]

@@ -33,7 +33,7 @@ from .config import DRAW_BATCH_BYTES, env_size
 from .errors import SpecError
 from .network import keeps_weights, layer_shapes
 from .noise import BATCH_BYTES, TABLE_INPUTS
-from .schema import VARIABLES, chunk_lengths, dim_lengths
+from .schema import TOGETHER, VARIABLES, chunk_lengths, dim_lengths
 
 LIMITS = {  # name -> (environment variable, default in bytes or count, what it bounds)
     "store_bytes": ("NNSWEEP_MAX_STORE_BYTES", 10**12, "the store's uncompressed size"),
@@ -119,13 +119,19 @@ def block_peak_bytes(spec) -> int:
     workspace = biggest * (4 * (item == 8) + 8 * (net.weight_norm_bound is not None) + 8 * (nz.norm == "spectral"))
     rows = max(a for a, _ in shapes)
     n = net.n_inputs
-    present = sum(1 for i in g.layer if i <= L)
+    present = sum(1 for i in g.layer if 1 <= i <= L)
+    together = TOGETHER in g.layer
     smooth = any(not activation(a).piecewise_linear for r in net.read or [None]
                  for a in (r.activations if r else per_layer(net.activation, L)))
     batch = min(nz.draws, draws_per_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth))
-    work = batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth) * (batch + 1)
+    # without a single layer (only the together cells) there are no single-layer columns and no LayerNoise
+    work = batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth) * (batch + 1) if present else 0
+    if together:  # its passes run after the batch's single-layer columns, whose buffers are still held
+        formed = nz.distribution == "rademacher" or nz.norm == "spectral"
+        passes = min(nz.draws, together_draws_per_batch(shapes, n, len(g.ratio), spec.compute.dtype, smooth, formed))
+        work += together_bytes(shapes, n, len(g.ratio), spec.compute.dtype, smooth, formed) * (passes + 1)
     work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
-    if nz.distribution == "rademacher" or n >= min(b for _, b in shapes):
+    if present and (nz.distribution == "rademacher" or n >= min(b for _, b in shapes)):
         # eta is formed a batch of draws at a time (pipeline/noise.py): signs as bytes and in the working
         # precision, or float64 normals and their working-precision copy
         batch = min(nz.draws, max(1, BATCH_BYTES // (8 * biggest))) * biggest
@@ -156,10 +162,35 @@ def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool =
     return int(per_draw + 3 * 8 * columns)
 
 
+def together_bytes(shapes, n: int, ratios: int, dtype, smooth: bool = False, formed: bool = True) -> int:
+    """Working memory of one draw of the together cells (pipeline/together.py): its n * ratios columns
+    as the perturbed input, the change and the clean pre-activations gathered per column, their
+    difference and a transposed copy (the widest layer, working precision), the float64 samples and
+    product of the exact sampler, one layer's eta where it is formed (``formed``: Rademacher or
+    spectral noise; else only layers with at most n * ratios inputs) in float64 (and cast to float32
+    in float32), and a smooth activation's float64 temporaries."""
+    rows = max(max(a, b) for a, b in shapes)
+    columns = n * ratios
+    item = np.dtype(dtype).itemsize
+    eta = max([a * b for a, b in shapes if formed or b <= columns], default=0)
+    per_draw = rows * columns * (6 * item + 2 + 3 * 8) + eta * (8 + (item if item < 8 else 0))
+    if smooth:
+        per_draw += 12 * 8 * rows * columns
+    return int(per_draw + 3 * 8 * columns)
+
+
 def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
     """Draws per batch of the kernel: as many as fit NNSWEEP_DRAW_BATCH_MEMORY (at least one)."""
     budget = env_size("NNSWEEP_DRAW_BATCH_MEMORY", DRAW_BATCH_BYTES)
     return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth))
+
+
+def together_draws_per_batch(shapes, n: int, ratios: int, dtype, smooth: bool = False, formed: bool = True) -> int:
+    """Draws per pass of the together cells: as many as fit NNSWEEP_DRAW_BATCH_MEMORY (at least one).
+    A batch of the kernel runs its together draws in passes of this many, after its single-layer
+    columns, so the single-layer batches (and their float32 rounding) do not change."""
+    budget = env_size("NNSWEEP_DRAW_BATCH_MEMORY", DRAW_BATCH_BYTES)
+    return max(1, budget // together_bytes(shapes, n, ratios, dtype, smooth, formed))
 
 
 def limit(name: str) -> int:

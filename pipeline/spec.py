@@ -28,6 +28,7 @@ import numpy as np
 
 from .activations import canonical, per_layer
 from .errors import SpecError
+from .schema import TOGETHER, TOGETHER_NAME
 from .files import NETWORK_SUFFIXES, NetworkArrays, parse_inputs, parse_labels, parse_network, read_bytes, sha256
 from .network import clean_output_mismatch
 from .sizes import check_sizes
@@ -195,6 +196,7 @@ class NoiseSpec:
     distribution: str = "gaussian"
     norm: str = "frobenius"
     draws: int = 16
+    biases: bool = False  # the together cells (layer 0) perturb each b_j too, ||eta_b|| = r ||b_j||_2
 
 
 PRECISIONS = ("float64", "float32")
@@ -256,6 +258,8 @@ class Spec:
         d["network"]["read"] = [dataclasses.asdict(r) for r in self.network.read]
         # option names only: values may be credentials and the dict is written to the store
         d["execution"]["storage_options"] = sorted(k for k, _ in self.execution.storage_options)
+        if not self.noise.biases:  # the default is left out: specs made before the field keep their record
+            d["noise"].pop("biases")
         return d
 
     @property
@@ -296,6 +300,8 @@ def result_fields(d: dict) -> dict:
         net.pop("activation", None)
     if net.get("layer_order") is None:
         net.pop("layer_order", None)
+    if not d.get("noise", {}).get("biases", False):
+        d.get("noise", {}).pop("biases", None)
     return d
 
 
@@ -439,6 +445,9 @@ class _Validator:
                             "every seed would be the same network")
         network = self.network(net_raw, init, single, grid)
         noise = self.noise(raw.get("noise"))
+        if noise.biases and TOGETHER not in grid.layer:
+            raise self.fail("noise.biases", True, f"false unless grid.layer includes '{TOGETHER_NAME}': only the "
+                            "cells with noise in every layer at once perturb biases")
         execution = self.execution(raw.get("execution"))
         compute = self.compute(raw.get("compute"))
         spec = Spec(name, description, random_seed, network, grid, noise, execution, compute, self.source)
@@ -679,14 +688,7 @@ class _Validator:
         L = self.axis(raw["L"], "grid.L", lambda x, f: self.int_(x, f, 1))
         m = self.axis(raw["m"], "grid.m", lambda x, f: self.int_(x, f, 1))
         ratio = self.ratios(raw["ratio"])
-        layer_raw = raw.get("layer", "all")
-        if layer_raw == "all":
-            layer = tuple(range(1, max(L) + 1))
-        else:
-            layer = self.axis(layer_raw, "grid.layer", lambda x, f: self.int_(x, f, 1))
-            if max(layer) > max(L):
-                raise self.fail("grid.layer", max(layer),
-                                f"'all' or layers between 1 and the largest L ({max(L)})")
+        layer = self.layers(raw.get("layer", "all"), max(L))
         seeds_raw = raw.get("seeds", 4)
         if isinstance(seeds_raw, list):
             seeds = self.axis(seeds_raw, "grid.seeds", lambda x, f: self.int_(x, f, 0))
@@ -697,6 +699,24 @@ class _Validator:
                             "seeds would repeat it; use noise.draws for more noise samples, or a path "
                             "template with {seed} for several trained networks")
         return GridSpec(L, m, ratio, layer, seeds)
+
+    def layers(self, v: Any, max_L: int) -> tuple[int, ...]:
+        """grid.layer: 'all' (1..max_L), 'together' (0: every layer at once), layers i >= 1, or a list of these."""
+        allowed = (f"'all', '{TOGETHER_NAME}' (noise in every layer at once, stored as layer 0), a layer between "
+                   f"1 and the largest L ({max_L}), or a list of these")
+        out = []
+        for x in v if isinstance(v, list) else [v]:
+            if x == "all":
+                out += range(1, max_L + 1)
+            elif x == TOGETHER_NAME:
+                out.append(TOGETHER)
+            elif isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= max_L:
+                raise self.fail("grid.layer", x, allowed)
+            else:
+                out.append(x)
+        if not out or len(set(out)) != len(out):
+            raise self.fail("grid.layer", v, allowed + ", without repeated values")
+        return tuple(sorted(out))
 
     def single_network_grid(self, raw: dict, net: NetworkArrays, entry: tuple[str, str, str]) -> dict:
         """grid.L and grid.m of a single network file: read from it, or checked against it."""
@@ -714,7 +734,13 @@ class _Validator:
             distribution=self.choice(raw.get("distribution", d.distribution), "noise.distribution", DISTRIBUTIONS),
             norm=self.choice(raw.get("norm", d.norm), "noise.norm", NORMS),
             draws=self.int_(raw.get("draws", d.draws), "noise.draws", 1),
+            biases=self.biases(raw.get("biases", d.biases)),
         )
+
+    def biases(self, v: Any) -> bool:
+        if not isinstance(v, bool):
+            raise self.fail("noise.biases", v, "true or false (whether the together cells perturb the biases too)")
+        return v
 
     def compute(self, raw: Any) -> ComputeSpec:
         raw = self.mapping(raw, "compute", {f.name for f in dataclasses.fields(ComputeSpec)})

@@ -46,10 +46,11 @@ from .schema import NAN_ALLOWED, RESULT_VARIABLES, VARIABLES, chunk_lengths, dim
 from .spec import Spec, differences, result_fields
 from .spec import short as short_value
 
-SCHEMA_VERSION = 4  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
+SCHEMA_VERSION = 5  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
 # 3: every weight matrix drawn from a stream of its own, float32 weights drawn in float32; compute.precision
 # 4: the noise samplers draw each kind of number from a stream of its own, draw-major (batches of draws);
 #    networks of any widths and activations; how each network file was read (spec network.read)
+# 5: layer coordinate 0 holds the cells with noise in every layer at once (grid.layer 'together'); noise.biases
 MARK = "spec_hash"  # the root attribute written last: a directory is a results store once it has it
 CREATING = "nnsweep_creating"  # the root attribute of a store whose creation has not finished
 CODECS = (ZstdCodec(), Crc32cCodec())  # bytes-to-bytes codecs of every array: compress, then checksum
@@ -72,7 +73,8 @@ def template(spec: Spec) -> xr.Dataset:
         "L": ("L", np.array(g.L), {"description": "number of weight layers"}),
         "m": ("m", np.array(g.m), {"description": "neurons per hidden layer"}),
         "ratio": ("ratio", np.array(g.ratio), {"description": "noise ratio r = ||eta|| / ||W_i||"}),
-        "layer": ("layer", np.array(g.layer), {"description": "perturbed layer i (cells with i > L are NaN)"}),
+        "layer": ("layer", np.array(g.layer), {"description": "perturbed layer i (cells with i > L are NaN); "
+                                                              "0: every layer at once ('together' in specs)"}),
         "seed": ("seed", np.array(g.seeds), {"description": "network seed (with one network file: always 0)"}),
         "input": ("input", np.arange(spec.network.n_inputs), {"description": "input x* (row of network.input)"}),
         "draw": ("draw", np.arange(spec.noise.draws), {"description": "noise draw (one eta for every input)"}),
@@ -163,9 +165,10 @@ def read_attrs(where: str | StoreLocation) -> dict:
     if version != SCHEMA_VERSION:
         made_by = json.loads(attrs.get("versions", "{}")).get("nnsweep", "an older nnsweep")
         raise StoreError(f"store {short_path(loc.url)} has schema version {version}, written by nnsweep {made_by}; "
-                         f"this nnsweep reads version {SCHEMA_VERSION}, whose noise samplers draw their numbers "
+                         f"this nnsweep reads version {SCHEMA_VERSION} (version 5 added layer 0, noise in every "
+                         "layer at once; version 4's noise samplers draw their numbers "
                          "in another order (batches of draws: the same spec gives other noise draws than version "
-                         "3 did; version 2 drew other networks, and version 1 had no input dimension). "
+                         "3 did; version 2 drew other networks, and version 1 had no input dimension)). "
                          "Rerun its spec "
                          "into a new store (nnsweep run SPEC --store NEW.zarr), or read it with the nnsweep "
                          "version that wrote it. Nothing was changed.")

@@ -48,6 +48,13 @@ def test_sizes_match_a_complete_store(tmp_path):
     ({"L": [8], "m": [384], "ratio": [0.1, 0.3], "seeds": 2}, {"draws": 16},
      {"input_dim": 64, "keep": "1MB", "precision": "float32"}),
     ({"L": [6], "m": [256], "ratio": [0.1], "seeds": 2}, {"draws": 16}, {"input_dim": 64, "precision": "float32"}),
+    # noise in every layer at once: eta_j formed a pass of draws at a time, beside the single-layer columns
+    ({"L": [4], "m": [256], "ratio": [0.1, 0.3], "seeds": 4, "layer": ["together", "all"]}, {"draws": 32},
+     {"input_dim": 64}),
+    ({"L": [3], "m": [128], "ratio": [0.1], "seeds": 2, "layer": "together"}, {"draws": 64},
+     {"input_dim": 32, "n_inputs": 32, "precision": "float32"}),
+    ({"L": [3], "m": [384], "ratio": [0.1], "seeds": 2, "layer": ["together", 2]},
+     {"draws": 16, "distribution": "rademacher", "norm": "spectral"}, {"input_dim": 64}),
 ])
 def test_block_memory_estimate_bounds_the_measured_peak(grid, noise, network, monkeypatch):
     """Also for networks that draw their weights again (NNSWEEP_KEEP_WEIGHTS small), and for float32."""

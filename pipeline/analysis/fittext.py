@@ -36,12 +36,16 @@ def _law(s: dict) -> str:
 
 
 def missing_text(result: dict) -> str:
-    """One line saying which (L, m) and seeds are missing, or that nothing is."""
+    """One line saying which (L, m) and seeds are missing, or that nothing is (and whether the cells of
+    noise in every layer at once were left out)."""
     miss = result["missing"]
+    left_out = ("; the cells with noise in every layer at once (layer 0) are left out of this analysis, "
+                "which models the position of one perturbed layer (nnsweep query --sel layer=0 reads them)"
+                if result.get("together_cells_left_out") else "")
     if not miss["blocks"]:
-        return f"all {result['blocks_total']} blocks done"
+        return f"all {result['blocks_total']} blocks done{left_out}"
     parts = [f"L={g['L']} m={g['m']} seeds {_ranges(g['seeds'])}" for g in miss["by_L_m"]]
-    return (f"{result['blocks_done']} of {result['blocks_total']} blocks done; fitted on what is there. "
+    return (f"{result['blocks_done']} of {result['blocks_total']} blocks done; fitted on what is there{left_out}. "
             f"Missing {miss['blocks']} blocks ({miss['networks']} networks): " + "; ".join(parts))
 
 

@@ -20,6 +20,7 @@ import xarray as xr
 
 from ..errors import UserError
 from ..jsonout import num
+from ..schema import TOGETHER
 from . import plotting
 from .linear import cell_mean, cell_text
 from .recorded import Networks, label
@@ -86,9 +87,12 @@ def random_reference(spec: dict, seeds: int = REFERENCE_SEEDS, draws: int = REFE
         raise UserError("the network files differ in their activations, so no one random network matches them")
     if net["input"] != "gaussian":
         net.pop("n_inputs")
+    # the analysis leaves the cells of every layer at once out (summaries.without_together): so does the reference
+    layers = [i for i in spec["grid"]["layer"] if i != TOGETHER]
+    noise = {k: v for k, v in spec["noise"].items() if k != "biases"}
     return Spec.from_dict({"random_seed": spec["random_seed"], "network": {**net, "init": "he", "bias_std": 0.0},
-                           "grid": {**spec["grid"], "seeds": seeds},
-                           "noise": {**spec["noise"], "draws": min(draws, spec["noise"]["draws"])}})
+                           "grid": {**spec["grid"], "layer": layers, "seeds": seeds},
+                           "noise": {**noise, "draws": min(draws, spec["noise"]["draws"])}})
 
 
 def unit_values(results: Results, sample: Sample, progress: bool = False) -> tuple[xr.Dataset, xr.DataArray]:

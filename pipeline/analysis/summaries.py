@@ -28,6 +28,7 @@ import xarray as xr
 from .. import plan, verify
 from ..errors import UserError
 from ..store import NAN_ALLOWED, StoreLocation, as_location, done_mask, open_results
+from ..schema import TOGETHER
 from .recorded import Networks
 
 CELL = ("L", "m", "ratio", "layer")
@@ -92,7 +93,30 @@ def open_store(where: str | StoreLocation) -> Results:
         raise UserError(f"store {str(loc)!r} has no finished block (0 of {cov['blocks_total']} done), so "
                         "there is nothing to fit; run the sweep first (`nnsweep run SPEC --store "
                         f"{loc}`; rerunning resumes it), then fit again.")
+    ds, cov["together_cells_left_out"] = without_together(ds, loc)
     return Results(loc, ds, done, json.loads(ds.attrs["spec"]), cov)
+
+
+def without_together(ds: xr.Dataset, loc) -> tuple[xr.Dataset, bool]:
+    """The store without its cells of noise in every layer at once (layer 0), and whether it had any.
+
+    The analysis models the position i of one perturbed layer (L - i layers after it, the first,
+    middle and last layer); layer 0 is no position, so it is left out of every fit, figure and table
+    rather than mixed in (``nnsweep query --sel layer=0`` and ``nnsweep estimate --layer together``
+    show those cells).
+
+    Raises:
+        UserError: the store holds no other cells.
+    """
+    keep = ds.layer.values != TOGETHER
+    if keep.all():
+        return ds, False
+    if not keep.any():
+        raise UserError(f"store {str(loc)!r} holds only cells with noise in every layer at once (layer 0), which "
+                        "fit and report leave out (they model the position of one perturbed layer); read them "
+                        "with `nnsweep query STORE --sel layer=0`, or add single layers to the grid (grid.layer: "
+                        "[together, all]) in a new store.")
+    return ds.isel(layer=np.flatnonzero(keep)), True
 
 
 def coverage(done: np.ndarray, L, m, seeds, seeds_per_block: int) -> dict:
