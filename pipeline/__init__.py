@@ -22,6 +22,7 @@ _EXPORTS = {
     "open_results": "store",
     "estimate": "estimation",
     "run": "execute",
+    "sensitivity": "api",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -211,11 +211,6 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
         click.echo(line, err=True)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
         result = run_estimate(spec)
-    if spec.network.read:
-        r = spec.network.read[0]
-        result["network"] = {"path": r.path, "format": r.format, "widths": list(r.widths),
-                             "activations": list(r.activations), "activation_source": r.activation_source,
-                             "layers": list(r.lines)}
     if as_json:
         click.echo(dumps(result, indent=2))
         return
