@@ -154,9 +154,16 @@ def reading_lines(spec) -> list[str]:
                    "compared with the tool's clean pass before any work; a mismatch is an error.")
 @click.option("--clean-outputs-tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Allowed difference, relative to the largest output. [default: 1e-4]")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table (--format json).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default=None,
+              help="table, csv (one row per cell, columns named as the store's variables) or json (the summary; "
+                   "with --rows, the rows as records). [default: table]")
+@click.option("--rows", type=click.Choice(["cell", "draw"]), default=None,
+              help="One row per cell (ratio, layer) or per noise draw, columns named as the store's variables, "
+                   "for pandas or seaborn. [default with --format csv: cell]")
 def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, labels, bias_std, noise, norm,
-             random_seed, precision, activation, layer_order, clean_outputs, clean_outputs_tolerance, as_json):
+             random_seed, precision, activation, layer_order, clean_outputs, clean_outputs_tolerance, as_json,
+             fmt, rows):
     """Estimate E||v - v*|| for one configuration, with a 95% CI.
 
     The CI is over networks, or over noise draws when there is one network
@@ -209,9 +216,18 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
 
     for line in reading_lines(spec):
         click.echo(line, err=True)
+    if as_json and fmt not in (None, "json"):
+        raise UserError(f"--json and --format {fmt} ask for two formats; give one (--json is --format json).")
+    fmt = "json" if as_json else fmt or "table"
+    if rows or fmt == "csv":  # the tidy rows, from the results as a store would hold them
+        from .api import results
+        from .tidy import render, table
+
+        click.echo(render(table(results(spec), rows or "cell"), fmt))
+        return
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
         result = run_estimate(spec)
-    if as_json:
+    if fmt == "json":
         click.echo(dumps(result, indent=2))
         return
     for line in _estimate_table(spec, result):
@@ -377,11 +393,16 @@ def _history_lines(s: dict) -> list[str]:
 @click.option("--over", default="", metavar="DIMS", help="Comma-separated dimensions to reduce over.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
+@click.option("--rows", type=click.Choice(["cell", "draw"]), default=None,
+              help="Every variable as one row per cell (L, m, ratio, layer) or per noise draw, columns named as "
+                   "the store's variables (means over the other dimensions), for pandas or seaborn.")
 @_storage_option
-def query(store, sel, var, reduce, over, fmt, storage_options):
+def query(store, sel, var, reduce, over, fmt, rows, storage_options):
     """Select and reduce results, e.g. the mean relative change by L and m at r = 0.1:
 
     nnsweep query STORE --sel ratio=0.1 --reduce mean --over layer,seed,draw
+
+    or every variable, one row per cell, as CSV: nnsweep query STORE --rows cell --format csv
     """
     from .query import query as run_query
     from .query import to_text
@@ -390,6 +411,14 @@ def query(store, sel, var, reduce, over, fmt, storage_options):
 
     dims = tuple(d.strip() for d in over.split(",") if d.strip())
     loc = as_location(store, dict(storage_options))
+    if rows:
+        from .query import tidy_rows
+        from .tidy import render
+
+        if reduce or dims:
+            raise UserError("--rows gives every variable already averaged per row; leave out --reduce and --over.")
+        click.echo(render(tidy_rows(loc, sel=sel, rows=rows), fmt))
+        return
     click.echo(to_text(run_query(loc, sel=sel, var=var, reduce=reduce, over=dims), fmt))
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 import xarray as xr
 
 from .analysis.intervals import t_interval
+from .cliopts import dumps
 
 ROWS = ("cell", "draw")
 KEEP = {"cell": ("L", "m", "ratio", "layer"), "draw": ("L", "m", "ratio", "layer", "seed", "draw")}
@@ -72,3 +73,12 @@ def table(ds: xr.Dataset, rows: str = "cell") -> pd.DataFrame:
     first = [n for n in ("delta_norm", "rel_change") if n in df]
     df = df[keep + first + [c for c in df.columns if c not in keep and c not in first]]
     return df.dropna(subset=first[:1]).reset_index(drop=True) if first else df
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """The rows as CSV (every digit), JSON records (non-finite numbers as null) or a text table."""
+    if fmt == "csv":
+        return df.to_csv(index=False, float_format="%.17g").rstrip("\n")
+    if fmt == "json":
+        return dumps(df.to_dict(orient="records"))
+    return df.to_string(index=False)
