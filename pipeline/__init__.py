@@ -22,7 +22,7 @@ _EXPORTS = {
     "open_results": "store",
     "estimate": "estimation",
     "run": "execute",
-    "sensitivity": "api",
+    "sensitivity": "api", "find_ratio": "api",
 }
 
 __all__ = sorted(_EXPORTS)

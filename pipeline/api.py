@@ -115,3 +115,25 @@ def sensitivity(network: Any, inputs: Any = None, labels: Any = None, **options)
                             "instead of a spec to give inputs, labels or options.")
         return results(network)
     return results(spec_of(network, inputs, labels, **options))
+
+
+def find_ratio(network: Any, inputs: Any = None, labels: Any = None, *, layer: int | None = None, criterion: str = "accuracy-drop",
+               tolerance: float | None = None, half_width: float | None = None, **options) -> dict:
+    """The largest noise ratio whose accuracy drop (or prediction-change share) stays within ``tolerance``.
+
+    What ``nnsweep estimate --find-ratio`` prints as JSON; the method, its interval and how it relates to
+    flatness measures are in :mod:`pipeline.tolerance`.
+
+    Args:
+        network, inputs, labels: as :func:`sensitivity` takes them (or a :class:`Spec` of one layer).
+        layer: the perturbed layer.
+        criterion: ``accuracy-drop`` (needs labels) or ``pred-change``.
+        tolerance: default 0.01 (accuracy-drop) or 0.05 (pred-change).
+        half_width: the largest half-width of each level's 95% interval (default tolerance / 4).
+        **options: :func:`sensitivity`'s options but ``ratio``; ``draws`` is each level's first number of draws.
+    """
+    from .tolerance import find_ratio as search
+
+    if not isinstance(network, Spec):  # without a layer, the spec lists all and the search refuses it
+        network = spec_of(network, inputs, labels, layer="all" if layer is None else layer, **options)
+    return search(network, criterion, tolerance, half_width)

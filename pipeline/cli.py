@@ -161,9 +161,16 @@ def reading_lines(spec) -> list[str]:
 @click.option("--rows", type=click.Choice(["cell", "draw"]), default=None,
               help="One row per cell (ratio, layer) or per noise draw, columns named as the store's variables, "
                    "for pandas or seaborn. [default with --format csv: cell]")
+@click.option("--find-ratio", "find", default=None, metavar="CRITERION[=AMOUNT]",
+              help="Find the largest ratio whose accuracy drop (accuracy-drop=0.01, needs --labels) or share of "
+                   "changed predictions (pred-change=0.05) stays within the amount, by bisection in log r, "
+                   "for one --layer; --draws is each level's first number of draws.")
+@click.option("--find-precision", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
+              help="With --find-ratio: the largest half-width of each level's 95% interval; draws double until "
+                   "it is reached. [default: a quarter of the amount]")
 def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, labels, bias_std, noise, norm,
              random_seed, precision, activation, layer_order, clean_outputs, clean_outputs_tolerance, as_json,
-             fmt, rows):
+             fmt, rows, find, find_precision):
     """Estimate E||v - v*|| for one configuration, with a 95% CI.
 
     The CI is over networks, or over noise draws when there is one network
@@ -178,6 +185,8 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     from .estimation import estimate as run_estimate
     from .spec import INITS, Spec
 
+    if find and (ratios or layer == "all"):
+        raise UserError("--find-ratio searches the ratio for one layer: give --layer I (1..L) and no --ratio.")
     ratios = sorted({r for group in ratios for r in group}) or [0.1]
     file_net = init not in INITS
     given = {key: v for key, v in (("L", L), ("m", m), ("seeds", seeds)) if v is not None}
@@ -219,6 +228,14 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     if as_json and fmt not in (None, "json"):
         raise UserError(f"--json and --format {fmt} ask for two formats; give one (--json is --format json).")
     fmt = "json" if as_json else fmt or "table"
+    if find:
+        from .tolerance import find_ratio, lines, parse_criterion
+
+        if rows or fmt == "csv":
+            raise UserError("--find-ratio prints its answer as a table or JSON; leave out --rows and --format csv.")
+        found = find_ratio(spec, *parse_criterion(find), half_width=find_precision)
+        click.echo(dumps(found, indent=2) if fmt == "json" else "\n".join(lines(found)))
+        return
     if rows or fmt == "csv":  # the tidy rows, from the results as a store would hold them
         from .api import results
         from .tidy import render, table
