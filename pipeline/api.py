@@ -62,7 +62,7 @@ def spec_of(network: Any, inputs: Any = None, labels: Any = None, *, ratio: floa
         "random_seed": random_seed,
         "compute": {"precision": precision},
         "execution": {"seeds_per_block": 1},
-    }, source="pipeline.sensitivity", names=API_NAMES, cache_dir=cache_dir)
+    }, names=API_NAMES, cache_dir=cache_dir)
 
 
 def results(spec: Spec) -> xr.Dataset:
