@@ -127,3 +127,18 @@ def test_bad_networks_name_the_argument(saved, tmp_path, network, match):
 def test_bad_option_names_the_argument(saved, tmp_path):
     with pytest.raises(SpecError, match="draws: 0 is not allowed; expected an integer >= 1"):
         pipeline.sensitivity(saved["model"], saved["x"], draws=0, cache_dir=tmp_path)
+
+
+def test_summary_of_any_spec_is_estimate(tiny_spec):
+    spec = tiny_spec(grid={"ratio": [0.05, 0.2]}, network={"n_inputs": 3})  # random init, two networks
+    ds = pipeline.sensitivity(spec)
+    assert ds.nnsweep.summary() == pipeline.estimate(spec)
+    # a selection answers for what it holds: one ratio is that ratio's entry of the whole
+    assert ds.sel(ratio=[0.2]).nnsweep.summary() == pipeline.estimate(spec)["by_ratio"]["0.2"]
+
+
+def test_summary_of_several_sizes_asks_for_one(tiny_spec):
+    ds = pipeline.sensitivity(tiny_spec(grid={"L": [2, 3]}))
+    with pytest.raises(pipeline.UserError, match=r"select one, e.g. ds.sel\(L=2, m=5\)"):
+        ds.nnsweep.summary()
+    assert ds.sel(L=[2]).nnsweep.summary()["n_draws"] == 4
