@@ -118,7 +118,8 @@ def sensitivity(network: Any, inputs: Any = None, labels: Any = None, **options)
 
 
 def find_ratio(network: Any, inputs: Any = None, labels: Any = None, *, layer: int | None = None,
-               criterion: str = "accuracy-drop", tolerance: float | None = None, half_width: float | None = None, **options) -> dict:
+               criterion: str = "accuracy-drop", tolerance: float | None = None, half_width: float | None = None,
+               **options) -> dict:
     """The largest noise ratio whose accuracy drop (or prediction-change share) stays within ``tolerance``.
 
     What ``nnsweep estimate --find-ratio`` prints as JSON; the method, its interval and how it relates to
