@@ -133,17 +133,23 @@ def torch_activations(module: Any) -> list[str]:
     A module the table does not know is named by its class (e.g. ``elu``), so that the spec refuses it
     with the list of allowed activations.
     """
-    names = []
+    names, after_last_linear = [], None
     for sub in module.modules():
         kind = type(sub).__name__
+        after_last_linear = None if kind == "Linear" else after_last_linear
         if next(sub.children(), None) is not None or kind in _TORCH_NEUTRAL:
             continue
+        after_last_linear = after_last_linear or kind
         if kind == "LeakyReLU":
             names.append(f"leaky_relu({sub.negative_slope!r})")
         elif kind == "GELU":
             names.append("gelu_tanh" if sub.approximate == "tanh" else "gelu")
         else:
             names.append(_TORCH_ACTIVATIONS.get(kind, kind.lower()))
+    if after_last_linear:
+        raise SpecError(f"network.init: the module applies {after_last_linear} after its last Linear layer; "
+                        "expected a linear read-out (nnsweep measures the change of the logits): pass the "
+                        "module without it, e.g. model[:-1] for an nn.Sequential.")
     return names
 
 
@@ -152,12 +158,12 @@ def _torch_outputs(module: Any, inputs: np.ndarray) -> np.ndarray:
     import torch
 
     param = next(module.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float64
+    dtype, device = (param.dtype, param.device) if param is not None else (torch.float64, "cpu")
     training = module.training
     try:
         module.eval()
         with torch.no_grad():
-            return module(torch.as_tensor(inputs, dtype=dtype)).double().cpu().numpy()
+            return module(torch.as_tensor(inputs, dtype=dtype, device=device)).double().cpu().numpy()
     finally:
         module.train(training)
 

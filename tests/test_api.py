@@ -142,3 +142,10 @@ def test_summary_of_several_sizes_asks_for_one(tiny_spec):
     with pytest.raises(pipeline.UserError, match=r"select one, e.g. ds.sel\(L=2, m=5\)"):
         ds.nnsweep.summary()
     assert ds.sel(L=[2]).nnsweep.summary()["n_draws"] == 4
+
+
+def test_module_ending_in_softmax_is_refused(saved, tmp_path):
+    model = torch.nn.Sequential(*saved["model"], torch.nn.Softmax(dim=1))
+    with pytest.raises(SpecError, match=r"network: the module applies Softmax after its last Linear.*model\[:-1\]"):
+        pipeline.sensitivity(model, saved["x"], cache_dir=tmp_path)
+    assert len(pipeline.sensitivity(model[:-1], saved["x"], draws=2, layer=1, cache_dir=tmp_path).draw) == 2
