@@ -185,8 +185,13 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     from .estimation import estimate as run_estimate
     from .spec import INITS, Spec
 
+    if as_json and fmt not in (None, "json"):
+        raise UserError(f"--json and --format {fmt} ask for two formats; give one (--json is --format json).")
+    fmt = "json" if as_json else fmt or "table"
     if find and (ratios or layer == "all"):
         raise UserError("--find-ratio searches the ratio for one layer: give --layer I (1..L) and no --ratio.")
+    if find and (rows or fmt == "csv"):
+        raise UserError("--find-ratio prints its answer as a table or JSON; leave out --rows and --format csv.")
     ratios = sorted({r for group in ratios for r in group}) or [0.1]
     file_net = init not in INITS
     given = {key: v for key, v in (("L", L), ("m", m), ("seeds", seeds)) if v is not None}
@@ -225,14 +230,9 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
 
     for line in reading_lines(spec):
         click.echo(line, err=True)
-    if as_json and fmt not in (None, "json"):
-        raise UserError(f"--json and --format {fmt} ask for two formats; give one (--json is --format json).")
-    fmt = "json" if as_json else fmt or "table"
     if find:
         from .tolerance import find_ratio, lines, parse_criterion
 
-        if rows or fmt == "csv":
-            raise UserError("--find-ratio prints its answer as a table or JSON; leave out --rows and --format csv.")
         found = find_ratio(spec, *parse_criterion(find), half_width=find_precision)
         click.echo(dumps(found, indent=2) if fmt == "json" else "\n".join(lines(found)))
         return
