@@ -164,6 +164,10 @@ def _torch_outputs(module: Any, inputs: np.ndarray) -> np.ndarray:
         module.eval()
         with torch.no_grad():
             return module(torch.as_tensor(inputs, dtype=dtype, device=device)).double().cpu().numpy()
+    except Exception as e:  # wrong widths, a forward that needs more than one tensor
+        raise SpecError(f"network.input: the module cannot run on these inputs of shape {inputs.shape} "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); expected an (n, d) array "
+                        "the module takes, d its first Linear layer's in_features.") from None
     finally:
         module.train(training)
 

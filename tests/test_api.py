@@ -149,3 +149,21 @@ def test_module_ending_in_softmax_is_refused(saved, tmp_path):
     with pytest.raises(SpecError, match=r"network: the module applies Softmax after its last Linear.*model\[:-1\]"):
         pipeline.sensitivity(model, saved["x"], cache_dir=tmp_path)
     assert len(pipeline.sensitivity(model[:-1], saved["x"], draws=2, layer=1, cache_dir=tmp_path).draw) == 2
+
+
+def test_state_dict_mapping_is_read_as_its_file(saved, tmp_path):
+    tensors = {k: v.numpy() for k, v in saved["model"].state_dict().items()}
+    ds = pipeline.sensitivity(tensors, saved["x"], activation="relu,tanh".split(","), cache_dir=tmp_path, draws=4)
+    via_torch = pipeline.sensitivity(saved["model"], saved["x"], cache_dir=tmp_path, draws=4)
+    np.testing.assert_array_equal(ds["delta_norm"].values, via_torch["delta_norm"].values)
+    assert ds.nnsweep.spec.network.file("init") == via_torch.nnsweep.spec.network.file("init")  # the same bytes
+
+
+@pytest.mark.parametrize("inputs, words", [
+    (np.array([[1.0, "a"]], dtype=object), "inputs: an array of Python objects is not allowed"),
+    (np.zeros((4, 5)), r"inputs: the module cannot run on these inputs of shape \(4, 5\) \(RuntimeError: mat1"),
+    (np.zeros((4, 6)), r"inputs: .* holds all-zero inputs \(rows \[0, 1, 2, 3\]\)"),
+])
+def test_bad_inputs_name_the_argument(saved, tmp_path, inputs, words):
+    with pytest.raises(SpecError, match=words):
+        pipeline.sensitivity(saved["model"], inputs, cache_dir=tmp_path)
