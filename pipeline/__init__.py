@@ -1,6 +1,7 @@
 """nnsweep: weight-noise sensitivity sweeps of ReLU networks.
 
-The public API: load a spec, measure, run a sweep, read the results. Names are
+The public API: load a spec, measure, run a sweep, read the results; answer the
+question for a network in memory (``sensitivity``, ``find_ratio``). Names are
 imported on first use, so ``nnsweep --help`` does not load dask, xarray or zarr.
 
 >>> import pipeline
@@ -22,6 +23,7 @@ _EXPORTS = {
     "open_results": "store",
     "estimate": "estimation",
     "run": "execute",
+    "sensitivity": "api", "find_ratio": "api",
 }
 
 __all__ = sorted(_EXPORTS)

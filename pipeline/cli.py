@@ -169,9 +169,23 @@ def reading_lines(spec) -> list[str]:
               help="Allowed difference, relative to the largest output. [default: 1e-4]")
 @click.option("--biases", is_flag=True,
               help="With --layer together: perturb every bias b_j too, by its own eta of norm r ||b_j||.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table (--format json).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default=None,
+              help="table, csv (one row per cell, columns named as the store's variables) or json (the summary; "
+                   "with --rows, the rows as records). [default: table]")
+@click.option("--rows", type=click.Choice(["cell", "draw"]), default=None,
+              help="One row per cell (ratio, layer) or per noise draw, columns named as the store's variables, "
+                   "for pandas or seaborn. [default with --format csv: cell]")
+@click.option("--find-ratio", "find", default=None, metavar="CRITERION[=AMOUNT]",
+              help="Find the largest ratio whose accuracy drop (accuracy-drop=0.01, needs --labels) or share of "
+                   "changed predictions (pred-change=0.05) stays within the amount, by bisection in log r, "
+                   "for one --layer; --draws is each level's first number of draws.")
+@click.option("--find-precision", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
+              help="With --find-ratio: the largest half-width of each level's 95% interval; draws double until "
+                   "it is reached. [default: a quarter of the amount]")
 def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, labels, bias_std, noise, norm,
-             random_seed, precision, activation, layer_order, clean_outputs, clean_outputs_tolerance, biases, as_json):
+             random_seed, precision, activation, layer_order, clean_outputs, clean_outputs_tolerance, biases, as_json,
+             fmt, rows, find, find_precision):
     """Estimate E||v - v*|| for one configuration, with a 95% CI.
 
     The CI is over networks, or over noise draws when there is one network
@@ -186,6 +200,13 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     from .estimation import estimate as run_estimate
     from .spec import INITS, Spec
 
+    if as_json and fmt not in (None, "json"):
+        raise UserError(f"--json and --format {fmt} ask for two formats; give one (--json is --format json).")
+    fmt = "json" if as_json else fmt or "table"
+    if find and (ratios or layer == "all"):
+        raise UserError("--find-ratio searches the ratio for one layer: give --layer I (1..L) and no --ratio.")
+    if find and (rows or fmt == "csv"):
+        raise UserError("--find-ratio prints its answer as a table or JSON; leave out --rows and --format csv.")
     ratios = sorted({r for group in ratios for r in group}) or [0.1]
     file_net = init not in INITS
     given = {key: v for key, v in (("L", L), ("m", m), ("seeds", seeds)) if v is not None}
@@ -220,14 +241,21 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
 
     for line in reading_lines(spec):
         click.echo(line, err=True)
+    if find:
+        from .tolerance import find_ratio, lines, parse_criterion
+
+        found = find_ratio(spec, *parse_criterion(find), half_width=find_precision)
+        click.echo(dumps(found, indent=2) if fmt == "json" else "\n".join(lines(found)))
+        return
+    if rows or fmt == "csv":  # the tidy rows, from the results as a store would hold them
+        from .api import results
+        from .tidy import render, table
+
+        click.echo(render(table(results(spec), rows or "cell"), fmt))
+        return
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, in one line
         result = run_estimate(spec)
-    if spec.network.read:
-        r = spec.network.read[0]
-        result["network"] = {"path": r.path, "format": r.format, "widths": list(r.widths),
-                             "activations": list(r.activations), "activation_source": r.activation_source,
-                             "layers": list(r.lines)}
-    if as_json:
+    if fmt == "json":
         click.echo(dumps(result, indent=2))
         return
     for line in _estimate_table(spec, result):
@@ -409,11 +437,16 @@ def _history_lines(s: dict) -> list[str]:
 @click.option("--over", default="", metavar="DIMS", help="Comma-separated dimensions to reduce over.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
+@click.option("--rows", type=click.Choice(["cell", "draw"]), default=None,
+              help="Every variable as one row per cell (L, m, ratio, layer) or per noise draw, columns named as "
+                   "the store's variables (means over the other dimensions), for pandas or seaborn.")
 @_storage_option
-def query(store, sel, var, reduce, over, fmt, storage_options):
+def query(store, sel, var, reduce, over, fmt, rows, storage_options):
     """Select and reduce results, e.g. the mean relative change by L and m at r = 0.1:
 
     nnsweep query STORE --sel ratio=0.1 --reduce mean --over layer,seed,input,draw
+
+    or every variable, one row per cell, as CSV: nnsweep query STORE --rows cell --format csv
     """
     from .query import query as run_query
     from .query import to_text
@@ -422,6 +455,14 @@ def query(store, sel, var, reduce, over, fmt, storage_options):
 
     dims = tuple(d.strip() for d in over.split(",") if d.strip())
     loc = as_location(store, dict(storage_options))
+    if rows:
+        from .query import tidy_rows
+        from .tidy import render
+
+        if reduce or dims:
+            raise UserError("--rows gives every variable already averaged per row; leave out --reduce and --over.")
+        click.echo(render(tidy_rows(loc, sel=sel, rows=rows), fmt))
+        return
     click.echo(to_text(run_query(loc, sel=sel, var=var, reduce=reduce, over=dims), fmt))
 
 

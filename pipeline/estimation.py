@@ -78,7 +78,15 @@ def estimate(spec: Spec) -> dict:
         a given network, or one with another activation, gets no random-network theory.
     """
     (L,), (m,) = spec.grid.L, spec.grid.m
-    block = measure_block(spec, L, m, spec.grid.seeds)
+    return estimate_from(spec, measure_block(spec, L, m, spec.grid.seeds))
+
+
+def estimate_from(spec: Spec, block: BlockResult) -> dict:
+    """:func:`estimate` of measurements already made: ``block`` holds every seed, ratio and layer of ``spec``.
+
+    Also how the network file was read (``network``), for a given network.
+    """
+    (L,), (m,) = spec.grid.L, spec.grid.m
     one_network = spec.network.one_network or len(spec.grid.seeds) == 1
     units = "draws" if one_network else "networks"
     counts = {"n_networks": 1 if spec.network.one_network else len(spec.grid.seeds),
@@ -113,4 +121,9 @@ def estimate(spec: Spec) -> dict:
     result = with_layers(list(range(len(ratios))))
     if len(ratios) > 1:
         result["by_ratio"] = {repr(r): with_layers([c]) for c, r in enumerate(ratios)}
+    if spec.network.read:
+        r = spec.network.read[0]
+        result["network"] = {"path": r.path, "format": r.format, "widths": list(r.widths),
+                             "activations": list(r.activations), "activation_source": r.activation_source,
+                             "layers": list(r.lines)}
     return result

@@ -114,6 +114,20 @@ def query(path, sel: tuple[str, ...] = (), var: str = "rel_change", reduce: str 
     return _checked(path, ds, da, getattr(da, reduce)(dim=list(dims)))
 
 
+def tidy_rows(path, sel: tuple[str, ...] = (), rows: str = "cell"):
+    """Every variable of the selection as one row per cell or per draw (:func:`pipeline.tidy.table`).
+
+    The selection is checked for damaged blocks first, as :func:`query` checks it.
+    """
+    from .tidy import table
+
+    ds = open_results(path)
+    sub = ds.sel(_parse_sel(ds, sel))
+    _checked(path, ds, sub["delta_norm"], sub["delta_norm"])
+    with reading(path):
+        return table(sub.compute(), rows)
+
+
 def _checked(path, ds: xr.Dataset, selected: xr.DataArray, result: xr.DataArray) -> xr.DataArray:
     """``result`` computed in the same pass that checks ``selected`` for damaged blocks.
 

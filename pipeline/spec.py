@@ -30,6 +30,7 @@ from .activations import canonical, per_layer
 from .errors import SpecError
 from .schema import TOGETHER, TOGETHER_NAME
 from .files import NETWORK_SUFFIXES, NetworkArrays, parse_inputs, parse_labels, parse_network, read_bytes, sha256
+from .inmemory import materialise
 from .network import clean_output_mismatch
 from .sizes import check_sizes
 
@@ -242,12 +243,13 @@ class Spec:
 
     @classmethod
     def from_dict(cls, raw: Any, source: str | None = None, base_dir: Path | None = None,
-                  names: dict[str, str] | None = None) -> Spec:
+                  names: dict[str, str] | None = None, cache_dir: str | Path | None = None) -> Spec:
         """Validate a parsed spec. Relative file paths resolve against ``base_dir``.
 
-        ``names`` renames fields in error messages (the CLI maps ``grid.L`` to ``--L``).
+        ``names`` renames fields in error messages (the CLI maps ``grid.L`` to ``--L``). A network,
+        inputs or labels given in memory are written to ``cache_dir`` first (:mod:`pipeline.inmemory`).
         """
-        return _Validator(source, base_dir or Path.cwd(), names).spec(raw)
+        return _Validator(source, base_dir or Path.cwd(), names, cache_dir).spec(raw)
 
     def to_dict(self) -> dict:
         """The spec as plain data (what a store records as provenance)."""
@@ -261,6 +263,24 @@ class Spec:
         if not self.noise.biases:  # the default is left out: specs made before the field keep their record
             d["noise"].pop("biases")
         return d
+
+    @classmethod
+    def from_record(cls, d: dict) -> Spec:
+        """The spec a store records (:meth:`to_dict`), rebuilt as it was validated, without reading a file.
+
+        >>> spec = Spec.from_dict({"grid": {"L": [2], "m": [4], "ratio": [0.1, 0.2]}})
+        >>> Spec.from_record(spec.to_dict()).hash == spec.hash
+        True
+        """
+        net = dict(d["network"])
+        net["files"] = tuple(tuple(f) for f in net["files"])
+        net["read"] = tuple(NetworkRead(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items()})
+                            for r in net["read"])
+        for key in ("activation", "layer_order"):
+            net[key] = tuple(net[key]) if isinstance(net[key], list) else net[key]
+        return cls(d["name"], d["description"], d["random_seed"], NetworkSpec(**net),
+                   GridSpec(**{k: tuple(v) for k, v in d["grid"].items()}), NoiseSpec(**d["noise"]),
+                   ExecutionSpec(d["execution"]["seeds_per_block"]), ComputeSpec(**d.get("compute", {})))
 
     @property
     def result_fields(self) -> dict:
@@ -349,8 +369,10 @@ class _Validator:
 
     SECTIONS = {"name", "description", "random_seed", "network", "grid", "noise", "compute", "execution"}
 
-    def __init__(self, source: str | None, base_dir: Path, names: dict[str, str] | None = None):
+    def __init__(self, source: str | None, base_dir: Path, names: dict[str, str] | None = None,
+                 cache_dir: str | Path | None = None):
         self.source = source
+        self.cache_dir = cache_dir
         self.base_dir = base_dir
         self.names = names or {}
         self.order: tuple[str, ...] | None = None  # network.layer_order, once read
@@ -436,6 +458,10 @@ class _Validator:
         random_seed = self.int_(raw.get("random_seed", 0), "random_seed", 0)
         net_raw = self.mapping(raw.get("network"), "network", {f.name for f in dataclasses.fields(NetworkSpec)}
                                - {"files", "read"})
+        try:
+            net_raw = materialise(net_raw, self.cache_dir)  # in-memory networks and arrays become files
+        except SpecError as e:
+            raise self.rename(e) from None
         init = self.init(net_raw.get("init", NetworkSpec.init))
         self.order = self.layer_order(net_raw.get("layer_order"), init)
         single = self.read_network(init, "init") if init not in INITS and "{" not in init else None

@@ -37,6 +37,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
+from . import accessor  # noqa: F401  (registers ds.nnsweep on every Dataset a store gives)
 from .errors import ResultNotFinite, StoreError
 from .location import StoreLocation, as_location, short_path
 from .lock import store_lock
@@ -537,6 +538,11 @@ def open_results(where: str | os.PathLike | StoreLocation, storage_options: dict
             raise
         raise StoreError(f"store {short_path(loc.url)} is being grown by `nnsweep run` (its arrays are resized one by "
                          "one and differ in size for a moment); open it again.") from None
+    return with_rel_change(ds)
+
+
+def with_rel_change(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with the derived variable ``rel_change`` = delta_norm / output_norm, as every reader sees it."""
     rel = ds["delta_norm"] / ds["output_norm"]
     rel.attrs = {"units": "1", "description": "relative output change ||v - v*|| / ||v||"}
     return ds.assign(rel_change=rel)
