@@ -33,6 +33,7 @@ class NetworkResult:
     """Measurements on one network; axes (ratio, layer, input, draw) as in the store."""
 
     delta_norm: np.ndarray            # (ratio, layer, input, draw)
+    linear_change: np.ndarray         # (ratio, layer, input, draw); ||J_i eta h_{i-1}||, NaN without the linear answer
     hidden_flip_fraction: np.ndarray  # (ratio, layer, input, draw)
     pred_changed: np.ndarray          # (ratio, layer, input, draw), 0/1
     accuracy: np.ndarray              # (ratio, layer, draw); NaN without labels
@@ -46,7 +47,7 @@ class NetworkResult:
 
 
 RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(NetworkResult))
-PER_CELL = ("delta_norm", "hidden_flip_fraction", "pred_changed", "accuracy", "bound", "linear_rms",
+PER_CELL = ("delta_norm", "linear_change", "hidden_flip_fraction", "pred_changed", "accuracy", "bound", "linear_rms",
             "worst_linear", "worst_realised")  # fields with (ratio, layer) in front
 
 
@@ -56,6 +57,7 @@ class BlockResult:
     axis after (ratio, layer), or first for per-network fields, as in the store."""
 
     delta_norm: np.ndarray            # (ratio, layer, seed, input, draw)
+    linear_change: np.ndarray         # (ratio, layer, seed, input, draw)
     hidden_flip_fraction: np.ndarray  # (ratio, layer, seed, input, draw)
     pred_changed: np.ndarray          # (ratio, layer, seed, input, draw)
     accuracy: np.ndarray              # (ratio, layer, seed, draw)
@@ -339,6 +341,22 @@ def linear_answer(J: np.ndarray, h: np.ndarray, size: float, norm: str) -> Linea
     return LinearAnswer(rms, size * sigma * h_norm, (u * (size * h_norm)[:, None]).T)
 
 
+def first_order_change(J: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """||J_i eta h_{i-1}|| of every (input, draw): the first-order change of the output, in float64.
+
+    Args:
+        J: the Jacobians dv/dz_i of the inputs, (n, k, n_i).
+        u: the perturbations eta h_{i-1} of z_i, (n_i, draw, n) as :class:`pipeline.noise.LayerNoise` gives them.
+
+    Returns:
+        Shape (n, draw). O(k n_i) per (input, draw): one batched product of each input's J with its columns.
+    """
+    draws = u.shape[1]
+    if draws == 1:  # two columns: one would be a GEMV, whose rounding differs, and batches must not matter
+        u = np.concatenate([u, np.zeros_like(u)], axis=1)
+    return np.linalg.norm(np.matmul(J, u.transpose(2, 0, 1)).astype(np.float64), axis=1)[:, :draws]
+
+
 def margins(v: np.ndarray) -> np.ndarray:
     """Top-1 minus runner-up output per column of v (k, n); NaN when k = 1."""
     if v.shape[0] < 2:
@@ -367,7 +385,7 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     return dataclasses.replace(first, **joined)
 
 
-PER_DRAW = ("delta_norm", "hidden_flip_fraction", "pred_changed", "accuracy")  # fields with draw last
+PER_DRAW = ("delta_norm", "linear_change", "hidden_flip_fraction", "pred_changed", "accuracy")  # fields with draw last
 
 
 def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tuple[int, ...],
@@ -414,6 +432,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth)
     batch_draws = max(1, min(batch_draws, draws))
     sizes, norms, linear, sources = {}, np.full(net.depth, np.nan), {}, {}
+    jac, firsts = {}, {}  # J_i of each layer; this batch's first-order changes at ratio 1, (input, draw)
 
     def measure_norms(j: int, w: np.ndarray) -> None:
         """What the bound and the noise need of W_j, while it is at hand."""
@@ -433,6 +452,9 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                 if j not in sources:
                     sources[j] = LayerNoise(rng_for_layer(j), w.shape, h, distribution, norm, sizes[j], net.dtype)
                 u = sources[j].draw(b)  # (n_j, draw, input) at ratio 1
+            if j in jac:
+                with clock("linear"):
+                    firsts[j] = first_order_change(jac[j], u)
                 if worst:
                     u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
                 return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
@@ -441,7 +463,8 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     fwd = X
     if with_linear:
         fwd, _ = run_pass(net, X, {}, lambda j, w, h: measure_norms(j, w), clock)
-        linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm) for i, J in jacobians(net, fwd, present, clock)}
+        jac = dict(jacobians(net, fwd, present, clock))
+        linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm) for i, J in jac.items()}
     fixed = None
     for start in range(0, draws, batch_draws):
         b = min(batch_draws, draws - start)
@@ -454,7 +477,18 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             fwd, moved = run_pass(net, fwd, columns, lambda j, w, h: measure_norms(j, w) or visit(j, w, h), clock)
         if fixed is None:
             fixed = _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound)
-        yield _per_batch(fixed, fwd, layers, moved, n, R, b, worst, labels, net)
+        yield _with_first_order(_per_batch(fixed, fwd, layers, moved, n, R, b, worst, labels, net), firsts,
+                                layers, ratios)
+
+
+def _with_first_order(result: NetworkResult, firsts: dict[int, np.ndarray], layers, ratios) -> NetworkResult:
+    """A batch's result with its ``linear_change``: r times the ratio-1 first-order change of the same eta
+    (the first-order term is linear in eta); NaN where it was not computed."""
+    change = np.full(result.delta_norm.shape, np.nan)
+    for col, i in enumerate(layers):
+        if i in firsts:
+            change[:, col] = ratios[:, None, None] * firsts[i][None]
+    return dataclasses.replace(result, linear_change=change)
 
 
 def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound) -> NetworkResult:
@@ -475,7 +509,7 @@ def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, label
     clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
     v = fwd.output.astype(np.float64)
     empty = np.empty((R, len(layers), n, 0))
-    return NetworkResult(empty, empty, empty, np.empty((R, len(layers), 0)), bound, linear_rms, worst_linear,
+    return NetworkResult(empty, empty, empty, empty, np.empty((R, len(layers), 0)), bound, linear_rms, worst_linear,
                          worst_realised, np.linalg.norm(v, axis=0), margins(v), clean_accuracy)
 
 

@@ -24,6 +24,9 @@ CELL_INPUT = ("L", "m", "ratio", "layer", "seed", "input")
 VARIABLES = {
     "delta_norm": (FULL, "f8", "output units",
                    "||v - v*||_2, the change of the output when W_layer is perturbed"),
+    "linear_change": (FULL, "f8", "output units",
+                      "||J_i eta h_{i-1}||_2, the first-order change of the output for the same eta as delta_norm "
+                      "(J_i = dv/dz_i): the control variate of nnsweep estimate (docs/linear-answer.md)"),
     "hidden_flip_fraction": (FULL, "f8", "1",
                              "share of the network's hidden ReLU units whose on/off state differs from the "
                              "clean pass (units, not predictions; see pred_changed)"),

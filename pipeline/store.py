@@ -46,10 +46,11 @@ from .schema import NAN_ALLOWED, RESULT_VARIABLES, VARIABLES, chunk_lengths, dim
 from .spec import Spec, differences, result_fields
 from .spec import short as short_value
 
-SCHEMA_VERSION = 4  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
+SCHEMA_VERSION = 5  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
 # 3: every weight matrix drawn from a stream of its own, float32 weights drawn in float32; compute.precision
 # 4: the noise samplers draw each kind of number from a stream of its own, draw-major (batches of draws);
 #    networks of any widths and activations; how each network file was read (spec network.read)
+# 5: linear_change, the first-order change ||J_i eta h_{i-1}|| of every draw (the control variate)
 MARK = "spec_hash"  # the root attribute written last: a directory is a results store once it has it
 CREATING = "nnsweep_creating"  # the root attribute of a store whose creation has not finished
 CODECS = (ZstdCodec(), Crc32cCodec())  # bytes-to-bytes codecs of every array: compress, then checksum
@@ -163,7 +164,8 @@ def read_attrs(where: str | StoreLocation) -> dict:
     if version != SCHEMA_VERSION:
         made_by = json.loads(attrs.get("versions", "{}")).get("nnsweep", "an older nnsweep")
         raise StoreError(f"store {short_path(loc.url)} has schema version {version}, written by nnsweep {made_by}; "
-                         f"this nnsweep reads version {SCHEMA_VERSION}, whose noise samplers draw their numbers "
+                         f"this nnsweep reads version {SCHEMA_VERSION}, which holds every draw's first-order change "
+                         "(version 4 did not), and whose noise samplers draw their numbers "
                          "in another order (batches of draws: the same spec gives other noise draws than version "
                          "3 did; version 2 drew other networks, and version 1 had no input dimension). "
                          "Rerun its spec "

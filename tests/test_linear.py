@@ -111,3 +111,32 @@ def test_one_layer_network_is_linear_and_exact():
     assert res.linear_rms[0, 0, 0] == pytest.approx(want * np.sqrt(3) / np.sqrt(12), rel=1e-12)
     out = naive_forward((w,), None, x)[-1]
     assert res.output_norm[0] == pytest.approx(np.linalg.norm(out))
+
+
+@pytest.mark.parametrize("distribution, norm", [("gaussian", "frobenius"), ("rademacher", "frobenius"),
+                                                ("gaussian", "spectral")])
+def test_linear_change_is_the_change_where_no_unit_switches(distribution, norm):
+    """A ReLU network is linear while no unit switches: there ||v - v*|| (the nonlinear kernel) is the
+    first-order ||J_i eta h|| of the same eta, draw by draw; where units switch, the two part."""
+    rng = np.random.default_rng(7)
+    net = random_net(rng, 3, 6, 12, 3, biases=True)
+    x = rng.standard_normal((4, 6))
+    res = measure_network(net, x, np.array([1e-5, 0.5]), (1, 2, 3), 50, distribution, norm, rng_for(3))
+    still = res.hidden_flip_fraction[0] == 0
+    assert still.mean() > 0.9 and np.all(res.hidden_flip_fraction[1, :2].mean(axis=(1, 2)) > 0)
+    np.testing.assert_allclose(res.linear_change[0][still], res.delta_norm[0][still], rtol=1e-9)
+    # the same draws at every ratio: the first-order term is linear in r
+    np.testing.assert_allclose(res.linear_change[1], res.linear_change[0] * 0.5 / 1e-5, rtol=1e-12)
+    moved = res.hidden_flip_fraction[1] > 0
+    assert np.all(np.abs(res.linear_change[1][moved] / res.delta_norm[1][moved] - 1) > 1e-6)
+
+
+def test_linear_change_mean_square_is_the_linear_rms():
+    """E||J_i eta h||^2 = linear_rms^2 (the closed form), checked over 4000 draws within 4 standard errors."""
+    rng = np.random.default_rng(8)
+    net = random_net(rng, 3, 6, 12, 3)
+    res = measure_network(net, rng.standard_normal((2, 6)), np.array([0.1]), (1, 2), 4000, "gaussian",
+                          "frobenius", rng_for(5))
+    sq = res.linear_change[0] ** 2  # (layer, input, draw)
+    se = sq.std(axis=-1, ddof=1) / np.sqrt(sq.shape[-1])
+    assert np.all(np.abs(sq.mean(axis=-1) - res.linear_rms[0] ** 2) < 4 * se)
