@@ -1,0 +1,140 @@
+"""Control variates: the statistics against brute force, the cheap draws against the kernel, and the
+estimate on a trained network against a long independent plain Monte Carlo run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from pipeline.control import (CHEAP_SE_FRACTION, CheapDraws, CheapMean, cheap_draws_needed, cheap_first_order,
+                              cv_estimate, plain_estimate, slope)
+from pipeline.estimation import estimate
+from pipeline.measure import measure_block, measure_network
+from pipeline.spec import Spec
+
+from test_measure import random_net
+
+
+def correlated(rng, n, rho=0.9, mean=(1.0, 2.0)):
+    """n pairs (y, c), jointly normal with correlation rho and unit variances."""
+    c = rng.standard_normal(n)
+    y = rho * c + np.sqrt(1 - rho**2) * rng.standard_normal(n)
+    return y + mean[0], c + mean[1]
+
+
+def test_known_control_mean_is_the_regression_prediction():
+    """With E[C] known exactly, the estimate and its variance are the least-squares line's value at E[C]
+    and its prediction variance s^2 x0 (X^T X)^-1 x0^T, t with N - 2 degrees of freedom (brute force)."""
+    y, c = correlated(np.random.default_rng(1), 15)
+    mu = 2.3
+    est = cv_estimate(y, c, CheapMean(mu, 0.0, np.inf))
+    X = np.column_stack([np.ones_like(c), c])
+    coef, res, *_ = np.linalg.lstsq(X, y, rcond=None)
+    s2 = res[0] / (len(y) - 2)
+    x0 = np.array([1.0, mu])
+    var = s2 * x0 @ np.linalg.inv(X.T @ X) @ x0
+    assert est.mean == pytest.approx(coef[0] + coef[1] * mu, rel=1e-12)
+    assert slope(y, c) == pytest.approx(scipy.stats.linregress(c, y).slope, rel=1e-12)
+    assert est.se == pytest.approx(np.sqrt(var), rel=1e-10) and est.df == len(y) - 2
+    half = scipy.stats.t.ppf(0.975, len(y) - 2) * np.sqrt(var)
+    np.testing.assert_allclose(est.ci95, (est.mean - half, est.mean + half), rtol=1e-9)
+    # no control: the plain interval is scipy's t interval
+    lo, hi = scipy.stats.t.interval(0.95, len(y) - 1, loc=y.mean(), scale=scipy.stats.sem(y))
+    np.testing.assert_allclose(plain_estimate(y).ci95, (lo, hi), rtol=1e-9)
+
+
+@pytest.mark.parametrize("n, cheap, rho", [(8, 40, 0.99), (30, 30, 0.9), (30, 3000, 0.999)])
+def test_interval_covers_the_mean_95_percent_of_the_time(n, cheap, rho):
+    """Over 3000 independent experiments (N full pairs, M cheap draws of C), the interval holds E[Y] in
+    95% of them (within the binomial spread), and its variance matches the estimate's spread: the
+    cheap mean's error, the slope's and the small-sample t quantile all counted."""
+    rng = np.random.default_rng(n + cheap)
+    hits, means, variances = 0, [], []
+    for _ in range(3000):
+        y, c = correlated(rng, n, rho)
+        extra = rng.standard_normal(cheap) + 2.0
+        est = cv_estimate(y, c, CheapMean(extra.mean(), extra.var(ddof=1) / cheap, cheap - 1))
+        hits += est.ci95[0] <= 1.0 <= est.ci95[1]
+        means.append(est.mean)
+        variances.append(est.se**2)
+    assert abs(hits / 3000 - 0.95) < 3.5 * np.sqrt(0.95 * 0.05 / 3000)
+    assert np.mean(variances) == pytest.approx(np.var(means), rel=0.1)
+
+
+def test_cheap_draws_cost_what_they_can_win():
+    """M = N rho^2 / fraction^2: the cheap mean's variance beta^2 Var C / M is fraction^2 Var Y / N."""
+    y, c = correlated(np.random.default_rng(2), 400, 0.8)
+    m = cheap_draws_needed(y, c)
+    rho2 = np.corrcoef(y, c)[0, 1] ** 2
+    assert m == int(np.ceil(400 * rho2 / CHEAP_SE_FRACTION**2))
+    assert slope(y, c) ** 2 * c.var(ddof=1) / m == pytest.approx(CHEAP_SE_FRACTION**2 * y.var(ddof=1) / 400,
+                                                                 rel=1e-3)
+    assert cheap_draws_needed(y, np.full(400, 3.0)) == 2  # no spread: nothing to win
+    assert cv_estimate(y, np.full(400, 3.0), CheapMean(3.0, 0.0, np.inf)) is None
+
+
+@pytest.mark.parametrize("distribution, norm", [("gaussian", "frobenius"), ("rademacher", "frobenius"),
+                                                ("gaussian", "spectral")])
+def test_cheap_draws_are_the_kernels_first_order_changes(distribution, norm):
+    """From the same stream, the cheap draws are the kernel's linear_change, summed over inputs with the
+    weights: the cheap path skips the network, never changes a draw."""
+    rng = np.random.default_rng(5)
+    net = random_net(rng, 3, 6, 12, 3, biases=True)
+    x = rng.standard_normal((4, 6))
+    w = rng.uniform(0.5, 2.0, 4)
+    streams = lambda i: np.random.default_rng([9, i])  # noqa: E731
+    full = measure_network(net, x, np.array([1.0]), (1, 2, 3), 30, distribution, norm, streams)
+    cheap = cheap_first_order(net, x, {1: 30, 3: 30}, distribution, norm, streams, w)
+    for i in (1, 3):
+        np.testing.assert_allclose(cheap[i], w @ full.linear_change[0, i - 1], rtol=1e-12)
+
+
+def test_cheap_mean_pools_layers_and_ratios():
+    """The cheap mean of several cells: each layer's draws serve every ratio, layers are independent."""
+    rng = np.random.default_rng(3)
+    a, b = rng.uniform(1, 2, 50), rng.uniform(3, 5, 80)
+    got = CheapDraws({1: a, 2: b}).mean([0.1, 0.3], [1, 2])
+    assert got.mean == pytest.approx((0.2 * a.mean() + 0.2 * b.mean()) / 2)
+    assert got.var == pytest.approx(0.2**2 * (a.var(ddof=1) / 50 + b.var(ddof=1) / 80) / 4)
+
+
+RATIOS = (1e-3, 1e-2, 0.1)
+
+
+@pytest.fixture(scope="module")
+def trained(digits_zoo, tmp_path_factory):
+    """A trained digits network (L = 3, m = 16, 60 test inputs, every layer): ``estimate`` with 200 draws, and
+    the per-draw mean relative change of an independent plain run of 3000 draws from another random seed,
+    straight from the kernel, (ratio, layer, draw)."""
+    root = tmp_path_factory.mktemp("cv")
+    np.save(root / "x.npy", digits_zoo["x"][:60])
+
+    def spec(draws, seed):
+        return Spec.from_dict({
+            "network": {"init": str(digits_zoo["models"] / "digits_L3_m16_seed0.safetensors"),
+                        "input": str(root / "x.npy")},
+            "grid": {"ratio": list(RATIOS), "layer": "all"}, "noise": {"draws": draws}, "random_seed": seed})
+    block = measure_block(spec(3000, 1), 3, 16, (0,))
+    reference = (block.delta_norm[:, :, 0] / block.output_norm[0][None, None, :, None]).mean(axis=2)
+    return estimate(spec(200, 0)), reference
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_control_variate_agrees_with_a_long_plain_run_on_a_trained_network(trained, ratio):
+    """In every layer and pooled, the CV estimate lies within the joint 95% interval with the long plain run;
+    at r <= 0.01 its interval is at least 5x narrower than the plain one of the same 200 draws."""
+    short, reference = trained
+    r = RATIOS.index(ratio)
+    s = short["by_ratio"][repr(ratio)]
+    cells = [(s, reference[r].mean(axis=0)), *((s["by_layer"][str(i)], reference[r, i - 1]) for i in (1, 2, 3))]
+    for cell, long in cells:
+        cv, plain = cell["control_variate"], cell["plain"]
+        assert cell["printed"] == "control_variate" and plain["ci95"] == cell["ci95"]
+        half = lambda ci: (ci[1] - ci[0]) / 2  # noqa: E731
+        long_half = half(scipy.stats.t.interval(0.95, long.size - 1, loc=long.mean(), scale=scipy.stats.sem(long)))
+        assert abs(cv["mean_rel_change"] - long.mean()) <= np.hypot(half(cv["ci95"]), long_half)
+        width = half(plain["ci95"]) / half(cv["ci95"])
+        assert width == pytest.approx(cv["width_ratio"], rel=1e-9)
+        if ratio <= 0.01:
+            assert width >= 5
