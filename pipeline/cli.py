@@ -248,6 +248,7 @@ def _estimate_table(spec, result: dict) -> list[str]:
     if len(by_ratio) > 1:
         rows.append(("all", "all" if len(g.layer) > 1 else str(g.layer[0]), result))
     for r, i, s in rows:
+        s = {**s, **(s.get("control_variate") or {})} if s.get("printed") == "control_variate" else s
         lo, hi = s["ci95"] or (float("nan"), float("nan"))
         vals = []
         for _, key, w in cols:
@@ -258,11 +259,24 @@ def _estimate_table(spec, result: dict) -> list[str]:
     lines.append("R = ||v - v*|| / ||v||; pred chg: share of (input, draw) whose predicted class changed; "
                  "bound: worst-case Lipschitz bound on ||v - v*||"
                  + ("; theory R: infinite-width arc-cosine prediction for random networks." if random_init else "."))
+    lines += _printed_note(result)
     if any(not isinstance(s.get(k), (int, float)) or not math.isfinite(s[k]) for _, _, s in rows
            for k in ("mean_abs_change", "mean_rel_change")):
         lines.append("-: the change is not finite: the perturbed outputs overflow float64 (about 1.8e308); "
                      "lower --ratio or the weights' scale.")
     return lines
+
+
+def _printed_note(result: dict) -> list[str]:
+    """Which estimate of E R the table shows, and why (docs/linear-answer.md)."""
+    if result.get("printed") != "control_variate":
+        return []
+    cv, plain = result["control_variate"], result["plain"]
+    lo, hi = plain["ci95"] or (float("nan"), float("nan"))
+    return [f"E R and its 95% CI: the control-variate estimate, {result['printed_why']}.",
+            f"Plain Monte Carlo on the same draws (all cells): {_cell(plain['mean_rel_change'], 0).strip()} "
+            f"[{_cell(lo, 0).strip()}, {_cell(hi, 0).strip()}], an interval {_cell(cv['width_ratio'], 0).strip()}x "
+            "as wide; both in --json."]
 
 
 def _cell(x: float | None, width: int) -> str:

@@ -68,35 +68,38 @@ def per_draw(block: BlockResult, field: str) -> np.ndarray:
     return (getattr(block, field)[:, :, 0] / block.output_norm[0][None, None, :, None]).mean(axis=2)
 
 
-def control_variate_summary(block: BlockResult, cheap, ri: list[int], li: list[int], ratios, layers) -> dict:
-    """E R of the cells given by plain Monte Carlo and with the first-order change as control variate
-    (:mod:`pipeline.control`), and which one is ``printed`` and why.
+def control_variate_summary(block: BlockResult, cheap, ri: list[int], li: list[int], ratios, layers,
+                            plain: dict) -> dict:
+    """E R of the cells given by plain Monte Carlo (``plain``: the summary's ``mean_rel_change`` and
+    ``ci95``) and with the first-order change as control variate (:mod:`pipeline.control`), and which
+    one is ``printed`` and why.
 
     ``cheap`` is the network's :class:`pipeline.control.CheapDraws`, or None where the control
     variate does not apply (several networks: their spread, which no first-order term of one
     network explains, dominates the interval).
     """
-    from .control import cv_estimate, plain_estimate, slope
+    from .control import cv_estimate, slope
 
-    y = per_draw(block, "delta_norm")[np.ix_(ri, li)].mean(axis=(0, 1))
-    plain = plain_estimate(y)
-    out = {"plain": {"mean_rel_change": num(plain.mean), "ci95": None if plain.ci95 is None else list(plain.ci95)}}
+    out = {"plain": {"mean_rel_change": plain["mean_rel_change"], "ci95": plain["ci95"]}}
     if cheap is None:
         return {**out, "control_variate": None, "printed": "plain",
                 "printed_why": "several networks: the interval is over networks, where no control variate applies"}
+    y = per_draw(block, "delta_norm")[np.ix_(ri, li)].mean(axis=(0, 1))
     c = per_draw(block, "linear_change")[np.ix_(ri, li)].mean(axis=(0, 1))
     cv = cv_estimate(y, c, cheap.mean([ratios[r] for r in ri], [layers[i] for i in li]))
     if cv is None:
         return {**out, "control_variate": None, "printed": "plain",
                 "printed_why": "fewer than 3 draws, or no spread in the first-order change: no slope to fit"}
-    width = (plain.ci95[1] - plain.ci95[0]) / (cv.ci95[1] - cv.ci95[0]) if plain.ci95 and cv.ci95 else None
+    ci = plain["ci95"]
+    width = (ci[1] - ci[0]) / (cv.ci95[1] - cv.ci95[0]) if ci and cv.ci95 else None
     out["control_variate"] = {"mean_rel_change": num(cv.mean), "ci95": None if cv.ci95 is None else list(cv.ci95),
                               "beta": num(slope(y, c)), "cheap_draws": int(min(cheap.by_layer[layers[i]].size
                                                                               for i in li)),
                               "width_ratio": num(width)}
     return {**out, "printed": "control_variate",
-            "printed_why": "one network with its first-order change: the control-variate interval is honest "
-                           "and never wider than the plain one but for the slope's estimation (docs/linear-answer.md)"}
+            "printed_why": f"one network whose first-order change is known: {out['control_variate']['cheap_draws']} "
+                           "cheap draws of it per layer give E[first-order change], the full draws only the rest "
+                           "(docs/linear-answer.md)"}
 
 
 def _cheap_draws(spec: Spec, block: BlockResult, L: int, m: int):
@@ -132,8 +135,8 @@ def estimate(spec: Spec) -> dict:
     cheap = _cheap_draws(spec, block, L, m)
 
     def summary(ri: list[int], li: list[int]) -> dict:
-        out = {**summarise(block, ri, li, units), **counts,
-               **control_variate_summary(block, cheap, ri, li, ratios, layers)}
+        out = {**summarise(block, ri, li, units), **counts}
+        out.update(control_variate_summary(block, cheap, ri, li, ratios, layers, out))
         if random_init and len(ri) == 1:
             from .analysis.theory import attenuation
 

@@ -3,6 +3,8 @@ estimate on a trained network against a long independent plain Monte Carlo run."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -138,3 +140,29 @@ def test_control_variate_agrees_with_a_long_plain_run_on_a_trained_network(train
         assert width == pytest.approx(cv["width_ratio"], rel=1e-9)
         if ratio <= 0.01:
             assert width >= 5
+
+
+def test_estimate_prints_the_control_variate_for_one_network_and_plain_for_several():
+    """The table's E R and CI are the JSON's control-variate ones for one network (the plain ones and the
+    reason are printed below it), and the plain ones for several networks, where no control applies."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    args = ["estimate", "--L", "3", "--m", "16", "--d", "8", "--k", "4", "--draws", "40", "--ratio", "0.01",
+            "--layer", "2"]
+    for seeds in ("1", "3"):
+        js = json.loads(CliRunner().invoke(main, [*args, "--seeds", seeds, "--json"]).stdout)
+        table = CliRunner().invoke(main, [*args, "--seeds", seeds]).stdout.splitlines()
+        row = next(line for line in table if line.split()[:2] == ["0.01", "2"]).replace("[", " ").replace(",", " ")
+        shown = [float(v) for v in row.replace("]", " ").split()[3:6]]
+        if seeds == "1":
+            assert js["printed"] == "control_variate" and js["control_variate"]["width_ratio"] > 1
+            want = [js["control_variate"]["mean_rel_change"], *js["control_variate"]["ci95"]]
+            assert any(line.startswith("Plain Monte Carlo") and f"{js['plain']['ci95'][0]:.4g}" in line
+                       for line in table)
+        else:
+            assert js["printed"] == "plain" and js["control_variate"] is None
+            assert js["plain"]["ci95"] == js["ci95"]
+            want = [js["mean_rel_change"], *js["ci95"]]
+        np.testing.assert_allclose(shown, want, rtol=1e-3)
