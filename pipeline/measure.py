@@ -452,12 +452,12 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                 if j not in sources:
                     sources[j] = LayerNoise(rng_for_layer(j), w.shape, h, distribution, norm, sizes[j], net.dtype)
                 u = sources[j].draw(b)  # (n_j, draw, input) at ratio 1
-            if j in jac:
-                with clock("linear"):
-                    firsts[j] = first_order_change(jac[j], u)
                 if worst:
                     u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
-                return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
+            if j in jac:
+                with clock("linear"):
+                    firsts[j] = first_order_change(jac[j], u[:, :b])
+            return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
         return visit
 
     fwd = X

@@ -140,3 +140,14 @@ def test_linear_change_mean_square_is_the_linear_rms():
     sq = res.linear_change[0] ** 2  # (layer, input, draw)
     se = sq.std(axis=-1, ddof=1) / np.sqrt(sq.shape[-1])
     assert np.all(np.abs(sq.mean(axis=-1) - res.linear_rms[0] ** 2) < 4 * se)
+
+
+def test_without_the_linear_answer_the_draws_are_the_same_and_no_first_order_change():
+    """with_linear=False skips J_i: the same changes, draw by draw, and linear_change NaN."""
+    rng = np.random.default_rng(9)
+    net = random_net(rng, 3, 6, 12, 3, biases=True)
+    x = rng.standard_normal((5, 6))
+    args = (net, x, np.array([0.01, 0.3]), (1, 2, 3), 9, "gaussian", "frobenius", rng_for(2))
+    on, off = measure_network(*args), measure_network(*args, with_linear=False)
+    np.testing.assert_array_equal(off.delta_norm, on.delta_norm)
+    assert np.isnan(off.linear_change).all() and np.isfinite(on.linear_change).all()
