@@ -37,7 +37,7 @@ machine.pin_threads(1)
 
 import numpy as np  # noqa: E402
 
-from pipeline.control import CheapDraws, cheap_draws_needed, cheap_first_order, cv_estimate, plain_estimate  # noqa: E402
+from pipeline.control import CheapDraws, cheap_draw_counts, cheap_first_order, cv_estimate, plain_estimate  # noqa: E402
 from pipeline.measure import measure_network  # noqa: E402
 from pipeline.network import Network  # noqa: E402
 
@@ -107,13 +107,12 @@ def one_ratio(net: Network, x: np.ndarray, ratio: float, draws: int, repeat: int
     def control():
         res = measure_network(net, x, np.array([ratio]), layers, draws, "gaussian", "frobenius", full,
                               with_bound=False)
-        per_layer = (res.delta_norm[0] / norm[None, :, None]).mean(axis=1), \
-            (res.linear_change[0] / norm[None, :, None]).mean(axis=1)  # (layer, draw) each
-        m = {i: cheap_draws_needed(per_layer[0][c], per_layer[1][c]) for c, i in enumerate(layers)}
+        weights = 1 / (len(norm) * norm)
+        m = cheap_draw_counts(list(layers), res.delta_norm, res.linear_change, weights, "gaussian", "frobenius")
         t0 = time.perf_counter()
-        cheap = CheapDraws(cheap_first_order(net, x, m, "gaussian", "frobenius", cheap_streams,
-                                             1 / (len(norm) * norm)))
-        est = cv_estimate(per_layer[0].mean(axis=0), per_layer[1].mean(axis=0), cheap.mean([ratio], list(layers)))
+        cheap = CheapDraws(cheap_first_order(net, x, m, "gaussian", "frobenius", cheap_streams, weights))
+        est = cv_estimate(samples(res.delta_norm[0], norm), samples(res.linear_change[0], norm),
+                          cheap.mean([ratio], list(layers)))
         return est, m, time.perf_counter() - t0
     (cv, cheap_draws, cheap_s), cv_s = timed(control, repeat)
     out = {"ratio": ratio}

@@ -93,13 +93,13 @@ def control_variate_summary(block: BlockResult, cheap, ri: list[int], li: list[i
     ci = plain["ci95"]
     width = (ci[1] - ci[0]) / (cv.ci95[1] - cv.ci95[0]) if ci and cv.ci95 else None
     out["control_variate"] = {"mean_rel_change": num(cv.mean), "ci95": None if cv.ci95 is None else list(cv.ci95),
-                              "beta": num(slope(y, c)), "cheap_draws": int(min(cheap.by_layer[layers[i]].size
+                              "beta": num(slope(y, c)), "cheap_draws": int(min(cheap.by_layer[layers[i]].draws
                                                                               for i in li)),
                               "width_ratio": num(width)}
     return {**out, "printed": "control_variate",
-            "printed_why": f"one network whose first-order change is known: {out['control_variate']['cheap_draws']} "
-                           "cheap draws of it per layer give E[first-order change], the full draws only the rest "
-                           "(docs/linear-answer.md)"}
+            "printed_why": "one network whose first-order change is known: cheap draws of it alone "
+                           f"({out['control_variate']['cheap_draws']} per layer) give its mean, the full draws "
+                           "only the rest (docs/linear-answer.md)"}
 
 
 def _cheap_draws(spec: Spec, block: BlockResult, L: int, m: int):
@@ -108,8 +108,8 @@ def _cheap_draws(spec: Spec, block: BlockResult, L: int, m: int):
 
     if len(spec.grid.seeds) != 1 or not np.all(np.isfinite(block.linear_change)):
         return None
-    return cheap_draws_for(spec, L, m, spec.grid.seeds[0], per_draw(block, "delta_norm"),
-                           per_draw(block, "linear_change"), block.output_norm[0])
+    return cheap_draws_for(spec, L, m, spec.grid.seeds[0], block.delta_norm[:, :, 0], block.linear_change[:, :, 0],
+                           block.output_norm[0])
 
 
 def estimate(spec: Spec) -> dict:

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from pipeline.control import (CHEAP_SE_FRACTION, CheapDraws, CheapMean, cheap_draws_needed, cheap_first_order,
-                              cv_estimate, plain_estimate, slope)
+from pipeline.control import (CHEAP_SE_FRACTION, CheapDraws, CheapMean, LayerCheap, cheap_draws_needed,
+                              cheap_first_order, cv_estimate, independent_first_order, plain_estimate,
+                              shared_eta_first_order, slope)
 from pipeline.estimation import estimate
-from pipeline.measure import measure_block, measure_network
+from pipeline.measure import jacobians, measure_block, measure_network
+from pipeline.noise import LayerNoise, matrix_norm
 from pipeline.spec import Spec
 
 from test_measure import random_net
@@ -65,40 +67,76 @@ def test_interval_covers_the_mean_95_percent_of_the_time(n, cheap, rho):
 
 
 def test_cheap_draws_cost_what_they_can_win():
-    """M = N rho^2 / fraction^2: the cheap mean's variance beta^2 Var C / M is fraction^2 Var Y / N."""
+    """M = N beta^2 v / (fraction^2 Var Y): the cheap mean's variance beta^2 v / M is fraction^2 Var Y / N;
+    with v = Var C (one eta for all inputs) that is M = N rho^2 / fraction^2."""
     y, c = correlated(np.random.default_rng(2), 400, 0.8)
-    m = cheap_draws_needed(y, c)
+    m = cheap_draws_needed(y, c, c.var(ddof=1))
     rho2 = np.corrcoef(y, c)[0, 1] ** 2
     assert m == int(np.ceil(400 * rho2 / CHEAP_SE_FRACTION**2))
     assert slope(y, c) ** 2 * c.var(ddof=1) / m == pytest.approx(CHEAP_SE_FRACTION**2 * y.var(ddof=1) / 400,
                                                                  rel=1e-3)
-    assert cheap_draws_needed(y, np.full(400, 3.0)) == 2  # no spread: nothing to win
+    assert cheap_draws_needed(y, c, c.var(ddof=1) / 100) == int(np.ceil(400 * rho2 / CHEAP_SE_FRACTION**2 / 100))
+    assert cheap_draws_needed(y, np.full(400, 3.0), 0.0) == 2  # no spread: nothing to win
     assert cv_estimate(y, np.full(400, 3.0), CheapMean(3.0, 0.0, np.inf)) is None
+
+
+def first_order_setup(seed=5):
+    rng = np.random.default_rng(seed)
+    net = random_net(rng, 3, 6, 12, 3, biases=True)
+    return net, rng.standard_normal((4, 6)), rng.uniform(0.5, 2.0, 4)
 
 
 @pytest.mark.parametrize("distribution, norm", [("gaussian", "frobenius"), ("rademacher", "frobenius"),
                                                 ("gaussian", "spectral")])
-def test_cheap_draws_are_the_kernels_first_order_changes(distribution, norm):
-    """From the same stream, the cheap draws are the kernel's linear_change, summed over inputs with the
-    weights: the cheap path skips the network, never changes a draw."""
-    rng = np.random.default_rng(5)
-    net = random_net(rng, 3, 6, 12, 3, biases=True)
-    x = rng.standard_normal((4, 6))
-    w = rng.uniform(0.5, 2.0, 4)
+def test_shared_eta_cheap_draws_are_the_kernels_first_order_changes(distribution, norm):
+    """From the same stream, the shared-eta cheap draws are the kernel's linear_change, summed over inputs
+    with the weights: the cheap path skips the network, never changes a draw."""
+    net, x, w = first_order_setup()
     streams = lambda i: np.random.default_rng([9, i])  # noqa: E731
     full = measure_network(net, x, np.array([1.0]), (1, 2, 3), 30, distribution, norm, streams)
-    cheap = cheap_first_order(net, x, {1: 30, 3: 30}, distribution, norm, streams, w)
+    fwd = net.forward(x.T)
+    J = dict(jacobians(net, fwd, [1, 3]))
     for i in (1, 3):
-        np.testing.assert_allclose(cheap[i], w @ full.linear_change[0, i - 1], rtol=1e-12)
+        size = matrix_norm(net.weights[i - 1], norm)
+        noise = LayerNoise(streams(i), net.shapes[i - 1], fwd.post[i - 1], distribution, norm, size)
+        np.testing.assert_allclose(shared_eta_first_order(J[i], noise, 30, w), w @ full.linear_change[0, i - 1],
+                                   rtol=1e-12)
+    cheap = cheap_first_order(net, x, {1: 40, 2: 40}, distribution, norm, streams, w)
+    for i in (1, 2):
+        want = w @ full.linear_change[0, i - 1]  # 30 of the same 40 draws: the means agree loosely
+        assert cheap[i].draws == 40 and cheap[i].mean == pytest.approx(want.mean(), rel=0.5)
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "sphere"])
+def test_independent_cheap_draws_have_the_kernels_law(distribution):
+    """The O(k) draws of one input's ||J eta h|| have the law of the kernel's (which forms eta h): each
+    input's mean within 4 standard errors of 6000 kernel draws, and the spread of the estimate
+    sum_p w_p mean_p over 200 repetitions matches its stated variance."""
+    net, x, w = first_order_setup(6)
+    full = measure_network(net, x, np.array([1.0]), (2,), 6000, distribution, "frobenius",
+                           lambda i: np.random.default_rng([4, i]))
+    kernel = full.linear_change[0, 0]  # (input, draw)
+    fwd = net.forward(x.T)
+    J = dict(jacobians(net, fwd, [2]))[2]
+    size = matrix_norm(net.weights[1], "frobenius")
+    rng = np.random.default_rng(11)
+    reps = [independent_first_order(J, fwd.post[1], size, 500, rng, w) for _ in range(200)]
+    means = np.array([r.mean for r in reps])
+    se = np.sqrt(w**2 @ kernel.var(axis=1) / 6000 + means.var() / 200)
+    assert abs(means.mean() - w @ kernel.mean(axis=1)) < 4 * se
+    assert np.mean([r.var for r in reps]) == pytest.approx(means.var(ddof=1), rel=0.25)
+    one = independent_first_order(J[:1], fwd.post[1][:, :1], size, 6000, rng, np.ones(1))
+    assert abs(one.mean - kernel[0].mean()) < 4 * np.sqrt(one.var + kernel[0].var() / 6000)
 
 
 def test_cheap_mean_pools_layers_and_ratios():
     """The cheap mean of several cells: each layer's draws serve every ratio, layers are independent."""
-    rng = np.random.default_rng(3)
-    a, b = rng.uniform(1, 2, 50), rng.uniform(3, 5, 80)
+    a, b = LayerCheap(1.5, 0.01, 50, 49), LayerCheap(4.0, 0.03, 80, 79)
     got = CheapDraws({1: a, 2: b}).mean([0.1, 0.3], [1, 2])
-    assert got.mean == pytest.approx((0.2 * a.mean() + 0.2 * b.mean()) / 2)
-    assert got.var == pytest.approx(0.2**2 * (a.var(ddof=1) / 50 + b.var(ddof=1) / 80) / 4)
+    assert got.mean == pytest.approx((0.2 * 1.5 + 0.2 * 4.0) / 2)
+    assert got.var == pytest.approx(0.2**2 * (0.01 + 0.03) / 4)
+    parts = np.array([0.2**2 * 0.01 / 4, 0.2**2 * 0.03 / 4])
+    assert got.df == pytest.approx(parts.sum() ** 2 / (parts[0] ** 2 / 49 + parts[1] ** 2 / 79))
 
 
 RATIOS = (1e-3, 1e-2, 0.1)
