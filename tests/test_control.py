@@ -204,3 +204,31 @@ def test_estimate_prints_the_control_variate_for_one_network_and_plain_for_sever
             assert js["plain"]["ci95"] == js["ci95"]
             want = [js["mean_rel_change"], *js["ci95"]]
         np.testing.assert_allclose(shown, want, rtol=1e-3)
+
+
+def test_report_of_one_network_prints_the_estimate_commands_control_variate(digits_zoo, tmp_path):
+    """A store of one network file: the report's control-variate answer is ``estimate``'s for the same spec
+    (the store's draws, the network rebuilt from the recorded spec, the same cheap draws), and its
+    interval is narrower than the plain one it prints above it."""
+    import re
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline_helpers import build_store
+
+    np.save(tmp_path / "x.npy", digits_zoo["x"][:30])
+    raw = {"network": {"init": str(digits_zoo["models"] / "digits_L3_m16_seed0.safetensors"),
+                       "input": str(tmp_path / "x.npy")}, "grid": {"ratio": [0.01, 0.1]}, "noise": {"draws": 24}}
+    path = build_store(tmp_path / "one.zarr", raw)
+    res = CliRunner().invoke(main, ["report", path, "--out", str(tmp_path / "rep"), "--bootstrap", "10",
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    index = (tmp_path / "rep" / "index.md").read_text()
+    line = re.search(r"- for L = 3, m = 16, E\|\|v - v\*\|\| / \|\|v\|\| = \*\*(\S+)\*\* \[(\S+), (\S+)\] "
+                     r"\((\d+) cheap draws per layer, (\S+) times narrower", index)
+    want = estimate(Spec.from_dict(raw))["by_ratio"]["0.1"]["control_variate"]
+    shown = [float(line[i]) for i in (1, 2, 3)]
+    np.testing.assert_allclose(shown, [want["mean_rel_change"], *want["ci95"]], rtol=1e-3)
+    assert int(line[4]) == want["cheap_draws"] and float(line[5]) == pytest.approx(want["width_ratio"], rel=1e-2)
+    assert float(line[5]) > 1
