@@ -276,7 +276,17 @@ def _printed_note(result: dict) -> list[str]:
     return [f"E R and its 95% CI: the control-variate estimate, {result['printed_why']}.",
             f"Plain Monte Carlo on the same draws (all cells): {_cell(plain['mean_rel_change'], 0).strip()} "
             f"[{_cell(lo, 0).strip()}, {_cell(hi, 0).strip()}], an interval {_cell(cv['width_ratio'], 0).strip()}x "
-            "as wide; both in --json."]
+            "as wide; both in --json."] + _pred_note(plain, cv)
+
+
+def _pred_note(plain: dict, cv: dict) -> list[str]:
+    """The prediction-change rate of all cells with the first-order crossing as control, when it has one."""
+    if cv.get("pred_change_ci95") is None or plain.get("pred_change_ci95") is None:
+        return []
+    (lo, hi), (clo, chi) = plain["pred_change_ci95"], cv["pred_change_ci95"]
+    return [f"Prediction changes (all cells): {_cell(cv['pred_change_rate'], 0).strip()} "
+            f"[{_cell(clo, 0).strip()}, {_cell(chi, 0).strip()}] with the first-order crossing as control variate; "
+            f"plain [{_cell(lo, 0).strip()}, {_cell(hi, 0).strip()}]."]
 
 
 def _cell(x: float | None, width: int) -> str:

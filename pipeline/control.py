@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from .analysis.intervals import t_quantile
-from .measure import first_order_change, jacobians, run_pass
+from .measure import first_order, first_order_crossings, jacobians, run_pass
 from .network import Network
 from .noise import LayerNoise, matrix_norm
 
@@ -31,6 +31,9 @@ CHEAP_STREAM = 3
 # estimate both): the control-variate interval is then at most about 1 / CHEAP_SE_FRACTION = 8 times
 # narrower than the plain one of the same full draws.
 CHEAP_SE_FRACTION = 0.125
+# The same for the prediction-change rate, whose first-order control explains less and whose cheap draws
+# cost O(k r) each rather than O(r): its control-variate interval is at most about 4 times narrower.
+PRED_SE_FRACTION = 0.25
 CHEAP_BATCH_VALUES = 2**22  # values of eta h per batch of cheap draws (32 MiB in float64)
 
 
@@ -104,21 +107,22 @@ def slope(y: np.ndarray, c: np.ndarray) -> float:
     return float(np.sum((c - c.mean()) * (y - np.mean(y))) / s_cc) if s_cc > 0 else math.nan
 
 
-def cheap_draws_needed(y: np.ndarray, c: np.ndarray, per_draw_var: float) -> int:
+def cheap_draws_needed(y: np.ndarray, c: np.ndarray, per_draw_var: float,
+                       fraction: float = CHEAP_SE_FRACTION) -> int:
     """How many cheap draws make the cheap mean's share of the variance, beta^2 v / M (v = ``per_draw_var``,
-    the variance of one cheap draw's contribution), CHEAP_SE_FRACTION^2 times the plain estimate's Var(Y) / N:
-    M = N beta^2 v / (CHEAP_SE_FRACTION^2 Var(Y)), at least 2; beta and Var(Y) from the N full draws.
+    the variance of one cheap draw's contribution), ``fraction``^2 times the plain estimate's Var(Y) / N:
+    M = N beta^2 v / (fraction^2 Var(Y)), at least 2; beta and Var(Y) from the N full draws.
 
     So the cheap draws cost in proportion to what they can win: many where C explains Y (small r),
-    few where it does not (large r). With v = Var(C) (one eta for all inputs) M = N rho^2 / 0.125^2,
-    at most 64 N.
+    few where it does not (large r). With v = Var(C) (one eta for all inputs) M = N rho^2 / fraction^2,
+    at most 64 N for the default fraction 1/8.
     """
     y = np.asarray(y, dtype=np.float64)
     beta = slope(y, c)
     var_y = float(y.var(ddof=1)) if y.size > 1 else 0.0
     if y.size < 3 or not np.isfinite(beta) or not var_y > 0:
         return 2
-    return max(2, math.ceil(y.size * beta**2 * per_draw_var / (CHEAP_SE_FRACTION**2 * var_y)))
+    return max(2, math.ceil(y.size * beta**2 * per_draw_var / (fraction**2 * var_y)))
 
 
 def rotation_invariant(distribution: str, norm: str) -> bool:
@@ -129,23 +133,48 @@ def rotation_invariant(distribution: str, norm: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class LayerCheap:
-    """The cheap estimate of one layer's E[sum_p w_p ||J_i eta h_{i-1,p}||] at ratio 1."""
+    """A cheap estimate of one expectation of one layer (ratio 1 for the first-order change)."""
 
     mean: float
     var: float    # variance of ``mean``
-    draws: int    # cheap draws per input
+    draws: int    # cheap draws (per input, where the inputs' draws are their own)
     df: float     # degrees of freedom of ``var``
+
+    @classmethod
+    def of_draws(cls, sample: np.ndarray) -> LayerCheap:
+        """From independent draws of the estimated quantity itself."""
+        return cls(float(sample.mean()), float(sample.var(ddof=1) / sample.size), sample.size, sample.size - 1)
+
+    @classmethod
+    def of_inputs(cls, mean: np.ndarray, var: np.ndarray, weights: np.ndarray, draws: int) -> LayerCheap:
+        """sum_p weights_p E[X_p] from ``draws`` independent draws per input, each input's own (sample mean and
+        variance per input); the degrees of freedom combine the inputs' (Welch-Satterthwaite)."""
+        parts = weights**2 * var / draws
+        total = float(parts.sum())
+        den = float(np.sum(parts**2)) / (draws - 1)
+        return cls(float(weights @ mean), total, draws, total**2 / den if den > 0 else math.inf)
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstOrderCheap:
+    """One layer's cheap estimates: E[sum_p w_p ||J_i eta h_p||] at ratio 1 (``change``), and at each ratio
+    the expected share of inputs whose first-order output v + r J_i eta h predicts another class
+    (``crossings``, one per ratio)."""
+
+    change: LayerCheap
+    crossings: tuple[LayerCheap, ...] = ()
 
 
 def cheap_first_order(net: Network, x: np.ndarray, draws: dict[int, int], distribution: str, norm: str,
-                      rng_for_layer, weights: np.ndarray) -> dict[int, LayerCheap]:
-    """The cheap estimate of E[sum_p weights_p ||J_i eta h_{i-1,p}||] at ratio 1 (||eta|| = ||W_i||) for each
-    layer i of ``draws``, from ``draws[i]`` cheap draws and ``rng_for_layer(i)``.
+                      rng_for_layer, weights: np.ndarray, ratios=()) -> dict[int, FirstOrderCheap]:
+    """The cheap estimates of each layer i of ``draws``, from ``draws[i]`` cheap draws and ``rng_for_layer(i)``:
+    E[sum_p weights_p ||J_i eta h_{i-1,p}||] at ratio 1 (||eta|| = ||W_i||) and, at each of ``ratios``, the
+    expected share of inputs whose first-order prediction changes.
 
     One clean pass and one backward pass give h_{i-1} and J_i; no draw goes through the layers after
     i. For rotation-invariant noise (:func:`rotation_invariant`) each input gets draws of its own,
-    O(k) each (:func:`independent_first_order`); otherwise each eta is shared by every input as in the
-    kernel, O(n_i n_{i-1}) or O(n_i n) per input (:func:`shared_eta_first_order`).
+    O(k r) each (:func:`independent_first_order`); otherwise each eta is shared by every input as in
+    the kernel, O(n_i n_{i-1}) or O(n_i n) per input (:func:`shared_eta_first_order`).
 
     Args:
         x: the inputs, (n, d).
@@ -154,44 +183,53 @@ def cheap_first_order(net: Network, x: np.ndarray, draws: dict[int, int], distri
     layers = sorted(i for i in draws if i <= net.depth)
     if not layers:
         return {}
-    sizes = {}
+    sizes, ratios = {}, np.asarray(ratios, dtype=np.float64)
 
     def norms(j: int, w: np.ndarray, h: np.ndarray) -> None:
         if j in draws:
             sizes[j] = matrix_norm(w, norm)
 
     fwd, _ = run_pass(net, np.atleast_2d(x).T, {}, norms)
+    v = fwd.output.astype(np.float64)
     out = {}
     for i, J in jacobians(net, fwd, layers):
         h, rng = fwd.post[i - 1], rng_for_layer(i)
         if rotation_invariant(distribution, norm):
-            out[i] = independent_first_order(J, h, sizes[i], draws[i], rng, weights)
+            out[i] = independent_first_order(J, h, sizes[i], draws[i], rng, weights, v, ratios)
             continue
         noise = LayerNoise(rng, (J.shape[2], h.shape[0]), h, distribution, norm, sizes[i], net.dtype)
-        sample = shared_eta_first_order(J, noise, draws[i], weights)
-        out[i] = LayerCheap(float(sample.mean()), float(sample.var(ddof=1) / sample.size), sample.size,
-                            sample.size - 1)
+        change, crossed = shared_eta_first_order(J, noise, draws[i], weights, v, ratios)
+        out[i] = FirstOrderCheap(LayerCheap.of_draws(change), tuple(LayerCheap.of_draws(c) for c in crossed))
     return out
 
 
-def shared_eta_first_order(J: np.ndarray, noise: LayerNoise, draws: int, weights: np.ndarray) -> np.ndarray:
-    """``draws`` draws of sum_p weights_p ||J_p eta h_p||, one eta for every input (``noise``'s next draws,
-    as the kernel takes them), a batch of eta H at a time."""
+def shared_eta_first_order(J: np.ndarray, noise: LayerNoise, draws: int, weights: np.ndarray,
+                           v: np.ndarray | None = None, ratios=()) -> tuple[np.ndarray, np.ndarray]:
+    """``draws`` draws, one eta for every input (``noise``'s next draws, as the kernel takes them), a batch of
+    eta H at a time, of sum_p weights_p ||J_p eta h_p|| (draws,) and, given the clean outputs v (k, n), of the
+    share of inputs whose first-order prediction changes at each of ``ratios`` (ratio, draws)."""
+    ratios = np.asarray(ratios, dtype=np.float64)
     batch = max(1, CHEAP_BATCH_VALUES // (J.shape[2] * J.shape[0]))
-    return np.concatenate([weights @ first_order_change(J, noise.draw(min(batch, draws - s)))
-                           for s in range(0, draws, batch)])
+    changes, crossed = [], []
+    for start in range(0, draws, batch):
+        vec = first_order(J, noise.draw(min(batch, draws - start)))  # (n, k, b)
+        changes.append(weights @ np.linalg.norm(vec, axis=1))
+        if len(ratios):
+            crossed.append(first_order_crossings(v, vec, ratios).mean(axis=1))
+    return np.concatenate(changes), np.concatenate(crossed, axis=1) if crossed else np.empty((0, draws))
 
 
 def independent_first_order(J: np.ndarray, h: np.ndarray, size: float, draws: int, rng: np.random.Generator,
-                            weights: np.ndarray) -> LayerCheap:
-    """E[sum_p weights_p ||J_p eta h_p||] for eta = size G / ||G||_F (G standard normal, n_i x n_{i-1}), from
-    ``draws`` independent draws per input, each in O(k).
+                            weights: np.ndarray, v: np.ndarray | None = None, ratios=()) -> FirstOrderCheap:
+    """E[sum_p weights_p ||J_p eta h_p||] for eta = size G / ||G||_F (G standard normal, n_i x n_{i-1}), and
+    the expected share of inputs whose first-order prediction changes at each of ``ratios`` (given the
+    clean outputs v, (k, n)), from ``draws`` independent draws per input, each in O(k r).
 
     For one input, eta h = size ||h|| g / ||G||_F with g = G h / ||h|| standard normal and
     ||G||_F^2 = ||g||^2 + chi^2(n_i (n_{i-1} - 1)) independent of g. With J = U S V^T (rank r =
     min(k, n_i)), w = V^T g is standard normal in R^r and ||g||^2 = ||w||^2 + chi^2(n_i - r), so
 
-        ||J eta h|| = size ||h|| sqrt(sum_a s_a^2 w_a^2) / sqrt(||w||^2 + chi^2(n_i n_{i-1} - r)),
+        J eta h = size ||h|| U S w / sqrt(||w||^2 + chi^2(n_i n_{i-1} - r)),
 
     exactly in distribution: r normals and one chi-square per draw. The inputs' draws are
     independent (E[C] of each input is all the mean needs), so the variance of the estimate is
@@ -201,88 +239,160 @@ def independent_first_order(J: np.ndarray, h: np.ndarray, size: float, draws: in
         J: (n, k, n_i); h: h_{i-1} of every input, (n_{i-1}, n).
     """
     n, k, n_i = J.shape
-    J = J.astype(np.float64)
+    J, ratios = J.astype(np.float64), np.asarray(ratios, dtype=np.float64)
     r = min(k, n_i)
-    s2 = np.maximum(np.linalg.eigvalsh(J @ J.transpose(0, 2, 1))[:, k - r:], 0.0)  # (n, r): top singular values^2
+    s2, U = np.linalg.eigh(J @ J.transpose(0, 2, 1))  # J J^T = U S^2 U^T, ascending
+    s2, U = np.maximum(s2[:, k - r:], 0.0), U[:, :, k - r:]  # the top r: (n, r), (n, k, r)
+    US = U * np.sqrt(s2)[:, None, :]
     scale = size * np.linalg.norm(h.astype(np.float64), axis=0)  # (n,)
     dof = n_i * h.shape[0] - r
     normals, chis = rng.spawn(2)
-    total, total_sq = np.zeros(n), np.zeros(n)
-    shift = None  # sums of C - shift: no cancellation in the variance
-    batch = max(1, CHEAP_BATCH_VALUES // (n * r))
+    change, crossed = _Moments(), _Moments()
+    batch = max(1, CHEAP_BATCH_VALUES // (n * max(r, k * len(ratios))))
     for start in range(0, draws, batch):
         b = min(batch, draws - start)
-        w2 = normals.standard_normal((b, n, r)) ** 2
+        w = normals.standard_normal((b, n, r))
         rest = chis.chisquare(dof, (b, n)) if dof > 0 else 0.0
-        c = scale * np.sqrt(np.einsum("bnr,nr->bn", w2, s2) / (w2.sum(axis=2) + rest))
-        shift = c[0] if shift is None else shift
-        total += (c - shift).sum(axis=0)
-        total_sq += ((c - shift) ** 2).sum(axis=0)
-    mean_p = shift + total / draws
-    var_p = np.maximum(total_sq - total**2 / draws, 0.0) / (draws - 1)
-    parts = weights**2 * var_p / draws
-    var = float(parts.sum())
-    den = float(np.sum(parts**2)) / (draws - 1)
-    return LayerCheap(float(weights @ mean_p), var, draws, var**2 / den if den > 0 else math.inf)
+        t = scale / np.sqrt(np.einsum("bnr,bnr->bn", w, w) + rest)  # (b, n)
+        change.add(t * np.sqrt(np.einsum("bnr,nr->bn", w**2, s2)))
+        if len(ratios):  # J eta h = t U S w crosses at r t > the threshold of the direction U S w
+            threshold = crossing_threshold(v, np.matmul(US, w.transpose(1, 2, 0)))  # (n, b)
+            crossed.add((ratios[None, :, None] * t[:, None, :] > threshold.T[:, None, :]).astype(np.float64))
+    out = LayerCheap.of_inputs(*change.result(), weights, draws)
+    if not len(ratios):
+        return FirstOrderCheap(out)
+    mean, var = crossed.result()
+    return FirstOrderCheap(out, tuple(LayerCheap.of_inputs(mean[j], var[j], np.full(n, 1 / n), draws)
+                                      for j in range(len(ratios))))
+
+
+def crossing_threshold(v: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The smallest s > 0 at which argmax(v + s d) leaves the clean class (inf where it never does).
+
+    v + s d predicts another class than c = argmax v iff some j has d_j > d_c and
+    s > (v_c - v_j) / (d_j - d_c): one O(k) pass per direction serves every ratio.
+
+    Args:
+        v: clean outputs, (k, n); d: directions, (n, k, draw).
+
+    Returns:
+        Shape (n, draw).
+    """
+    n = v.shape[1]
+    clean = v.argmax(axis=0)
+    margin = (v[clean, np.arange(n)][None, :] - v).T  # (n, k), >= 0
+    rise = d - d[np.arange(n), clean][:, None, :]  # (n, k, draw)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = np.where(rise > 0, margin[:, :, None] / rise, np.inf)
+    return at.min(axis=1)
+
+
+class _Moments:
+    """Sample mean and variance along the first axis of the batches added, shifted by the first draw so that
+    the variance has no cancellation."""
+
+    def __init__(self):
+        self.count, self.shift, self.total, self.total_sq = 0, None, 0.0, 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        self.shift = x[0] if self.shift is None else self.shift
+        self.count += len(x)
+        self.total = self.total + (x - self.shift).sum(axis=0)
+        self.total_sq = self.total_sq + ((x - self.shift) ** 2).sum(axis=0)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        n = self.count
+        return self.shift + self.total / n, np.maximum(self.total_sq - self.total**2 / n, 0.0) / (n - 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class CheapDraws:
-    """The cheap estimates of one network: per measured layer, E of the mean over inputs of
-    ||J_i eta h|| / ||v|| at ratio 1."""
+    """The cheap estimates of one network, by measured layer (:class:`FirstOrderCheap`), the first-order change
+    relative to ||v||."""
 
-    by_layer: dict[int, LayerCheap]
+    by_layer: dict[int, FirstOrderCheap]
 
     def mean(self, ratios: list[float], layers: list[int]) -> CheapMean:
         """E[C] of the per-draw mean over the cells (ratio, layer) given, each equally likely: the draws of a
         layer serve every ratio (C is linear in r), the layers' draws are independent."""
-        rbar, parts = float(np.mean(ratios)), [self.by_layer[i] for i in layers]
-        variances = [rbar**2 * p.var / len(parts) ** 2 for p in parts]
-        var = sum(variances)
-        den = sum(v**2 / p.df for v, p in zip(variances, parts))
-        return CheapMean(float(np.mean([rbar * p.mean for p in parts])), var, var**2 / den if den > 0 else math.inf)
+        rbar = float(np.mean(ratios))
+        return _pooled([rbar * self.by_layer[i].change.mean for i in layers],
+                       [rbar**2 * self.by_layer[i].change.var for i in layers],
+                       [self.by_layer[i].change.df for i in layers])
+
+    def crossing_mean(self, ratio_index: list[int], layers: list[int]) -> CheapMean:
+        """E of the per-draw share of first-order prediction changes over the cells given, each equally likely.
+        A layer's draws serve every ratio, so its ratios' estimates are correlated: their mean's standard
+        error is taken as the mean of theirs (the largest it can be); the layers' are independent."""
+        means, variances, dfs = [], [], []
+        for i in layers:
+            parts = [self.by_layer[i].crossings[r] for r in ratio_index]
+            means.append(float(np.mean([p.mean for p in parts])))
+            variances.append(float(np.mean([math.sqrt(p.var) for p in parts])) ** 2)
+            dfs.append(min(p.df for p in parts))
+        return _pooled(means, variances, dfs)
 
 
-def cheap_draw_counts(layers: list[int], delta: np.ndarray, change: np.ndarray, weights: np.ndarray,
-                      distribution: str, norm: str) -> dict[int, int]:
-    """Cheap draws per layer: what :func:`cheap_draws_needed` asks for the layer's most demanding ratio.
+def _pooled(means: list[float], variances: list[float], dfs: list[float]) -> CheapMean:
+    """The mean of independent estimates, its variance and Welch-Satterthwaite degrees of freedom."""
+    parts = [v / len(means) ** 2 for v in variances]
+    var = sum(parts)
+    den = sum(p**2 / df for p, df in zip(parts, dfs) if p > 0)
+    return CheapMean(float(np.mean(means)), var, var**2 / den if den > 0 else math.inf)
+
+
+def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str) -> dict[int, int]:
+    """Cheap draws per layer: the most that :func:`cheap_draws_needed` asks for any of the layer's ratios and
+    any of ``pairs``.
 
     Args:
-        layers: the layer of each column of ``delta`` and ``change`` (the first ``len(layers)`` are used).
-        delta, change: the full draws' ||v - v*|| and first-order change, (ratio, layer, input, draw).
-        weights: of the inputs in the per-draw mean, (n,).
+        layers: the layer of each layer column of the arrays (the first ``len(layers)`` are used).
+        pairs: (Y, C, weights, fraction): full draws of a quantity and of its control, (ratio, layer, input,
+            draw), the inputs' weights in the per-draw mean, (n,), and the share of the plain standard error
+            the cheap mean's may reach.
     """
-    y = np.einsum("rlnd,n->rld", delta, weights)
-    c = np.einsum("rlnd,n->rld", change, weights)
-    if rotation_invariant(distribution, norm):  # each input's draws are its own: v sums the inputs' variances
-        per_draw_var = np.einsum("rln,n->rl", change.var(axis=3, ddof=1), weights**2)
-    else:
-        per_draw_var = c.var(axis=2, ddof=1)
-    return {i: max(cheap_draws_needed(y[r, col], c[r, col], per_draw_var[r, col]) for r in range(y.shape[0]))
-            for col, i in enumerate(layers)}
+    need = {i: 2 for i in layers}
+    for full, control, weights, fraction in pairs:
+        y = np.einsum("rlnd,n->rld", full, weights)
+        c = np.einsum("rlnd,n->rld", control, weights)
+        if rotation_invariant(distribution, norm):  # each input's draws are its own: v sums the inputs' variances
+            per_draw_var = np.einsum("rln,n->rl", control.var(axis=3, ddof=1), weights**2)
+        else:
+            per_draw_var = c.var(axis=2, ddof=1)
+        for col, i in enumerate(layers):
+            need[i] = max([need[i], *(cheap_draws_needed(y[r, col], c[r, col], per_draw_var[r, col], fraction)
+                                      for r in range(y.shape[0]))])
+    return need
 
 
 def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: np.ndarray,
-                    output_norm: np.ndarray) -> CheapDraws:
+                    output_norm: np.ndarray, pred: np.ndarray | None = None,
+                    linear_pred: np.ndarray | None = None) -> CheapDraws:
     """The cheap estimates for the network (L, m, seed) of ``spec``, as many draws per layer as
-    :func:`cheap_draws_needed` asks for its most demanding ratio.
+    :func:`cheap_draw_counts` asks for.
 
     Args:
         delta, change: the full draws' ||v - v*|| and first-order change, (ratio, layer, input, draw), for
-            the layers of ``spec.grid.layer``.
+            the layers of ``spec.grid.layer``; ``pred`` and ``linear_pred`` the same draws' prediction changes
+            and first-order prediction changes (then the cheap draws estimate those too).
         output_norm: ||v|| of every input, (n,).
     """
     from threadpoolctl import threadpool_limits
 
     from .network import build_network, make_inputs, stream
 
-    weights = 1 / (len(output_norm) * np.asarray(output_norm, dtype=np.float64))
+    n = len(output_norm)
+    weights = 1 / (n * np.asarray(output_norm, dtype=np.float64))
     layers = [i for i in spec.grid.layer if i <= L]
-    draws = cheap_draw_counts(layers, delta, change, weights, spec.noise.distribution, spec.noise.norm)
+    pairs = [(delta, change, weights, CHEAP_SE_FRACTION)]
+    if pred is not None:
+        pairs.append((pred, linear_pred, np.full(n, 1 / n), PRED_SE_FRACTION))
+    draws = cheap_draw_counts(layers, pairs, spec.noise.distribution, spec.noise.norm)
     with threadpool_limits(limits=1, user_api="blas"):  # the kernel's rule: the same numbers on any machine
         by_layer = cheap_first_order(build_network(spec, L, m, seed), make_inputs(spec), draws,
                                      spec.noise.distribution, spec.noise.norm,
-                                     lambda i: stream(spec, CHEAP_STREAM, L, m, seed, i), weights)
+                                     lambda i: stream(spec, CHEAP_STREAM, L, m, seed, i), weights,
+                                     spec.grid.ratio if pred is not None else ())
     return CheapDraws(by_layer)
 
 

@@ -63,9 +63,11 @@ def summarise(block: BlockResult, ratio_index: list[int], layer_index: list[int]
     return out
 
 
-def per_draw(block: BlockResult, field: str) -> np.ndarray:
-    """The mean over inputs of ``field`` / ||v|| of the first network, (ratio, layer, draw): its draws' samples."""
-    return (getattr(block, field)[:, :, 0] / block.output_norm[0][None, None, :, None]).mean(axis=2)
+def per_draw(block: BlockResult, field: str, relative: bool = True) -> np.ndarray:
+    """The mean over inputs of ``field`` (/ ||v|| if ``relative``) of the first network, (ratio, layer, draw):
+    its draws' samples."""
+    values = getattr(block, field)[:, :, 0]
+    return (values / block.output_norm[0][None, None, :, None] if relative else values).mean(axis=2)
 
 
 def control_variate_summary(block: BlockResult, cheap, ri: list[int], li: list[int], ratios, layers,
@@ -84,6 +86,8 @@ def control_variate_summary(block: BlockResult, cheap, ri: list[int], li: list[i
     if cheap is None:
         return {**out, "control_variate": None, "printed": "plain",
                 "printed_why": "several networks: the interval is over networks, where no control variate applies"}
+    pred = per_draw(block, "pred_changed", relative=False)[np.ix_(ri, li)].mean(axis=(0, 1))
+    out["plain"]["pred_change_ci95"] = t_interval(pred)  # one network: an interval over its draws
     y = per_draw(block, "delta_norm")[np.ix_(ri, li)].mean(axis=(0, 1))
     c = per_draw(block, "linear_change")[np.ix_(ri, li)].mean(axis=(0, 1))
     cv = cv_estimate(y, c, cheap.mean([ratios[r] for r in ri], [layers[i] for i in li]))
@@ -93,13 +97,25 @@ def control_variate_summary(block: BlockResult, cheap, ri: list[int], li: list[i
     ci = plain["ci95"]
     width = (ci[1] - ci[0]) / (cv.ci95[1] - cv.ci95[0]) if ci and cv.ci95 else None
     out["control_variate"] = {"mean_rel_change": num(cv.mean), "ci95": None if cv.ci95 is None else list(cv.ci95),
-                              "beta": num(slope(y, c)), "cheap_draws": int(min(cheap.by_layer[layers[i]].draws
+                              "beta": num(slope(y, c)), "cheap_draws": int(min(cheap.by_layer[layers[i]].change.draws
                                                                               for i in li)),
-                              "width_ratio": num(width)}
+                              "width_ratio": num(width), **_crossing_cv(block, cheap, ri, li, layers, pred)}
     return {**out, "printed": "control_variate",
             "printed_why": "one network whose first-order change is known: cheap draws of it alone "
                            f"({out['control_variate']['cheap_draws']} per layer) give its mean, the full draws "
                            "only the rest (docs/linear-answer.md)"}
+
+
+def _crossing_cv(block: BlockResult, cheap, ri: list[int], li: list[int], layers, pred: np.ndarray) -> dict:
+    """The control-variate prediction-change rate (the first-order crossing as control) and its interval;
+    None where the draws leave no slope to fit (no prediction, or no first-order prediction, changed)."""
+    from .control import cv_estimate
+
+    crossed = per_draw(block, "linear_pred_changed", relative=False)[np.ix_(ri, li)].mean(axis=(0, 1))
+    cv = cv_estimate(pred, crossed, cheap.crossing_mean(ri, [layers[i] for i in li]))
+    if cv is None:
+        return {"pred_change_rate": None, "pred_change_ci95": None}
+    return {"pred_change_rate": num(cv.mean), "pred_change_ci95": None if cv.ci95 is None else list(cv.ci95)}
 
 
 def _cheap_draws(spec: Spec, block: BlockResult, L: int, m: int):
@@ -109,7 +125,7 @@ def _cheap_draws(spec: Spec, block: BlockResult, L: int, m: int):
     if len(spec.grid.seeds) != 1 or not np.all(np.isfinite(block.linear_change)):
         return None
     return cheap_draws_for(spec, L, m, spec.grid.seeds[0], block.delta_norm[:, :, 0], block.linear_change[:, :, 0],
-                           block.output_norm[0])
+                           block.output_norm[0], block.pred_changed[:, :, 0], block.linear_pred_changed[:, :, 0])
 
 
 def estimate(spec: Spec) -> dict:

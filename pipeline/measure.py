@@ -34,6 +34,7 @@ class NetworkResult:
 
     delta_norm: np.ndarray            # (ratio, layer, input, draw)
     linear_change: np.ndarray         # (ratio, layer, input, draw); ||J_i eta h_{i-1}||, NaN without the linear answer
+    linear_pred_changed: np.ndarray   # (ratio, layer, input, draw); argmax(v + J_i eta h_{i-1}) != argmax(v), 0/1
     hidden_flip_fraction: np.ndarray  # (ratio, layer, input, draw)
     pred_changed: np.ndarray          # (ratio, layer, input, draw), 0/1
     accuracy: np.ndarray              # (ratio, layer, draw); NaN without labels
@@ -47,7 +48,7 @@ class NetworkResult:
 
 
 RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(NetworkResult))
-PER_CELL = ("delta_norm", "linear_change", "hidden_flip_fraction", "pred_changed", "accuracy", "bound", "linear_rms",
+PER_CELL = ("delta_norm", "linear_change", "linear_pred_changed", "hidden_flip_fraction", "pred_changed", "accuracy", "bound", "linear_rms",
             "worst_linear", "worst_realised")  # fields with (ratio, layer) in front
 
 
@@ -58,6 +59,7 @@ class BlockResult:
 
     delta_norm: np.ndarray            # (ratio, layer, seed, input, draw)
     linear_change: np.ndarray         # (ratio, layer, seed, input, draw)
+    linear_pred_changed: np.ndarray   # (ratio, layer, seed, input, draw)
     hidden_flip_fraction: np.ndarray  # (ratio, layer, seed, input, draw)
     pred_changed: np.ndarray          # (ratio, layer, seed, input, draw)
     accuracy: np.ndarray              # (ratio, layer, seed, draw)
@@ -341,20 +343,39 @@ def linear_answer(J: np.ndarray, h: np.ndarray, size: float, norm: str) -> Linea
     return LinearAnswer(rms, size * sigma * h_norm, (u * (size * h_norm)[:, None]).T)
 
 
-def first_order_change(J: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """||J_i eta h_{i-1}|| of every (input, draw): the first-order change of the output, in float64.
+def first_order(J: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """J_i eta h_{i-1} of every (input, draw): the first-order change of the output, in float64.
 
     Args:
         J: the Jacobians dv/dz_i of the inputs, (n, k, n_i).
         u: the perturbations eta h_{i-1} of z_i, (n_i, draw, n) as :class:`pipeline.noise.LayerNoise` gives them.
 
     Returns:
-        Shape (n, draw). O(k n_i) per (input, draw): one batched product of each input's J with its columns.
+        Shape (n, k, draw). O(k n_i) per (input, draw): one batched product of each input's J with its columns.
     """
     draws = u.shape[1]
     if draws == 1:  # two columns: one would be a GEMV, whose rounding differs, and batches must not matter
         u = np.concatenate([u, np.zeros_like(u)], axis=1)
-    return np.linalg.norm(np.matmul(J, u.transpose(2, 0, 1)).astype(np.float64), axis=1)[:, :draws]
+    return np.matmul(J, u.transpose(2, 0, 1)).astype(np.float64)[:, :, :draws]
+
+
+def first_order_change(J: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """||J_i eta h_{i-1}|| of every (input, draw), shape (n, draw); arguments as :func:`first_order`."""
+    return np.linalg.norm(first_order(J, u), axis=1)
+
+
+def first_order_crossings(v: np.ndarray, change: np.ndarray, ratios: np.ndarray) -> np.ndarray:
+    """Whether the first-order output v + r J_i eta h_{i-1} predicts another class than v, 0/1.
+
+    Args:
+        v: the clean outputs, (k, n); change: J_i eta h_{i-1} at ratio 1, (n, k, draw).
+
+    Returns:
+        Shape (ratio, n, draw); 0 for k = 1.
+    """
+    clean = v.argmax(axis=0)
+    moved = v.T[None, :, :, None] + ratios[:, None, None, None] * change[None]  # (ratio, n, k, draw)
+    return (moved.argmax(axis=2) != clean[None, :, None]).astype(np.float64)
 
 
 def margins(v: np.ndarray) -> np.ndarray:
@@ -385,7 +406,7 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     return dataclasses.replace(first, **joined)
 
 
-PER_DRAW = ("delta_norm", "linear_change", "hidden_flip_fraction", "pred_changed", "accuracy")  # fields with draw last
+PER_DRAW = ("delta_norm", "linear_change", "linear_pred_changed", "hidden_flip_fraction", "pred_changed", "accuracy")  # fields with draw last
 
 
 def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tuple[int, ...],
@@ -432,7 +453,8 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth)
     batch_draws = max(1, min(batch_draws, draws))
     sizes, norms, linear, sources = {}, np.full(net.depth, np.nan), {}, {}
-    jac, firsts = {}, {}  # J_i of each layer; this batch's first-order changes at ratio 1, (input, draw)
+    jac, firsts, crossings, clean_output = {}, {}, {}, None  # J_i of each layer; this batch's first-order changes, ratio 1
+    # (input, draw), and the first-order prediction changes, (ratio, input, draw)
 
     def measure_norms(j: int, w: np.ndarray) -> None:
         """What the bound and the noise need of W_j, while it is at hand."""
@@ -456,7 +478,9 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
             if j in jac:
                 with clock("linear"):
-                    firsts[j] = first_order_change(jac[j], u[:, :b])
+                    change = first_order(jac[j], u[:, :b])
+                    firsts[j] = np.linalg.norm(change, axis=1)
+                    crossings[j] = first_order_crossings(clean_output, change, ratios)
             return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
         return visit
 
@@ -464,6 +488,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     if with_linear:
         fwd, _ = run_pass(net, X, {}, lambda j, w, h: measure_norms(j, w), clock)
         jac = dict(jacobians(net, fwd, present, clock))
+        clean_output = fwd.output.astype(np.float64)
         linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm) for i, J in jac.items()}
     fixed = None
     for start in range(0, draws, batch_draws):
@@ -478,17 +503,19 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         if fixed is None:
             fixed = _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound)
         yield _with_first_order(_per_batch(fixed, fwd, layers, moved, n, R, b, worst, labels, net), firsts,
-                                layers, ratios)
+                                crossings, layers, ratios)
 
 
-def _with_first_order(result: NetworkResult, firsts: dict[int, np.ndarray], layers, ratios) -> NetworkResult:
-    """A batch's result with its ``linear_change``: r times the ratio-1 first-order change of the same eta
-    (the first-order term is linear in eta); NaN where it was not computed."""
-    change = np.full(result.delta_norm.shape, np.nan)
+def _with_first_order(result: NetworkResult, firsts: dict[int, np.ndarray], crossings: dict[int, np.ndarray],
+                      layers, ratios) -> NetworkResult:
+    """A batch's result with its ``linear_change`` (r times the ratio-1 first-order change of the same eta:
+    the first-order term is linear in eta) and ``linear_pred_changed``; NaN where they were not computed."""
+    change, crossed = np.full(result.delta_norm.shape, np.nan), np.full(result.delta_norm.shape, np.nan)
     for col, i in enumerate(layers):
         if i in firsts:
             change[:, col] = ratios[:, None, None] * firsts[i][None]
-    return dataclasses.replace(result, linear_change=change)
+            crossed[:, col] = crossings[i]
+    return dataclasses.replace(result, linear_change=change, linear_pred_changed=crossed)
 
 
 def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound) -> NetworkResult:
@@ -509,8 +536,10 @@ def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, label
     clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
     v = fwd.output.astype(np.float64)
     empty = np.empty((R, len(layers), n, 0))
-    return NetworkResult(empty, empty, empty, empty, np.empty((R, len(layers), 0)), bound, linear_rms, worst_linear,
-                         worst_realised, np.linalg.norm(v, axis=0), margins(v), clean_accuracy)
+    per_draw = {name: empty for name in PER_DRAW if name != "accuracy"}
+    return NetworkResult(**per_draw, accuracy=np.empty((R, len(layers), 0)), bound=bound, linear_rms=linear_rms,
+                         worst_linear=worst_linear, worst_realised=worst_realised,
+                         output_norm=np.linalg.norm(v, axis=0), margin=margins(v), clean_accuracy=clean_accuracy)
 
 
 def _per_batch(fixed: NetworkResult, fwd: Forward, layers, moved, n: int, R: int, b: int, worst: bool,

@@ -27,6 +27,9 @@ VARIABLES = {
     "linear_change": (FULL, "f8", "output units",
                       "||J_i eta h_{i-1}||_2, the first-order change of the output for the same eta as delta_norm "
                       "(J_i = dv/dz_i): the control variate of nnsweep estimate (docs/linear-answer.md)"),
+    "linear_pred_changed": (FULL, "f8", "1",
+                            "1 if the first-order output v + J_i eta h_{i-1} (the same eta) predicts another class "
+                            "than v, else 0: the control variate of pred_changed"),
     "hidden_flip_fraction": (FULL, "f8", "1",
                              "share of the network's hidden ReLU units whose on/off state differs from the "
                              "clean pass (units, not predictions; see pred_changed)"),

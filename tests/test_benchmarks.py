@@ -125,9 +125,9 @@ def test_bench_scale_end_to_end():
     assert r.returncode == 0, r.stderr
     plan_row, full_row = json.loads(r.stdout)["rows"]
     assert plan_row["blocks"] == full_row["blocks"] == 100
-    # the root, 21 arrays' zarr.json and 6 coordinate chunks (input = [0] is all fill value: no chunk)
-    assert plan_row["objects_after_creation"] == full_row["objects_after_creation"] == 28
-    assert full_row["objects_per_block"] == 14  # one chunk of each of the 14 variables
+    # the root, 22 arrays' zarr.json and 6 coordinate chunks (input = [0] is all fill value: no chunk)
+    assert plan_row["objects_after_creation"] == full_row["objects_after_creation"] == 29
+    assert full_row["objects_per_block"] == 15  # one chunk of each of the 15 variables
     assert full_row["per_block_ms"] > 0 and full_row["client_cpu_per_block_ms"] > 0
     assert full_row["peak_rss_mb"] >= full_row["plan_peak_rss_mb"] > 0
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from pipeline.control import (CHEAP_SE_FRACTION, CheapDraws, CheapMean, LayerCheap, cheap_draws_needed,
-                              cheap_first_order, cv_estimate, independent_first_order, plain_estimate,
+from pipeline.control import (CHEAP_SE_FRACTION, CheapDraws, CheapMean, FirstOrderCheap, LayerCheap, cheap_draws_needed,
+                              cheap_first_order, crossing_threshold, cv_estimate, independent_first_order,
+                              plain_estimate,
                               shared_eta_first_order, slope)
 from pipeline.estimation import estimate
 from pipeline.measure import jacobians, measure_block, measure_network
@@ -90,7 +91,8 @@ def first_order_setup(seed=5):
                                                 ("gaussian", "spectral")])
 def test_shared_eta_cheap_draws_are_the_kernels_first_order_changes(distribution, norm):
     """From the same stream, the shared-eta cheap draws are the kernel's linear_change, summed over inputs
-    with the weights: the cheap path skips the network, never changes a draw."""
+    with the weights, and its first-order prediction changes, averaged over inputs: the cheap path skips
+    the network, never changes a draw."""
     net, x, w = first_order_setup()
     streams = lambda i: np.random.default_rng([9, i])  # noqa: E731
     full = measure_network(net, x, np.array([1.0]), (1, 2, 3), 30, distribution, norm, streams)
@@ -99,12 +101,13 @@ def test_shared_eta_cheap_draws_are_the_kernels_first_order_changes(distribution
     for i in (1, 3):
         size = matrix_norm(net.weights[i - 1], norm)
         noise = LayerNoise(streams(i), net.shapes[i - 1], fwd.post[i - 1], distribution, norm, size)
-        np.testing.assert_allclose(shared_eta_first_order(J[i], noise, 30, w), w @ full.linear_change[0, i - 1],
-                                   rtol=1e-12)
+        change, crossed = shared_eta_first_order(J[i], noise, 30, w, fwd.output, [1.0])
+        np.testing.assert_allclose(change, w @ full.linear_change[0, i - 1], rtol=1e-12)
+        np.testing.assert_array_equal(crossed[0], full.linear_pred_changed[0, i - 1].mean(axis=0))
     cheap = cheap_first_order(net, x, {1: 40, 2: 40}, distribution, norm, streams, w)
     for i in (1, 2):
         want = w @ full.linear_change[0, i - 1]  # 30 of the same 40 draws: the means agree loosely
-        assert cheap[i].draws == 40 and cheap[i].mean == pytest.approx(want.mean(), rel=0.5)
+        assert cheap[i].change.draws == 40 and cheap[i].change.mean == pytest.approx(want.mean(), rel=0.5)
 
 
 @pytest.mark.parametrize("distribution", ["gaussian", "sphere"])
@@ -121,18 +124,18 @@ def test_independent_cheap_draws_have_the_kernels_law(distribution):
     size = matrix_norm(net.weights[1], "frobenius")
     rng = np.random.default_rng(11)
     reps = [independent_first_order(J, fwd.post[1], size, 500, rng, w) for _ in range(200)]
-    means = np.array([r.mean for r in reps])
+    means = np.array([r.change.mean for r in reps])
     se = np.sqrt(w**2 @ kernel.var(axis=1) / 6000 + means.var() / 200)
     assert abs(means.mean() - w @ kernel.mean(axis=1)) < 4 * se
-    assert np.mean([r.var for r in reps]) == pytest.approx(means.var(ddof=1), rel=0.25)
-    one = independent_first_order(J[:1], fwd.post[1][:, :1], size, 6000, rng, np.ones(1))
+    assert np.mean([r.change.var for r in reps]) == pytest.approx(means.var(ddof=1), rel=0.25)
+    one = independent_first_order(J[:1], fwd.post[1][:, :1], size, 6000, rng, np.ones(1)).change
     assert abs(one.mean - kernel[0].mean()) < 4 * np.sqrt(one.var + kernel[0].var() / 6000)
 
 
 def test_cheap_mean_pools_layers_and_ratios():
     """The cheap mean of several cells: each layer's draws serve every ratio, layers are independent."""
     a, b = LayerCheap(1.5, 0.01, 50, 49), LayerCheap(4.0, 0.03, 80, 79)
-    got = CheapDraws({1: a, 2: b}).mean([0.1, 0.3], [1, 2])
+    got = CheapDraws({1: FirstOrderCheap(a), 2: FirstOrderCheap(b)}).mean([0.1, 0.3], [1, 2])
     assert got.mean == pytest.approx((0.2 * 1.5 + 0.2 * 4.0) / 2)
     assert got.var == pytest.approx(0.2**2 * (0.01 + 0.03) / 4)
     parts = np.array([0.2**2 * 0.01 / 4, 0.2**2 * 0.03 / 4])
@@ -157,18 +160,29 @@ def trained(digits_zoo, tmp_path_factory):
             "grid": {"ratio": list(RATIOS), "layer": "all"}, "noise": {"draws": draws}, "random_seed": seed})
     block = measure_block(spec(3000, 1), 3, 16, (0,))
     reference = (block.delta_norm[:, :, 0] / block.output_norm[0][None, None, :, None]).mean(axis=2)
-    return estimate(spec(200, 0)), reference
+    return estimate(spec(200, 0)), reference, block.pred_changed[:, :, 0].mean(axis=2)
 
 
 @pytest.mark.parametrize("ratio", RATIOS)
 def test_control_variate_agrees_with_a_long_plain_run_on_a_trained_network(trained, ratio):
     """In every layer and pooled, the CV estimate lies within the joint 95% interval with the long plain run;
     at r <= 0.01 its interval is at least 5x narrower than the plain one of the same 200 draws."""
-    short, reference = trained
+    short, reference, pred = trained
     r = RATIOS.index(ratio)
     s = short["by_ratio"][repr(ratio)]
-    cells = [(s, reference[r].mean(axis=0)), *((s["by_layer"][str(i)], reference[r, i - 1]) for i in (1, 2, 3))]
-    for cell, long in cells:
+    cells = [(s, reference[r].mean(axis=0), pred[r].mean(axis=0)),
+             *((s["by_layer"][str(i)], reference[r, i - 1], pred[r, i - 1]) for i in (1, 2, 3))]
+    crossings = 0
+    for cell, long, long_pred in cells:
+        if cell["control_variate"]["pred_change_ci95"] is not None:  # the prediction-change rate likewise
+            crossings += 1
+            got, ci = cell["control_variate"]["pred_change_rate"], cell["control_variate"]["pred_change_ci95"]
+            long_half = scipy.stats.t.ppf(0.975, long_pred.size - 1) * scipy.stats.sem(long_pred)
+            assert abs(got - long_pred.mean()) <= np.hypot((ci[1] - ci[0]) / 2, long_half)
+            plain = cell["plain"]["pred_change_ci95"]
+            assert ci[1] - ci[0] < plain[1] - plain[0]
+    assert crossings == (4 if ratio == 0.1 else 0)  # predictions change at r = 0.1 only
+    for cell, long, _ in cells:
         cv, plain = cell["control_variate"], cell["plain"]
         assert cell["printed"] == "control_variate" and plain["ci95"] == cell["ci95"]
         half = lambda ci: (ci[1] - ci[0]) / 2  # noqa: E731
@@ -232,3 +246,42 @@ def test_report_of_one_network_prints_the_estimate_commands_control_variate(digi
     np.testing.assert_allclose(shown, [want["mean_rel_change"], *want["ci95"]], rtol=1e-3)
     assert int(line[4]) == want["cheap_draws"] and float(line[5]) == pytest.approx(want["width_ratio"], rel=1e-2)
     assert float(line[5]) > 1
+
+
+def test_crossing_threshold_is_where_the_argmax_changes():
+    """The threshold s* of v + s d: the argmax is the clean one just below it and another just above."""
+    rng = np.random.default_rng(13)
+    v, d = rng.standard_normal((5, 30)), rng.standard_normal((30, 5, 7))
+    at = crossing_threshold(v, d)
+    clean = v.argmax(axis=0)
+    finite = np.isfinite(at)
+    assert 0 < finite.mean() < 1
+    for s, same in ((at * (1 - 1e-9), True), (at * (1 + 1e-9), False), (np.full_like(at, 1e6), None)):
+        moved = (v.T[:, :, None] + np.where(finite, s, 1e6)[:, None, :] * d).argmax(axis=1)
+        kept = moved == clean[:, None]
+        assert np.all(kept[finite] == same) if same is not None else np.all(kept[~finite])
+    assert np.all(np.isinf(crossing_threshold(v[:1], d[:, :1])))  # k = 1: never
+
+
+def test_independent_cheap_crossings_have_the_kernels_law():
+    """The O(k r) draws of one input's first-order prediction change match the kernel's (6000 draws of eta)
+    at two ratios, input by input within 4 standard errors."""
+    net, x, w = first_order_setup(7)
+    ratios = np.array([0.3, 1.0])
+    full = measure_network(net, x, ratios, (1,), 6000, "gaussian", "frobenius",
+                           lambda i: np.random.default_rng([3, i]))
+    kernel = full.linear_pred_changed[:, 0]  # (ratio, input, draw)
+    assert 0.02 < kernel.mean() < 0.98
+    fwd = net.forward(x.T)
+    J = dict(jacobians(net, fwd, [1]))[1]
+    size = matrix_norm(net.weights[0], "frobenius")
+    cheap = independent_first_order(J, fwd.post[0], size, 6000, np.random.default_rng(1), w, fwd.output, ratios)
+    for p in range(x.shape[0]):  # one input alone: its own rate
+        est = independent_first_order(J[p:p + 1], fwd.post[0][:, p:p + 1], size, 6000, np.random.default_rng(20 + p),
+                                      np.ones(1), fwd.output[:, p:p + 1], ratios).crossings
+        for r in range(2):
+            se = np.sqrt(est[r].var + kernel[r, p].var() / 6000)
+            assert abs(est[r].mean - kernel[r, p].mean()) <= 4 * se
+    for r in range(2):
+        assert abs(cheap.crossings[r].mean - kernel[r].mean()) < 4 * np.sqrt(cheap.crossings[r].var
+                                                                            + kernel[r].mean(axis=0).var() / 6000)

@@ -151,3 +151,19 @@ def test_without_the_linear_answer_the_draws_are_the_same_and_no_first_order_cha
     on, off = measure_network(*args), measure_network(*args, with_linear=False)
     np.testing.assert_array_equal(off.delta_norm, on.delta_norm)
     assert np.isnan(off.linear_change).all() and np.isfinite(on.linear_change).all()
+
+
+def test_first_order_prediction_change_is_the_prediction_change_where_the_network_is_linear():
+    """Noise in the read-out moves v exactly linearly, and elsewhere the network is linear while no unit
+    switches: there the first-order prediction change is the measured one, draw by draw; where
+    predictions change through switching units, the two part."""
+    rng = np.random.default_rng(12)
+    net = random_net(rng, 3, 6, 12, 4, biases=True)
+    x = rng.standard_normal((20, 6))
+    res = measure_network(net, x, np.array([0.05, 0.5, 2.0]), (1, 2, 3), 40, "gaussian", "frobenius", rng_for(6))
+    lin, pred = res.linear_pred_changed, res.pred_changed
+    np.testing.assert_array_equal(lin[:, 2], pred[:, 2])
+    assert pred[:, 2].mean() > 0.05  # predictions do change
+    still = res.hidden_flip_fraction[:, :2] == 0
+    np.testing.assert_array_equal(lin[:, :2][still], pred[:, :2][still])
+    assert pred[:, :2][still].sum() > 0 and np.any(lin[:, :2][~still] != pred[:, :2][~still])

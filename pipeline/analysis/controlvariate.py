@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..spec import Spec, result_fields
 from .summaries import Results, unit_view
 
-CV_READS = ("delta_norm", "linear_change", "output_norm")
+CV_READS = ("delta_norm", "linear_change", "pred_changed", "linear_pred_changed", "output_norm")
 
 
 def recorded_spec(recorded: dict) -> Spec | str:
@@ -36,38 +36,38 @@ def recorded_spec(recorded: dict) -> Spec | str:
 def cv_answers(results: Results, ratio: float, rows: list[dict]) -> list[dict | str]:
     """For each answer row (:func:`pipeline.analysis.report.answer`) of a store with one network per (L, m):
     the control-variate E R at ``ratio`` over the row's layers (``mean``, ``ci95``, ``width_ratio`` against
-    the row's plain interval, ``cheap_draws``), or a sentence saying why there is none."""
+    the row's plain interval, ``cheap_draws``), or a sentence saying why there is none. The cheap draws
+    are those ``nnsweep estimate`` takes for the same spec (their number depends on every ratio's draws)."""
     spec = recorded_spec(results.spec)
-    ds, mask = unit_view(results, results.ds.sel(ratio=[ratio]))
+    ds, mask = unit_view(results)
     out = []
     for row in rows:
         if isinstance(spec, str):
             out.append(spec)
             continue
-        cell = ds.sel(L=row["L"], m=row["m"], layer=row["layers"])
-        done = mask.sel(L=row["L"], m=row["m"]).values
-        if not done.all():
+        if not mask.sel(L=row["L"], m=row["m"]).values.all():
             out.append("not every draw of this network is done")
             continue
+        cell = ds.sel(L=row["L"], m=row["m"], layer=row["layers"])
         (vals,) = results.compute((cell[list(CV_READS)],), CV_READS)
-        delta = vals["delta_norm"].transpose("ratio", "layer", "input", "seed").values
-        change = vals["linear_change"].transpose("ratio", "layer", "input", "seed").values
-        norm = vals["output_norm"].transpose("input").values
-        out.append(_one(spec, row, ratio, delta, change, norm, int(results.ds.seed.values[0])))
+        full = {v: vals[v].transpose("ratio", "layer", "input", "seed").values for v in CV_READS[:4]}
+        out.append(_one(spec, row, list(ds.ratio.values).index(ratio), full, vals["output_norm"].values,
+                        int(results.ds.seed.values[0])))
     return out
 
 
-def _one(spec: Spec, row: dict, ratio: float, delta, change, norm, seed: int) -> dict | str:
-    if not np.all(np.isfinite(change)):
+def _one(spec: Spec, row: dict, r: int, full: dict, norm: np.ndarray, seed: int) -> dict | str:
+    if not np.all(np.isfinite(full["linear_change"])):
         return "the store has no first-order change for these draws"
-    cheap = cheap_draws_for(spec, row["L"], row["m"], seed, delta, change, norm)  # the measured layers, as the row
-    y = (delta / norm[None, None, :, None]).mean(axis=(0, 1, 2))
-    c = (change / norm[None, None, :, None]).mean(axis=(0, 1, 2))
-    cv = cv_estimate(y, c, cheap.mean([ratio], list(row["layers"])))
+    cheap = cheap_draws_for(spec, row["L"], row["m"], seed, full["delta_norm"], full["linear_change"], norm,
+                            full["pred_changed"], full["linear_pred_changed"])  # the measured layers, as the row
+    y = (full["delta_norm"][r] / norm[None, :, None]).mean(axis=(0, 1))
+    c = (full["linear_change"][r] / norm[None, :, None]).mean(axis=(0, 1))
+    cv = cv_estimate(y, c, cheap.mean([spec.grid.ratio[r]], list(row["layers"])))
     if cv is None or cv.ci95 is None:
         return "fewer than 3 draws, or no spread in the first-order change"
     plain = row["ci95"]
-    return {"mean": cv.mean, "ci95": list(cv.ci95), "cheap_draws": min(c.draws for c in cheap.by_layer.values()),
+    return {"mean": cv.mean, "ci95": list(cv.ci95), "cheap_draws": min(c.change.draws for c in cheap.by_layer.values()),
             "width_ratio": (plain[1] - plain[0]) / (cv.ci95[1] - cv.ci95[0]) if plain else None}
 
 
