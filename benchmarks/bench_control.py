@@ -109,7 +109,8 @@ def one_ratio(net: Network, x: np.ndarray, ratio: float, draws: int, repeat: int
         res = measure_network(net, x, np.array([ratio]), layers, draws, "gaussian", "frobenius", full,
                               with_bound=False)
         weights = 1 / (len(norm) * norm)
-        m = cheap_draw_counts(list(layers), [(res.delta_norm, res.linear_change, weights, CHEAP_SE_FRACTION)], "gaussian", "frobenius")
+        m = cheap_draw_counts(list(layers), [(res.delta_norm, res.linear_change, weights, CHEAP_SE_FRACTION)],
+                              "gaussian", "frobenius")
         t0 = time.perf_counter()
         cheap = CheapDraws(cheap_first_order(net, x, m, "gaussian", "frobenius", cheap_streams, weights))
         est = cv_estimate(samples(res.delta_norm[0], norm), samples(res.linear_change[0], norm),

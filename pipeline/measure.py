@@ -48,8 +48,8 @@ class NetworkResult:
 
 
 RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(NetworkResult))
-PER_CELL = ("delta_norm", "linear_change", "linear_pred_changed", "hidden_flip_fraction", "pred_changed", "accuracy", "bound", "linear_rms",
-            "worst_linear", "worst_realised")  # fields with (ratio, layer) in front
+PER_CELL = ("delta_norm", "linear_change", "linear_pred_changed", "hidden_flip_fraction", "pred_changed", "accuracy",
+            "bound", "linear_rms", "worst_linear", "worst_realised")  # fields with (ratio, layer) in front
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,7 +406,8 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     return dataclasses.replace(first, **joined)
 
 
-PER_DRAW = ("delta_norm", "linear_change", "linear_pred_changed", "hidden_flip_fraction", "pred_changed", "accuracy")  # fields with draw last
+PER_DRAW = ("delta_norm", "linear_change", "linear_pred_changed", "hidden_flip_fraction", "pred_changed",
+            "accuracy")  # fields with draw last
 
 
 def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tuple[int, ...],
@@ -453,8 +454,9 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth)
     batch_draws = max(1, min(batch_draws, draws))
     sizes, norms, linear, sources = {}, np.full(net.depth, np.nan), {}, {}
-    jac, firsts, crossings, clean_output = {}, {}, {}, None  # J_i of each layer; this batch's first-order changes, ratio 1
-    # (input, draw), and the first-order prediction changes, (ratio, input, draw)
+    # J_i of each layer; this batch's first-order changes at ratio 1, (input, draw), and first-order prediction
+    # changes, (ratio, input, draw); the clean output
+    jac, firsts, crossings, clean_output = {}, {}, {}, None
 
     def measure_norms(j: int, w: np.ndarray) -> None:
         """What the bound and the noise need of W_j, while it is at hand."""
