@@ -34,6 +34,10 @@ CHEAP_SE_FRACTION = 0.125
 # The same for the prediction-change rate, whose first-order control explains less and whose cheap draws
 # cost O(k r) each rather than O(r): its control-variate interval is at most about 4 times narrower.
 PRED_SE_FRACTION = 0.25
+# Where each cheap draw is one eta shared by every input (noise that is not rotation-invariant), it costs a
+# good part of a full draw (eta H, or a spectral norm per draw): at most this many per full draw, so the
+# interval narrows by up to about 2 times for at most a few times the full draws' noise.
+CHEAP_SHARED_PER_FULL = 4
 CHEAP_BATCH_VALUES = 2**22  # values of eta h per batch of cheap draws (32 MiB in float64)
 
 
@@ -343,7 +347,7 @@ def _pooled(means: list[float], variances: list[float], dfs: list[float]) -> Che
 
 def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str) -> dict[int, int]:
     """Cheap draws per layer: the most that :func:`cheap_draws_needed` asks for any of the layer's ratios and
-    any of ``pairs``.
+    any of ``pairs``, at most CHEAP_SHARED_PER_FULL per full draw where each cheap draw is a shared eta.
 
     Args:
         layers: the layer of each layer column of the arrays (the first ``len(layers)`` are used).
@@ -362,6 +366,9 @@ def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str) ->
         for col, i in enumerate(layers):
             need[i] = max([need[i], *(cheap_draws_needed(y[r, col], c[r, col], per_draw_var[r, col], fraction)
                                       for r in range(y.shape[0]))])
+    if not rotation_invariant(distribution, norm):
+        full = pairs[0][0].shape[3]
+        need = {i: min(n, max(2, CHEAP_SHARED_PER_FULL * full)) for i, n in need.items()}
     return need
 
 

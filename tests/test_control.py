@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from pipeline.control import (CHEAP_SE_FRACTION, CheapDraws, CheapMean, FirstOrderCheap, LayerCheap, cheap_draws_needed,
-                              cheap_first_order, crossing_threshold, cv_estimate, independent_first_order,
-                              plain_estimate,
+from pipeline.control import (CHEAP_SE_FRACTION, CHEAP_SHARED_PER_FULL, CheapDraws, CheapMean, FirstOrderCheap,
+                              LayerCheap, cheap_draw_counts, cheap_draws_needed, cheap_first_order,
+                              crossing_threshold, cv_estimate, independent_first_order, plain_estimate,
                               shared_eta_first_order, slope)
 from pipeline.estimation import estimate
 from pipeline.measure import jacobians, measure_block, measure_network
@@ -285,3 +285,19 @@ def test_independent_cheap_crossings_have_the_kernels_law():
     for r in range(2):
         assert abs(cheap.crossings[r].mean - kernel[r].mean()) < 4 * np.sqrt(cheap.crossings[r].var
                                                                             + kernel[r].mean(axis=0).var() / 6000)
+
+
+def test_shared_eta_cheap_draws_are_capped_per_full_draw():
+    """Shared-eta cheap draws cost nearly a full draw: at most CHEAP_SHARED_PER_FULL per full draw, while the
+    rotation-invariant ones follow the rule alone."""
+    rng = np.random.default_rng(14)
+    c = rng.uniform(1, 2, (1, 1, 5, 50))
+    y = c + 1e-3 * rng.standard_normal(c.shape)
+    pairs = [(y, c, np.full(5, 0.2), CHEAP_SE_FRACTION)]
+    free = cheap_draw_counts([1], pairs, "gaussian", "frobenius")[1]
+    shared = cheap_draw_counts([1], pairs, "rademacher", "frobenius")[1]
+    assert shared == CHEAP_SHARED_PER_FULL * 50
+    yd, cd = y[0, 0].mean(axis=0), c[0, 0].mean(axis=0)
+    assert cheap_draw_counts([1], pairs, "gaussian", "spectral")[1] == min(
+        CHEAP_SHARED_PER_FULL * 50, cheap_draws_needed(yd, cd, cd.var(ddof=1)))
+    assert free == cheap_draws_needed(yd, cd, (c[0, 0].var(axis=1, ddof=1) * 0.04).sum())
