@@ -76,16 +76,15 @@ def control_variate_summary(block: BlockResult, cheap, ri: list[int], li: list[i
     ``ci95``) and with the first-order change as control variate (:mod:`pipeline.control`), and which
     one is ``printed`` and why.
 
-    ``cheap`` is the network's :class:`pipeline.control.CheapDraws`, or None where the control
-    variate does not apply (several networks: their spread, which no first-order term of one
-    network explains, dominates the interval).
+    ``cheap`` is the network's :class:`pipeline.control.CheapDraws`, or why the control variate does
+    not apply (several networks: their spread, which no first-order term of one network explains,
+    dominates the interval).
     """
     from .control import cv_estimate, slope
 
     out = {"plain": {"mean_rel_change": plain["mean_rel_change"], "ci95": plain["ci95"]}}
-    if cheap is None:
-        return {**out, "control_variate": None, "printed": "plain",
-                "printed_why": "several networks: the interval is over networks, where no control variate applies"}
+    if isinstance(cheap, str):
+        return {**out, "control_variate": None, "printed": "plain", "printed_why": cheap}
     pred = per_draw(block, "pred_changed", relative=False)[np.ix_(ri, li)].mean(axis=(0, 1))
     out["plain"]["pred_change_ci95"] = t_interval(pred)  # one network: an interval over its draws
     y = per_draw(block, "delta_norm")[np.ix_(ri, li)].mean(axis=(0, 1))
@@ -118,12 +117,16 @@ def _crossing_cv(block: BlockResult, cheap, ri: list[int], li: list[int], layers
     return {"pred_change_rate": num(cv.mean), "pred_change_ci95": None if cv.ci95 is None else list(cv.ci95)}
 
 
-def _cheap_draws(spec: Spec, block: BlockResult, L: int, m: int):
-    """The cheap draws of the first-order change for the one network of ``block``, or None where they do not apply."""
+def _cheap_draws(spec: Spec, block: BlockResult, L: int, m: int, units: str):
+    """The cheap draws of the first-order change for the one network of ``block``, or why they do not apply."""
     from .control import cheap_draws_for
 
-    if len(spec.grid.seeds) != 1 or not np.all(np.isfinite(block.linear_change)):
-        return None
+    if units == "networks":
+        return "several networks: the interval is over networks, where no control variate applies"
+    if len(spec.grid.seeds) != 1:
+        return "one network measured as several seeds: the control variate takes one (--seeds 1)"
+    if not np.all(np.isfinite(block.linear_change)):
+        return "the first-order change was not computed"
     return cheap_draws_for(spec, L, m, spec.grid.seeds[0], block.delta_norm[:, :, 0], block.linear_change[:, :, 0],
                            block.output_norm[0], block.pred_changed[:, :, 0], block.linear_pred_changed[:, :, 0])
 
@@ -148,7 +151,7 @@ def estimate(spec: Spec) -> dict:
     ratios, layers = spec.grid.ratio, spec.grid.layer
     # the random-network theory is that of ReLU networks at random init
     random_init = not spec.network.init_is_file and spec.network.activation == "relu"
-    cheap = _cheap_draws(spec, block, L, m)
+    cheap = _cheap_draws(spec, block, L, m, units)
 
     def summary(ri: list[int], li: list[int]) -> dict:
         out = {**summarise(block, ri, li, units), **counts}

@@ -215,6 +215,7 @@ def test_estimate_prints_the_control_variate_for_one_network_and_plain_for_sever
                        for line in table)
         else:
             assert js["printed"] == "plain" and js["control_variate"] is None
+            assert js["printed_why"].startswith("several networks") and "Plain Monte Carlo" not in "".join(table)
             assert js["plain"]["ci95"] == js["ci95"]
             want = [js["mean_rel_change"], *js["ci95"]]
         np.testing.assert_allclose(shown, want, rtol=1e-3)
