@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from .analysis.intervals import SERIES_MAX_DF, t_quantile
-from .measure import first_order, first_order_crossings, jacobians, run_pass
+from .measure import crossing_threshold, first_order, jacobians, run_pass
 from .network import Network
 from .noise import LayerNoise, matrix_norm
 
@@ -218,8 +218,8 @@ def shared_eta_first_order(J: np.ndarray, noise: LayerNoise, draws: int, weights
     for start in range(0, draws, batch):
         vec = first_order(J, noise.draw(min(batch, draws - start)))  # (n, k, b)
         changes.append(weights @ np.linalg.norm(vec, axis=1))
-        if len(ratios):
-            crossed.append(first_order_crossings(v, vec, ratios).mean(axis=1))
+        if len(ratios):  # the share of inputs whose first-order prediction changes, (ratio, b)
+            crossed.append((ratios[:, None, None] > crossing_threshold(v, vec)[None]).mean(axis=1))
     return np.concatenate(changes), np.concatenate(crossed, axis=1) if crossed else np.empty((0, draws))
 
 
@@ -268,27 +268,6 @@ def independent_first_order(J: np.ndarray, h: np.ndarray, size: float, draws: in
     mean, var = crossed.result()
     return FirstOrderCheap(out, tuple(LayerCheap.of_inputs(mean[j], var[j], np.full(n, 1 / n), draws)
                                       for j in range(len(ratios))))
-
-
-def crossing_threshold(v: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """The smallest s > 0 at which argmax(v + s d) leaves the clean class (inf where it never does).
-
-    v + s d predicts another class than c = argmax v iff some j has d_j > d_c and
-    s > (v_c - v_j) / (d_j - d_c): one O(k) pass per direction serves every ratio.
-
-    Args:
-        v: clean outputs, (k, n); d: directions, (n, k, draw).
-
-    Returns:
-        Shape (n, draw).
-    """
-    n = v.shape[1]
-    clean = v.argmax(axis=0)
-    margin = (v[clean, np.arange(n)][None, :] - v).T  # (n, k), >= 0
-    rise = d - d[np.arange(n), clean][:, None, :]  # (n, k, draw)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        at = np.where(rise > 0, margin[:, :, None] / rise, np.inf)
-    return at.min(axis=1)
 
 
 class _Moments:

@@ -364,18 +364,25 @@ def first_order_change(J: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.linalg.norm(first_order(J, u), axis=1)
 
 
-def first_order_crossings(v: np.ndarray, change: np.ndarray, ratios: np.ndarray) -> np.ndarray:
-    """Whether the first-order output v + r J_i eta h_{i-1} predicts another class than v, 0/1.
+def crossing_threshold(v: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The smallest s > 0 at which argmax(v + s d) leaves the clean class (inf where it never does).
+
+    v + s d predicts another class than c = argmax v iff some j has d_j > d_c and
+    s > (v_c - v_j) / (d_j - d_c): one O(k) pass per direction serves every ratio.
 
     Args:
-        v: the clean outputs, (k, n); change: J_i eta h_{i-1} at ratio 1, (n, k, draw).
+        v: clean outputs, (k, n); d: directions, (n, k, draw).
 
     Returns:
-        Shape (ratio, n, draw); 0 for k = 1.
+        Shape (n, draw); inf for k = 1.
     """
+    n = v.shape[1]
     clean = v.argmax(axis=0)
-    moved = v.T[None, :, :, None] + ratios[:, None, None, None] * change[None]  # (ratio, n, k, draw)
-    return (moved.argmax(axis=2) != clean[None, :, None]).astype(np.float64)
+    margin = (v[clean, np.arange(n)][None, :] - v).T  # (n, k), >= 0
+    rise = d - d[np.arange(n), clean][:, None, :]  # (n, k, draw)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = np.where(rise > 0, margin[:, :, None] / rise, np.inf)
+    return at.min(axis=1)
 
 
 def margins(v: np.ndarray) -> np.ndarray:
@@ -476,14 +483,16 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                 if j not in sources:
                     sources[j] = LayerNoise(rng_for_layer(j), w.shape, h, distribution, norm, sizes[j], net.dtype)
                 u = sources[j].draw(b)  # (n_j, draw, input) at ratio 1
-                if worst:
-                    u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
             if j in jac:
                 with clock("linear"):
-                    change = first_order(jac[j], u[:, :b])
+                    change = first_order(jac[j], u)
                     firsts[j] = np.linalg.norm(change, axis=1)
-                    crossings[j] = first_order_crossings(clean_output, change, ratios)
-            return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
+                    # the first-order prediction changes at r > the threshold, (ratio, input, draw)
+                    crossings[j] = (ratios[:, None, None] > crossing_threshold(clean_output, change)[None])
+            with clock("noise"):
+                if worst:
+                    u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
+                return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
         return visit
 
     fwd = X
@@ -516,7 +525,7 @@ def _with_first_order(result: NetworkResult, firsts: dict[int, np.ndarray], cros
     for col, i in enumerate(layers):
         if i in firsts:
             change[:, col] = ratios[:, None, None] * firsts[i][None]
-            crossed[:, col] = crossings[i]
+            crossed[:, col] = crossings[i]  # booleans as 0/1
     return dataclasses.replace(result, linear_change=change, linear_pred_changed=crossed)
 
 

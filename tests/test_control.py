@@ -11,10 +11,10 @@ import scipy.stats
 
 from pipeline.control import (CHEAP_SE_FRACTION, CHEAP_SHARED_PER_FULL, CheapDraws, CheapMean, FirstOrderCheap,
                               LayerCheap, cheap_draw_counts, cheap_draws_needed, cheap_first_order,
-                              crossing_threshold, cv_estimate, independent_first_order, plain_estimate,
+                              cv_estimate, independent_first_order, plain_estimate,
                               shared_eta_first_order, slope)
 from pipeline.estimation import estimate
-from pipeline.measure import jacobians, measure_block, measure_network
+from pipeline.measure import crossing_threshold, jacobians, measure_block, measure_network
 from pipeline.noise import LayerNoise, matrix_norm
 from pipeline.spec import Spec
 
