@@ -8,8 +8,11 @@ no pass through the network. docs/linear-answer.md derives why the residual
 Y - beta C has a vanishing variance as r -> 0, why beta is estimated (the
 regression coefficient Cov(Y, C) / Var(C) of the full draws) rather than
 fixed at 1, and the interval. The statistics (:func:`plain_estimate`,
-:func:`cv_estimate`, :func:`cheap_draws_needed`) are plain numpy on samples;
-:func:`cheap_first_order` draws the cheap samples of one network.
+:func:`cv_estimate`, :func:`cheap_draws_needed`, :func:`cv_summary`, the fields
+``nnsweep estimate`` adds) are plain numpy on samples; :func:`cheap_first_order`
+draws the cheap samples of one network, :func:`cheap_draws_for` those of a
+spec's network. The same idea serves ``pred_changed`` with the first-order
+crossing as control.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 import numpy as np
 
 from .analysis.intervals import SERIES_MAX_DF, t_quantile
+from .jsonout import num
 from .measure import crossing_threshold, first_order, jacobians, run_pass
 from .network import Network
 from .noise import LayerNoise, matrix_norm
@@ -380,6 +384,48 @@ def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: 
                                      lambda i: stream(spec, CHEAP_STREAM, L, m, seed, i), weights,
                                      spec.grid.ratio if pred is not None else ())
     return CheapDraws(by_layer)
+
+
+def cv_summary(samples: dict[str, np.ndarray] | None, cheap, ri: list[int], li: list[int], ratios, layers,
+               plain: dict) -> dict:
+    """E R of the cells given by plain Monte Carlo (``plain``: a summary's ``mean_rel_change`` and ``ci95``)
+    and with the first-order change as control variate, the prediction-change rate likewise, and which
+    estimate is ``printed`` and why: the fields ``nnsweep estimate`` adds to each summary.
+
+    Args:
+        samples: the per-draw means over inputs, (ratio, layer, draw), of ``delta_norm`` and ``linear_change``
+            (relative to ||v||), ``pred_changed`` and ``linear_pred_changed``; None with ``cheap`` a reason.
+        cheap: the network's :class:`CheapDraws`, or why the control variate does not apply (several
+            networks: their spread, which no first-order term of one network explains, dominates the interval).
+        ri, li: the indices of the cells' ratios and layers; ``ratios``, ``layers``: their values.
+    """
+    out = {"plain": {"mean_rel_change": plain["mean_rel_change"], "ci95": plain["ci95"]}}
+    if isinstance(cheap, str):
+        return {**out, "control_variate": None, "printed": "plain", "printed_why": cheap}
+    y, c, pred, crossed = (samples[k][np.ix_(ri, li)].mean(axis=(0, 1))
+                           for k in ("delta_norm", "linear_change", "pred_changed", "linear_pred_changed"))
+    out["plain"]["pred_change_ci95"] = _listed(plain_estimate(pred).ci95)  # one network: over its draws
+    cv = cv_estimate(y, c, cheap.mean([ratios[r] for r in ri], [layers[i] for i in li]))
+    if cv is None:
+        return {**out, "control_variate": None, "printed": "plain",
+                "printed_why": "fewer than 3 draws, or no spread in the first-order change: no slope to fit"}
+    ci = plain["ci95"]
+    pred_cv = cv_estimate(pred, crossed, cheap.crossing_mean(ri, [layers[i] for i in li]))
+    draws = int(min(cheap.by_layer[layers[i]].change.draws for i in li))
+    out["control_variate"] = {
+        "mean_rel_change": num(cv.mean), "ci95": _listed(cv.ci95), "beta": num(slope(y, c)), "cheap_draws": draws,
+        "width_ratio": num((ci[1] - ci[0]) / (cv.ci95[1] - cv.ci95[0]) if ci and cv.ci95 else None),
+        # the first-order crossing as control of pred_changed; None where no prediction (or none to first
+        # order) changed in any draw, which leaves no slope to fit
+        "pred_change_rate": None if pred_cv is None else num(pred_cv.mean),
+        "pred_change_ci95": None if pred_cv is None else _listed(pred_cv.ci95)}
+    return {**out, "printed": "control_variate",
+            "printed_why": f"one network whose first-order change is known: cheap draws of it alone ({draws} per "
+                           "layer) give its mean, the full draws only the rest (docs/linear-answer.md)"}
+
+
+def _listed(ci: tuple[float, float] | None) -> list[float] | None:
+    return None if ci is None else [float(ci[0]), float(ci[1])]
 
 
 def _interval(mean: float, se: float, df: float) -> tuple[float, float] | None:

@@ -70,51 +70,11 @@ def per_draw(block: BlockResult, field: str, relative: bool = True) -> np.ndarra
     return (values / block.output_norm[0][None, None, :, None] if relative else values).mean(axis=2)
 
 
-def control_variate_summary(block: BlockResult, cheap, ri: list[int], li: list[int], ratios, layers,
-                            plain: dict) -> dict:
-    """E R of the cells given by plain Monte Carlo (``plain``: the summary's ``mean_rel_change`` and
-    ``ci95``) and with the first-order change as control variate (:mod:`pipeline.control`), and which
-    one is ``printed`` and why.
-
-    ``cheap`` is the network's :class:`pipeline.control.CheapDraws`, or why the control variate does
-    not apply (several networks: their spread, which no first-order term of one network explains,
-    dominates the interval).
-    """
-    from .control import cv_estimate, slope
-
-    out = {"plain": {"mean_rel_change": plain["mean_rel_change"], "ci95": plain["ci95"]}}
-    if isinstance(cheap, str):
-        return {**out, "control_variate": None, "printed": "plain", "printed_why": cheap}
-    pred = per_draw(block, "pred_changed", relative=False)[np.ix_(ri, li)].mean(axis=(0, 1))
-    out["plain"]["pred_change_ci95"] = t_interval(pred)  # one network: an interval over its draws
-    y = per_draw(block, "delta_norm")[np.ix_(ri, li)].mean(axis=(0, 1))
-    c = per_draw(block, "linear_change")[np.ix_(ri, li)].mean(axis=(0, 1))
-    cv = cv_estimate(y, c, cheap.mean([ratios[r] for r in ri], [layers[i] for i in li]))
-    if cv is None:
-        return {**out, "control_variate": None, "printed": "plain",
-                "printed_why": "fewer than 3 draws, or no spread in the first-order change: no slope to fit"}
-    ci = plain["ci95"]
-    width = (ci[1] - ci[0]) / (cv.ci95[1] - cv.ci95[0]) if ci and cv.ci95 else None
-    out["control_variate"] = {"mean_rel_change": num(cv.mean), "ci95": None if cv.ci95 is None else list(cv.ci95),
-                              "beta": num(slope(y, c)), "cheap_draws": int(min(cheap.by_layer[layers[i]].change.draws
-                                                                              for i in li)),
-                              "width_ratio": num(width), **_crossing_cv(block, cheap, ri, li, layers, pred)}
-    return {**out, "printed": "control_variate",
-            "printed_why": "one network whose first-order change is known: cheap draws of it alone "
-                           f"({out['control_variate']['cheap_draws']} per layer) give its mean, the full draws "
-                           "only the rest (docs/linear-answer.md)"}
-
-
-def _crossing_cv(block: BlockResult, cheap, ri: list[int], li: list[int], layers, pred: np.ndarray) -> dict:
-    """The control-variate prediction-change rate (the first-order crossing as control) and its interval;
-    None where the draws leave no slope to fit (no prediction, or no first-order prediction, changed)."""
-    from .control import cv_estimate
-
-    crossed = per_draw(block, "linear_pred_changed", relative=False)[np.ix_(ri, li)].mean(axis=(0, 1))
-    cv = cv_estimate(pred, crossed, cheap.crossing_mean(ri, [layers[i] for i in li]))
-    if cv is None:
-        return {"pred_change_rate": None, "pred_change_ci95": None}
-    return {"pred_change_rate": num(cv.mean), "pred_change_ci95": None if cv.ci95 is None else list(cv.ci95)}
+def _draw_samples(block: BlockResult) -> dict[str, np.ndarray]:
+    """What :func:`pipeline.control.cv_summary` reads: the per-draw means of the first network."""
+    return {"delta_norm": per_draw(block, "delta_norm"), "linear_change": per_draw(block, "linear_change"),
+            "pred_changed": per_draw(block, "pred_changed", False),
+            "linear_pred_changed": per_draw(block, "linear_pred_changed", False)}
 
 
 def _cheap_draws(spec: Spec, block: BlockResult, L: int, m: int, units: str):
@@ -152,10 +112,13 @@ def estimate(spec: Spec) -> dict:
     # the random-network theory is that of ReLU networks at random init
     random_init = not spec.network.init_is_file and spec.network.activation == "relu"
     cheap = _cheap_draws(spec, block, L, m, units)
+    samples = _draw_samples(block) if not isinstance(cheap, str) else None
 
     def summary(ri: list[int], li: list[int]) -> dict:
+        from .control import cv_summary
+
         out = {**summarise(block, ri, li, units), **counts}
-        out.update(control_variate_summary(block, cheap, ri, li, ratios, layers, out))
+        out.update(cv_summary(samples, cheap, ri, li, ratios, layers, out))
         if random_init and len(ri) == 1:
             from .analysis.theory import attenuation
 
