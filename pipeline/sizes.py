@@ -153,10 +153,10 @@ def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool =
     per_draw = rows * columns * (2 * np.dtype(dtype).itemsize + 1) + 24 * rows * ratios * n
     if smooth:
         per_draw += 12 * 8 * rows * columns
-    # the first-order change J_i eta h of one layer (working precision and float64) and its output at every
-    # ratio (float64), then each layer's first-order change and predictions until the batch is written
+    # the first-order change J_i eta h of one layer (working precision, float64) and its crossing threshold's
+    # float64 temporaries, then each layer's first-order change and predictions until the batch is written
     k = shapes[-1][0]
-    per_draw += (np.dtype(dtype).itemsize + 8 + 8 * ratios) * k * n + 16 * ratios * n + 16 * present * (ratios + 1) * n
+    per_draw += (np.dtype(dtype).itemsize + 24) * k * n + 16 * present * (ratios + 1) * n
     return int(per_draw + 3 * 8 * columns)
 
 
