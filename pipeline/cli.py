@@ -160,7 +160,9 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     """Estimate E||v - v*|| for one configuration, with a 95% CI.
 
     The CI is over networks, or over noise draws when there is one network
-    (a network file, or --seeds 1).
+    (a network file, or --seeds 1); for one network E R and its CI are the
+    control-variate estimate (the network's first-order change as control,
+    docs/linear-answer.md), with plain Monte Carlo's printed below.
 
     Examples:
 
