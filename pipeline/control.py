@@ -174,7 +174,8 @@ class FirstOrderCheap:
 
 
 def cheap_first_order(net: Network, x: np.ndarray, draws: dict[int, int], distribution: str, norm: str,
-                      rng_for_layer, weights: np.ndarray, ratios=()) -> dict[int, FirstOrderCheap]:
+                      rng_for_layer, weights: np.ndarray, ratios=(),
+                      crossing_draws: dict[int, int] | None = None) -> dict[int, FirstOrderCheap]:
     """The cheap estimates of each layer i of ``draws``, from ``draws[i]`` cheap draws and ``rng_for_layer(i)``:
     E[sum_p weights_p ||J_i eta h_{i-1,p}||] at ratio 1 (||eta|| = ||W_i||) and, at each of ``ratios``, the
     expected share of inputs whose first-order prediction changes.
@@ -187,6 +188,8 @@ def cheap_first_order(net: Network, x: np.ndarray, draws: dict[int, int], distri
     Args:
         x: the inputs, (n, d).
         weights: one per input, (n,): 1/(n ||v_p||) gives the mean relative first-order change.
+        crossing_draws: with rotation-invariant noise, how many of a layer's draws (the first ones) also give
+            the prediction changes, the costlier part; all of them by default.
     """
     layers = sorted(i for i in draws if i <= net.depth)
     if not layers:
@@ -203,7 +206,8 @@ def cheap_first_order(net: Network, x: np.ndarray, draws: dict[int, int], distri
     for i, J in jacobians(net, fwd, layers):
         h, rng = fwd.post[i - 1], rng_for_layer(i)
         if rotation_invariant(distribution, norm):
-            out[i] = independent_first_order(J, h, sizes[i], draws[i], rng, weights, v, ratios)
+            out[i] = independent_first_order(J, h, sizes[i], draws[i], rng, weights, v, ratios,
+                                             (crossing_draws or draws)[i])
             continue
         noise = LayerNoise(rng, (J.shape[2], h.shape[0]), h, distribution, norm, sizes[i], net.dtype)
         change, crossed = shared_eta_first_order(J, noise, draws[i], weights, v, ratios)
@@ -228,7 +232,8 @@ def shared_eta_first_order(J: np.ndarray, noise: LayerNoise, draws: int, weights
 
 
 def independent_first_order(J: np.ndarray, h: np.ndarray, size: float, draws: int, rng: np.random.Generator,
-                            weights: np.ndarray, v: np.ndarray | None = None, ratios=()) -> FirstOrderCheap:
+                            weights: np.ndarray, v: np.ndarray | None = None, ratios=(),
+                            crossing_draws: int | None = None) -> FirstOrderCheap:
     """E[sum_p weights_p ||J_p eta h_p||] for eta = size G / ||G||_F (G standard normal, n_i x n_{i-1}), and
     the expected share of inputs whose first-order prediction changes at each of ``ratios`` (given the
     clean outputs v, (k, n)), from ``draws`` independent draws per input, each in O(k r).
@@ -245,6 +250,7 @@ def independent_first_order(J: np.ndarray, h: np.ndarray, size: float, draws: in
 
     Args:
         J: (n, k, n_i); h: h_{i-1} of every input, (n_{i-1}, n).
+        crossing_draws: how many of the draws (the first ones) give the prediction changes; all by default.
     """
     n, k, n_i = J.shape
     J, ratios = J.astype(np.float64), np.asarray(ratios, dtype=np.float64)
@@ -256,22 +262,45 @@ def independent_first_order(J: np.ndarray, h: np.ndarray, size: float, draws: in
     dof = n_i * h.shape[0] - r
     normals, chis = rng.spawn(2)
     change, crossed = _Moments(), _Moments()
+    crossed_draws = max(2, min(draws, draws if crossing_draws is None else crossing_draws))
     batch = max(1, CHEAP_BATCH_VALUES // (n * max(r, k * len(ratios))))
     for start in range(0, draws, batch):
         b = min(batch, draws - start)
-        w = normals.standard_normal((b, n, r))
+        w = normals.standard_normal((b, n, r), dtype=np.float32)  # faster than float64, and precise enough
         rest = chis.chisquare(dof, (b, n)) if dof > 0 else 0.0
         t = scale / np.sqrt(np.einsum("bnr,bnr->bn", w, w) + rest)  # (b, n)
         change.add(t * np.sqrt(np.einsum("bnr,nr->bn", w**2, s2)))
-        if len(ratios):  # J eta h = t U S w crosses at r t > the threshold of the direction U S w
-            threshold = crossing_threshold(v, np.matmul(US, w.transpose(1, 2, 0)))  # (n, b)
+        crossing = min(b, crossed_draws - start)
+        if len(ratios) and crossing > 0:  # J eta h = t U S w crosses at r t > the threshold of the direction U S w
+            w, t = w[:crossing], t[:crossing]
+            threshold = _thresholds_within(v, np.matmul(US, w.transpose(1, 2, 0)), ratios.max() * t.T)  # (n, b)
             crossed.add((ratios[None, :, None] * t[:, None, :] > threshold.T[:, None, :]).astype(np.float64))
     out = LayerCheap.of_inputs(*change.result(), weights, draws)
     if not len(ratios):
         return FirstOrderCheap(out)
     mean, var = crossed.result()
-    return FirstOrderCheap(out, tuple(LayerCheap.of_inputs(mean[j], var[j], np.full(n, 1 / n), draws)
+    return FirstOrderCheap(out, tuple(LayerCheap.of_inputs(mean[j], var[j], np.full(n, 1 / n), crossed_draws)
                                       for j in range(len(ratios))))
+
+
+def _thresholds_within(v: np.ndarray, d: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """:func:`pipeline.measure.crossing_threshold` where it may be below ``limit`` (n, draw), inf elsewhere.
+
+    A crossing at s needs s (d_j - d_c) > v_c - v_j for some j, so s (max_j d_j - d_c) above the
+    runner-up margin: one pass over d finds the few directions that can cross at all.
+    """
+    n = v.shape[1]
+    clean = v.argmax(axis=0)
+    top = np.partition(v, v.shape[0] - 2, axis=0)[-2:] if v.shape[0] > 1 else None
+    out = np.full(limit.shape, np.inf)
+    if top is None:
+        return out
+    runner_up = top[1] - top[0]  # (n,): the clean margin
+    rise = d.max(axis=1) - d[np.arange(n), clean]  # (n, draw)
+    maybe = np.nonzero(limit * rise > runner_up[:, None])
+    if maybe[0].size:
+        out[maybe] = crossing_threshold(v[:, maybe[0]], d[maybe[0], :, maybe[1]][:, :, None])[:, 0]
+    return out
 
 
 class _Moments:
@@ -374,15 +403,17 @@ def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: 
     n = len(output_norm)
     weights = 1 / (n * np.asarray(output_norm, dtype=np.float64))
     layers = [i for i in spec.grid.layer if i <= L]
-    pairs = [(delta, change, weights, CHEAP_SE_FRACTION)]
-    if pred is not None:
-        pairs.append((pred, linear_pred, np.full(n, 1 / n), PRED_SE_FRACTION))
-    draws = cheap_draw_counts(layers, pairs, spec.noise.distribution, spec.noise.norm)
+    noise = spec.noise.distribution, spec.noise.norm
+    draws = cheap_draw_counts(layers, [(delta, change, weights, CHEAP_SE_FRACTION)], *noise)
+    crossing = None
+    if pred is not None:  # the prediction changes from the first of the draws, as many as they need
+        crossing = cheap_draw_counts(layers, [(pred, linear_pred, np.full(n, 1 / n), PRED_SE_FRACTION)], *noise)
+        draws = {i: max(draws[i], crossing[i]) for i in layers}
     with threadpool_limits(limits=1, user_api="blas"):  # the kernel's rule: the same numbers on any machine
         by_layer = cheap_first_order(build_network(spec, L, m, seed), make_inputs(spec), draws,
                                      spec.noise.distribution, spec.noise.norm,
                                      lambda i: stream(spec, CHEAP_STREAM, L, m, seed, i), weights,
-                                     spec.grid.ratio if pred is not None else ())
+                                     spec.grid.ratio if pred is not None else (), crossing)
     return CheapDraws(by_layer)
 
 

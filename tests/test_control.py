@@ -302,3 +302,17 @@ def test_shared_eta_cheap_draws_are_capped_per_full_draw():
     assert cheap_draw_counts([1], pairs, "gaussian", "spectral")[1] == min(
         CHEAP_SHARED_PER_FULL * 50, cheap_draws_needed(yd, cd, cd.var(ddof=1)))
     assert free == cheap_draws_needed(yd, cd, (c[0, 0].var(axis=1, ddof=1) * 0.04).sum())
+
+
+def test_thresholds_within_a_limit_are_the_thresholds():
+    """Skipping the directions that cannot cross below the limit changes no threshold below it."""
+    from pipeline.control import _thresholds_within
+
+    rng = np.random.default_rng(15)
+    v, d = rng.standard_normal((6, 40)), rng.standard_normal((40, 6, 9))
+    limit = rng.uniform(0, 2, (40, 9))
+    full, within = crossing_threshold(v, d), _thresholds_within(v, d, limit)
+    below = full < limit
+    assert 0 < below.mean() < 1
+    np.testing.assert_array_equal(within[below], full[below])
+    assert np.all(within[~below] >= limit[~below])
