@@ -189,7 +189,9 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     """Estimate E||v - v*|| for one configuration, with a 95% CI.
 
     The CI is over networks, or over noise draws when there is one network
-    (a network file, or --seeds 1).
+    (a network file, or --seeds 1); for one network E R and its CI are the
+    control-variate estimate (the network's first-order change as control,
+    docs/linear-answer.md), with plain Monte Carlo's printed below.
 
     Examples:
 
@@ -301,6 +303,7 @@ def _estimate_table(spec, result: dict) -> list[str]:
     if len(by_ratio) > 1:
         rows.append(("all", _pooled_layers(g.layer) if len(g.layer) > 1 else layer_name(g.layer[0]), result))
     for r, i, s in rows:
+        s = {**s, **(s.get("control_variate") or {})} if s.get("printed") == "control_variate" else s
         lo, hi = s["ci95"] or (float("nan"), float("nan"))
         vals = []
         for _, key, w in cols:
@@ -311,11 +314,34 @@ def _estimate_table(spec, result: dict) -> list[str]:
     lines.append("R = ||v - v*|| / ||v||; pred chg: share of (input, draw) whose predicted class changed; "
                  "bound: worst-case Lipschitz bound on ||v - v*||"
                  + ("; theory R: infinite-width arc-cosine prediction for random networks." if random_init else "."))
+    lines += _printed_note(result)
     if any(not isinstance(s.get(k), (int, float)) or not math.isfinite(s[k]) for _, _, s in rows
            for k in ("mean_abs_change", "mean_rel_change")):
         lines.append("-: the change is not finite: the perturbed outputs overflow float64 (about 1.8e308); "
                      "lower --ratio or the weights' scale.")
     return lines
+
+
+def _printed_note(result: dict) -> list[str]:
+    """Which estimate of E R the table shows, and why (docs/linear-answer.md)."""
+    if result.get("printed") != "control_variate":
+        return []
+    cv, plain = result["control_variate"], result["plain"]
+    lo, hi = plain["ci95"] or (float("nan"), float("nan"))
+    return [f"E R and its 95% CI: the control-variate estimate, {result['printed_why']}.",
+            f"Plain Monte Carlo on the same draws (all cells): {_cell(plain['mean_rel_change'], 0).strip()} "
+            f"[{_cell(lo, 0).strip()}, {_cell(hi, 0).strip()}], an interval {_cell(cv['width_ratio'], 0).strip()}x "
+            "as wide; both in --json."] + _pred_note(plain, cv)
+
+
+def _pred_note(plain: dict, cv: dict) -> list[str]:
+    """The prediction-change rate of all cells with the first-order crossing as control, when it has one."""
+    if cv.get("pred_change_ci95") is None or plain.get("pred_change_ci95") is None:
+        return []
+    (lo, hi), (clo, chi) = plain["pred_change_ci95"], cv["pred_change_ci95"]
+    return [f"Prediction changes (all cells): {_cell(cv['pred_change_rate'], 0).strip()} "
+            f"[{_cell(clo, 0).strip()}, {_cell(chi, 0).strip()}] with the first-order crossing as control variate; "
+            f"plain [{_cell(lo, 0).strip()}, {_cell(hi, 0).strip()}]."]
 
 
 def _cell(x: float | None, width: int) -> str:

@@ -64,6 +64,34 @@ def summarise(block: BlockResult, ratio_index: list[int], layer_index: list[int]
     return out
 
 
+def per_draw(block: BlockResult, field: str, relative: bool = True) -> np.ndarray:
+    """The mean over inputs of ``field`` (/ ||v|| if ``relative``) of the first network, (ratio, layer, draw):
+    its draws' samples."""
+    values = getattr(block, field)[:, :, 0]
+    return (values / block.output_norm[0][None, None, :, None] if relative else values).mean(axis=2)
+
+
+def _draw_samples(block: BlockResult) -> dict[str, np.ndarray]:
+    """What :func:`pipeline.control.cv_summary` reads: the per-draw means of the first network."""
+    return {"delta_norm": per_draw(block, "delta_norm"), "linear_change": per_draw(block, "linear_change"),
+            "pred_changed": per_draw(block, "pred_changed", False),
+            "linear_pred_changed": per_draw(block, "linear_pred_changed", False)}
+
+
+def _cheap_draws(spec: Spec, block: BlockResult, L: int, m: int, units: str):
+    """The cheap draws of the first-order change for the one network of ``block``, or why they do not apply."""
+    from .control import cheap_draws_for
+
+    if units == "networks":
+        return "several networks: the interval is over networks, where no control variate applies"
+    if len(spec.grid.seeds) != 1:
+        return "one network measured as several seeds: the control variate takes one (--seeds 1)"
+    if not np.all(np.isfinite(block.linear_change)):
+        return "the first-order change was not computed"
+    return cheap_draws_for(spec, L, m, spec.grid.seeds[0], block.delta_norm[:, :, 0], block.linear_change[:, :, 0],
+                           block.output_norm[0], block.pred_changed[:, :, 0], block.linear_pred_changed[:, :, 0])
+
+
 def estimate(spec: Spec) -> dict:
     """E||v - v*||, E R and the prediction-change rate for the single (L, m) of ``spec``.
 
@@ -94,9 +122,14 @@ def estimate_from(spec: Spec, block: BlockResult) -> dict:
     ratios, layers = spec.grid.ratio, spec.grid.layer
     # the random-network theory is that of ReLU networks at random init
     random_init = not spec.network.init_is_file and spec.network.activation == "relu"
+    cheap = _cheap_draws(spec, block, L, m, units)
+    samples = _draw_samples(block) if not isinstance(cheap, str) else None
 
     def summary(ri: list[int], li: list[int]) -> dict:
+        from .control import cv_summary
+
         out = {**summarise(block, ri, li, units), **counts}
+        out.update(cv_summary(samples, cheap, ri, li, ratios, layers, out))
         if random_init and len(ri) == 1:
             from .analysis.theory import attenuation
 

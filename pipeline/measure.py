@@ -35,6 +35,8 @@ class NetworkResult:
     """Measurements on one network; axes (ratio, layer, input, draw) as in the store."""
 
     delta_norm: np.ndarray            # (ratio, layer, input, draw)
+    linear_change: np.ndarray         # (ratio, layer, input, draw); ||J_i eta h_{i-1}||, NaN without the linear answer
+    linear_pred_changed: np.ndarray   # (ratio, layer, input, draw); argmax(v + J_i eta h_{i-1}) != argmax(v), 0/1
     hidden_flip_fraction: np.ndarray  # (ratio, layer, input, draw)
     pred_changed: np.ndarray          # (ratio, layer, input, draw), 0/1
     accuracy: np.ndarray              # (ratio, layer, draw); NaN without labels
@@ -48,8 +50,8 @@ class NetworkResult:
 
 
 RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(NetworkResult))
-PER_CELL = ("delta_norm", "hidden_flip_fraction", "pred_changed", "accuracy", "bound", "linear_rms",
-            "worst_linear", "worst_realised")  # fields with (ratio, layer) in front
+PER_CELL = ("delta_norm", "linear_change", "linear_pred_changed", "hidden_flip_fraction", "pred_changed", "accuracy",
+            "bound", "linear_rms", "worst_linear", "worst_realised")  # fields with (ratio, layer) in front
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,8 @@ class BlockResult:
     axis after (ratio, layer), or first for per-network fields, as in the store."""
 
     delta_norm: np.ndarray            # (ratio, layer, seed, input, draw)
+    linear_change: np.ndarray         # (ratio, layer, seed, input, draw)
+    linear_pred_changed: np.ndarray   # (ratio, layer, seed, input, draw)
     hidden_flip_fraction: np.ndarray  # (ratio, layer, seed, input, draw)
     pred_changed: np.ndarray          # (ratio, layer, seed, input, draw)
     accuracy: np.ndarray              # (ratio, layer, seed, draw)
@@ -341,6 +345,48 @@ def linear_answer(J: np.ndarray, h: np.ndarray, size: float, norm: str) -> Linea
     return LinearAnswer(rms, size * sigma * h_norm, (u * (size * h_norm)[:, None]).T)
 
 
+def first_order(J: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """J_i eta h_{i-1} of every (input, draw): the first-order change of the output, in float64.
+
+    Args:
+        J: the Jacobians dv/dz_i of the inputs, (n, k, n_i).
+        u: the perturbations eta h_{i-1} of z_i, (n_i, draw, n) as :class:`pipeline.noise.LayerNoise` gives them.
+
+    Returns:
+        Shape (n, k, draw). O(k n_i) per (input, draw): one batched product of each input's J with its columns.
+    """
+    draws = u.shape[1]
+    if draws == 1:  # two columns: one would be a GEMV, whose rounding differs, and batches must not matter
+        u = np.concatenate([u, np.zeros_like(u)], axis=1)
+    return np.matmul(J, u.transpose(2, 0, 1)).astype(np.float64)[:, :, :draws]
+
+
+def first_order_change(J: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """||J_i eta h_{i-1}|| of every (input, draw), shape (n, draw); arguments as :func:`first_order`."""
+    return np.linalg.norm(first_order(J, u), axis=1)
+
+
+def crossing_threshold(v: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The smallest s > 0 at which argmax(v + s d) leaves the clean class (inf where it never does).
+
+    v + s d predicts another class than c = argmax v iff some j has d_j > d_c and
+    s > (v_c - v_j) / (d_j - d_c): one O(k) pass per direction serves every ratio.
+
+    Args:
+        v: clean outputs, (k, n); d: directions, (n, k, draw).
+
+    Returns:
+        Shape (n, draw); inf for k = 1.
+    """
+    n = v.shape[1]
+    clean = v.argmax(axis=0)
+    margin = (v[clean, np.arange(n)][None, :] - v).T  # (n, k), >= 0
+    rise = d - d[np.arange(n), clean][:, None, :]  # (n, k, draw)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = np.where(rise > 0, margin[:, :, None] / rise, np.inf)
+    return at.min(axis=1)
+
+
 def margins(v: np.ndarray) -> np.ndarray:
     """Top-1 minus runner-up output per column of v (k, n); NaN when k = 1."""
     if v.shape[0] < 2:
@@ -369,7 +415,8 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     return dataclasses.replace(first, **joined)
 
 
-PER_DRAW = ("delta_norm", "hidden_flip_fraction", "pred_changed", "accuracy")  # fields with draw last
+PER_DRAW = ("delta_norm", "linear_change", "linear_pred_changed", "hidden_flip_fraction", "pred_changed",
+            "accuracy")  # fields with draw last
 
 
 def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tuple[int, ...],
@@ -424,6 +471,9 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     together_batch = together_draws_per_batch(net.shapes, n, R, net.dtype, smooth,
                                               distribution == "rademacher" or norm == "spectral")
     sizes, norms, linear, sources, bias_sizes = {}, np.full(net.depth, np.nan), {}, {}, {}
+    # J_i of each layer; this batch's first-order changes at ratio 1, (input, draw), and first-order prediction
+    # changes, (ratio, input, draw); the clean output
+    jac, firsts, crossings, clean_output = {}, {}, {}, None
 
     def measure_norms(j: int, w: np.ndarray) -> None:
         """What the bound and the noise need of W_j, while it is at hand."""
@@ -446,6 +496,13 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                 if j not in sources:
                     sources[j] = LayerNoise(rng_for_layer(j), w.shape, h, distribution, norm, sizes[j], net.dtype)
                 u = sources[j].draw(b)  # (n_j, draw, input) at ratio 1
+            if j in jac:
+                with clock("linear"):
+                    change = first_order(jac[j], u)
+                    firsts[j] = np.linalg.norm(change, axis=1)
+                    # the first-order prediction changes at r > the threshold, (ratio, input, draw)
+                    crossings[j] = (ratios[:, None, None] > crossing_threshold(clean_output, change)[None])
+            with clock("noise"):
                 if worst:
                     u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
                 return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
@@ -455,7 +512,8 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     if with_linear or together:
         fwd, _ = run_pass(net, X, {}, lambda j, w, h: measure_norms(j, w), clock)
     if with_linear:
-        linear = _linear_answers(net, fwd, present, together, sizes, bias_sizes if biases else None, norm, clock)
+        linear, jac = _linear_answers(net, fwd, present, together, sizes, bias_sizes if biases else None, norm, clock)
+        clean_output = fwd.output.astype(np.float64)
     noise_all = TogetherNoise(rng_for_layer(TOGETHER), net.shapes, distribution, norm, sizes,
                               bias_sizes if biases else None, net.dtype) if together else None
     fixed = None
@@ -475,7 +533,21 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         if fixed is None:
             fixed = _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound,
                                  bias_sizes)
-        yield _per_batch(fixed, fwd, layers, moved, n, R, b, worst, labels, net)
+        yield _with_first_order(_per_batch(fixed, fwd, layers, moved, n, R, b, worst, labels, net), firsts,
+                                crossings, layers, ratios)
+
+
+def _with_first_order(result: NetworkResult, firsts: dict[int, np.ndarray], crossings: dict[int, np.ndarray],
+                      layers, ratios) -> NetworkResult:
+    """A batch's result with its ``linear_change`` (r times the ratio-1 first-order change of the same eta:
+    the first-order term is linear in eta) and ``linear_pred_changed``; NaN where they were not computed
+    (the together cells among them)."""
+    change, crossed = np.full(result.delta_norm.shape, np.nan), np.full(result.delta_norm.shape, np.nan)
+    for col, i in enumerate(layers):
+        if i in firsts:
+            change[:, col] = ratios[:, None, None] * firsts[i][None]
+            crossed[:, col] = crossings[i]  # booleans as 0/1
+    return dataclasses.replace(result, linear_change=change, linear_pred_changed=crossed)
 
 
 def _together_batch(net: Network, fwd: Forward, noise, ratios: np.ndarray, b: int, answer, per_pass: int,
@@ -490,21 +562,23 @@ def _together_batch(net: Network, fwd: Forward, noise, ratios: np.ndarray, b: in
 
 
 def _linear_answers(net: Network, fwd: Forward, present: list[int], together: bool, sizes: dict,
-                    bias_sizes: dict | None, norm: str, clock: Clock) -> dict:
+                    bias_sizes: dict | None, norm: str, clock: Clock) -> tuple[dict, dict]:
     """The linear answer of every present layer and, for the together cells, of every layer at once
-    (under key TOGETHER): one backward pass, and a second one for the together cells' directions."""
+    (under key TOGETHER): one backward pass, and a second one for the together cells' directions.
+    Also returns J_i of every present layer (the first-order change of each draw needs it)."""
     needed = set(present) | (set(range(1, net.depth + 1)) if together else set())
-    linear, acc = {}, TogetherLinear(fwd, sizes, bias_sizes, norm) if together else None
+    linear, jac, acc = {}, {}, TogetherLinear(fwd, sizes, bias_sizes, norm) if together else None
     for i, J in jacobians(net, fwd, needed, clock):
         if i in present:
             linear[i] = linear_answer(J, fwd.post[i - 1], sizes[i], norm)
+            jac[i] = J
         if acc is not None:
             with clock("linear"):
                 acc.add(i, J)
     if acc is not None:
         with clock("linear"):
             linear[TOGETHER] = acc.finish(lambda: jacobians(net, fwd, needed, clock))
-    return linear
+    return linear, jac
 
 
 def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound,
@@ -528,8 +602,10 @@ def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, label
     clean_accuracy = float((clean_pred == labels).mean()) if labels is not None else np.nan
     v = fwd.output.astype(np.float64)
     empty = np.empty((R, len(layers), n, 0))
-    return NetworkResult(empty, empty, empty, np.empty((R, len(layers), 0)), bound, linear_rms, worst_linear,
-                         worst_realised, np.linalg.norm(v, axis=0), margins(v), clean_accuracy)
+    per_draw = {name: empty for name in PER_DRAW if name != "accuracy"}
+    return NetworkResult(**per_draw, accuracy=np.empty((R, len(layers), 0)), bound=bound, linear_rms=linear_rms,
+                         worst_linear=worst_linear, worst_realised=worst_realised,
+                         output_norm=np.linalg.norm(v, axis=0), margin=margins(v), clean_accuracy=clean_accuracy)
 
 
 def _together_bound(net: Network, fwd: Forward, ratios: np.ndarray, norms: np.ndarray, sizes: dict,

@@ -144,8 +144,8 @@ def block_peak_bytes(spec) -> int:
     small = [a * b for a, b in shapes if min(a, b) < 128]
     if small:
         workspace += 8 * max(small)  # a dense SVD's workspace for the spectral norm of a small matrix
-    # delta, flips and predictions per draw: one network's, and the block's stacked
-    results = 3 * 8 * len(g.ratio) * len(g.layer) * n * nz.draws * (per_block + 1)
+    # delta, flips, predictions, first-order change and prediction per draw: one network's, and the block's stacked
+    results = 5 * 8 * len(g.ratio) * len(g.layer) * n * nz.draws * (per_block + 1)
     return int(weights + workspace + work + results)
 
 
@@ -159,6 +159,10 @@ def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool =
     per_draw = rows * columns * (2 * np.dtype(dtype).itemsize + 1) + 24 * rows * ratios * n
     if smooth:
         per_draw += 12 * 8 * rows * columns
+    # the first-order change J_i eta h of one layer (working precision, float64) and its crossing threshold's
+    # float64 temporaries, then each layer's first-order change and predictions until the batch is written
+    k = shapes[-1][0]
+    per_draw += (np.dtype(dtype).itemsize + 24) * k * n + 16 * present * (ratios + 1) * n
     return int(per_draw + 3 * 8 * columns)
 
 

@@ -51,7 +51,8 @@ SCHEMA_VERSION = 5  # 2: input dimension, classifier metrics, hidden_flip_fracti
 # 3: every weight matrix drawn from a stream of its own, float32 weights drawn in float32; compute.precision
 # 4: the noise samplers draw each kind of number from a stream of its own, draw-major (batches of draws);
 #    networks of any widths and activations; how each network file was read (spec network.read)
-# 5: layer coordinate 0 holds the cells with noise in every layer at once (grid.layer 'together'); noise.biases
+# 5: layer coordinate 0 holds the cells with noise in every layer at once (grid.layer 'together'); noise.biases;
+#    linear_change and linear_pred_changed, the first-order change of every draw (the control variates)
 MARK = "spec_hash"  # the root attribute written last: a directory is a results store once it has it
 CREATING = "nnsweep_creating"  # the root attribute of a store whose creation has not finished
 CODECS = (ZstdCodec(), Crc32cCodec())  # bytes-to-bytes codecs of every array: compress, then checksum
@@ -167,7 +168,8 @@ def read_attrs(where: str | StoreLocation) -> dict:
         made_by = json.loads(attrs.get("versions", "{}")).get("nnsweep", "an older nnsweep")
         raise StoreError(f"store {short_path(loc.url)} has schema version {version}, written by nnsweep {made_by}; "
                          f"this nnsweep reads version {SCHEMA_VERSION} (version 5 added layer 0, noise in every "
-                         "layer at once; version 4's noise samplers draw their numbers "
+                         "layer at once, and every draw's first-order change; version 4's noise samplers draw "
+                         "their numbers "
                          "in another order (batches of draws: the same spec gives other noise draws than version "
                          "3 did; version 2 drew other networks, and version 1 had no input dimension)). "
                          "Rerun its spec "

@@ -125,8 +125,28 @@ def test_bench_scale_end_to_end():
     assert r.returncode == 0, r.stderr
     plan_row, full_row = json.loads(r.stdout)["rows"]
     assert plan_row["blocks"] == full_row["blocks"] == 100
-    # the root, 20 arrays' zarr.json and 6 coordinate chunks (input = [0] is all fill value: no chunk)
-    assert plan_row["objects_after_creation"] == full_row["objects_after_creation"] == 27
-    assert full_row["objects_per_block"] == 13  # one chunk of each of the 13 variables
+    # the root, 22 arrays' zarr.json and 6 coordinate chunks (input = [0] is all fill value: no chunk)
+    assert plan_row["objects_after_creation"] == full_row["objects_after_creation"] == 29
+    assert full_row["objects_per_block"] == 15  # one chunk of each of the 15 variables
     assert full_row["per_block_ms"] > 0 and full_row["client_cpu_per_block_ms"] > 0
     assert full_row["peak_rss_mb"] >= full_row["plan_peak_rss_mb"] > 0
+
+
+def test_bench_control_tiny():
+    """bench_control on a tiny trained network: three ratios, the machine, and figures that follow from
+    the widths and seconds it reports (and the intervals it prints)."""
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "bench_control.py"), "--tiny", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["machine"]["cores"] > 0 and out["network"]["test_accuracy"] > 0.5
+    assert [row["ratio"] for row in out["rows"]] == [1e-3, 1e-2, 0.1]
+    for row in out["rows"]:
+        p, c = row["plain"], row["control_variate"]
+        for est in (p, c):
+            assert est["width"] == pytest.approx(est["ci95"][1] - est["ci95"][0])
+            assert est["ci95"][0] < est["mean"] < est["ci95"][1] and est["seconds"] > 0
+            assert est["width2_seconds"] == pytest.approx(est["width"] ** 2 * est["seconds"])
+        assert row["width_ratio"] == pytest.approx(p["width"] / c["width"])
+        assert row["speedup_at_equal_width"] == pytest.approx(p["width2_seconds"] / c["width2_seconds"])
+        assert c["seconds"] > c["cheap_seconds"] > 0 and min(c["cheap_draws"].values()) >= 2

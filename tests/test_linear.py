@@ -111,3 +111,59 @@ def test_one_layer_network_is_linear_and_exact():
     assert res.linear_rms[0, 0, 0] == pytest.approx(want * np.sqrt(3) / np.sqrt(12), rel=1e-12)
     out = naive_forward((w,), None, x)[-1]
     assert res.output_norm[0] == pytest.approx(np.linalg.norm(out))
+
+
+@pytest.mark.parametrize("distribution, norm", [("gaussian", "frobenius"), ("rademacher", "frobenius"),
+                                                ("gaussian", "spectral")])
+def test_linear_change_is_the_change_where_no_unit_switches(distribution, norm):
+    """A ReLU network is linear while no unit switches: there ||v - v*|| (the nonlinear kernel) is the
+    first-order ||J_i eta h|| of the same eta, draw by draw; where units switch, the two part."""
+    rng = np.random.default_rng(7)
+    net = random_net(rng, 3, 6, 12, 3, biases=True)
+    x = rng.standard_normal((4, 6))
+    res = measure_network(net, x, np.array([1e-5, 0.5]), (1, 2, 3), 50, distribution, norm, rng_for(3))
+    still = res.hidden_flip_fraction[0] == 0
+    assert still.mean() > 0.9 and np.all(res.hidden_flip_fraction[1, :2].mean(axis=(1, 2)) > 0)
+    np.testing.assert_allclose(res.linear_change[0][still], res.delta_norm[0][still], rtol=1e-9)
+    # the same draws at every ratio: the first-order term is linear in r
+    np.testing.assert_allclose(res.linear_change[1], res.linear_change[0] * 0.5 / 1e-5, rtol=1e-12)
+    moved = res.hidden_flip_fraction[1] > 0
+    assert np.all(np.abs(res.linear_change[1][moved] / res.delta_norm[1][moved] - 1) > 1e-6)
+
+
+def test_linear_change_mean_square_is_the_linear_rms():
+    """E||J_i eta h||^2 = linear_rms^2 (the closed form), checked over 4000 draws within 4 standard errors."""
+    rng = np.random.default_rng(8)
+    net = random_net(rng, 3, 6, 12, 3)
+    res = measure_network(net, rng.standard_normal((2, 6)), np.array([0.1]), (1, 2), 4000, "gaussian",
+                          "frobenius", rng_for(5))
+    sq = res.linear_change[0] ** 2  # (layer, input, draw)
+    se = sq.std(axis=-1, ddof=1) / np.sqrt(sq.shape[-1])
+    assert np.all(np.abs(sq.mean(axis=-1) - res.linear_rms[0] ** 2) < 4 * se)
+
+
+def test_without_the_linear_answer_the_draws_are_the_same_and_no_first_order_change():
+    """with_linear=False skips J_i: the same changes, draw by draw, and linear_change NaN."""
+    rng = np.random.default_rng(9)
+    net = random_net(rng, 3, 6, 12, 3, biases=True)
+    x = rng.standard_normal((5, 6))
+    args = (net, x, np.array([0.01, 0.3]), (1, 2, 3), 9, "gaussian", "frobenius", rng_for(2))
+    on, off = measure_network(*args), measure_network(*args, with_linear=False)
+    np.testing.assert_array_equal(off.delta_norm, on.delta_norm)
+    assert np.isnan(off.linear_change).all() and np.isfinite(on.linear_change).all()
+
+
+def test_first_order_prediction_change_is_the_prediction_change_where_the_network_is_linear():
+    """Noise in the read-out moves v exactly linearly, and elsewhere the network is linear while no unit
+    switches: there the first-order prediction change is the measured one, draw by draw; where
+    predictions change through switching units, the two part."""
+    rng = np.random.default_rng(12)
+    net = random_net(rng, 3, 6, 12, 4, biases=True)
+    x = rng.standard_normal((20, 6))
+    res = measure_network(net, x, np.array([0.05, 0.5, 2.0]), (1, 2, 3), 40, "gaussian", "frobenius", rng_for(6))
+    lin, pred = res.linear_pred_changed, res.pred_changed
+    np.testing.assert_array_equal(lin[:, 2], pred[:, 2])
+    assert pred[:, 2].mean() > 0.05  # predictions do change
+    still = res.hidden_flip_fraction[:, :2] == 0
+    np.testing.assert_array_equal(lin[:, :2][still], pred[:, :2][still])
+    assert pred[:, :2][still].sum() > 0 and np.any(lin[:, :2][~still] != pred[:, :2][~still])

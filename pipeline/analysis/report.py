@@ -15,7 +15,7 @@ from ..cliopts import dumps
 from ..errors import UserError
 from . import fit as fitting
 from . import given as given_section
-from . import linear, theory
+from . import controlvariate, linear, theory
 from .figures import (figures, looseness_theory, mean_over, mean_theory, measured_layers, per_network,
                       plot_nonlinearity, present)
 from .fittext import format_param, law_rows, missing_text
@@ -234,6 +234,7 @@ def write_index(out: Path, sample: Sample, result: dict, ratio: float, plots: li
     sections = sections or {}
     lines = _header(sample, result)
     lines += ["", "## The answer", ""] + _answer_lines(answer(sample, ratio), ratio, sample)
+    lines += sections.get("control") or []
     if sections.get("given"):
         lines += ["", "## Given networks on their data", ""] + sections["given"]
     if sections.get("linear"):
@@ -249,6 +250,14 @@ def write_index(out: Path, sample: Sample, result: dict, ratio: float, plots: li
     path = out / "index.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _control_lines(results: Results, sample: Sample, ratio: float) -> list[str]:
+    """The control-variate answer, for a store of one network per (L, m) (none for several networks)."""
+    if sample.units != "draws":
+        return []
+    rows = answer(sample, ratio)
+    return controlvariate.cv_lines(rows, controlvariate.cv_answers(results, ratio, rows), ratio)
 
 
 def make_report(store, out_dir: str, n_boot: int = 1000, seed: int = 0, progress: bool = True) -> Path:
@@ -273,7 +282,8 @@ def make_report(store, out_dir: str, n_boot: int = 1000, seed: int = 0, progress
         raise UserError(f"--out {out_dir!r}: cannot create the report directory ({e.strerror}); "
                         "pass a new or existing directory path.") from None
     ratio = closest_ratio(sample.net.ratio.values)
-    sections = {"linear": linear.linear_lines(linear.linear_table(summary, ratio), ratio),
+    sections = {"control": _control_lines(results, sample, ratio),
+                "linear": linear.linear_lines(linear.linear_table(summary, ratio), ratio),
                 "given": given_section.given_lines(given, ratio) if given is not None else None}
     plots = []
     extra = [("nonlinearity.png", lambda: plot_nonlinearity(summary))]
