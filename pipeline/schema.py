@@ -88,6 +88,9 @@ RESULT_VARIABLES = tuple(v for v in VARIABLES if v not in ("wall_time", "done"))
 # Variables that may be NaN by design (no labels, k = 1, spectral scaling) though never infinite;
 # every other variable must be finite wherever "layer" <= "L", or write_block refuses the block.
 NAN_ALLOWED = frozenset({"accuracy", "clean_accuracy", "margin", "linear_rms"})
+# Variables that are NaN in the together cells (layer 0), where no single layer's first-order term exists,
+# and finite in every other cell of an existing layer.
+NAN_AT_TOGETHER = frozenset({"linear_change", "linear_pred_changed"})
 
 
 def dim_lengths(spec: Spec) -> dict[str, int]:

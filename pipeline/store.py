@@ -43,7 +43,7 @@ from .location import StoreLocation, as_location, short_path
 from .lock import store_lock
 from .measure import BlockResult
 from .plan import BlockKey, grid_blocks
-from .schema import NAN_ALLOWED, RESULT_VARIABLES, VARIABLES, chunk_lengths, dim_lengths
+from .schema import NAN_ALLOWED, NAN_AT_TOGETHER, RESULT_VARIABLES, TOGETHER, VARIABLES, chunk_lengths, dim_lengths
 from .spec import Spec, differences, result_fields
 from .spec import short as short_value
 
@@ -459,13 +459,17 @@ def nonfinite(name: str, data: np.ndarray, dims: tuple[str, ...], layers: np.nda
     """Where ``data`` (variable ``name`` over ``dims``) is not finite though it must be.
 
     Every cell must be finite except where ``layer`` > ``L`` (that layer does
-    not exist); the variables of :data:`NAN_ALLOWED` may be NaN, never infinite.
+    not exist); the variables of :data:`NAN_ALLOWED` may be NaN, never infinite, and those of
+    :data:`NAN_AT_TOGETHER` may be NaN in the together cells (layer 0).
     """
     bad = np.isinf(data) if name in NAN_ALLOWED else ~np.isfinite(data)
     if "layer" in dims:
         shape = [1] * data.ndim
         shape[dims.index("layer")] = -1
-        bad &= (np.asarray(layers) <= L).reshape(shape)
+        layers = np.asarray(layers)
+        bad &= (layers <= L).reshape(shape)
+        if name in NAN_AT_TOGETHER:
+            bad &= ~((layers == TOGETHER).reshape(shape) & np.isnan(data))
     return bad
 
 
