@@ -24,6 +24,7 @@ import os
 from .errors import SpecError
 
 DRAW_BATCH_BYTES = 256 * 2**20  # NNSWEEP_DRAW_BATCH_MEMORY's default
+PIECE_BYTES = 256 * 2**10  # the kernel's columns per product and pass: about an L2 cache's worth (not a setting)
 
 
 def env_size(var: str, default: int, count: bool = False, zero: bool = False) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -24,7 +24,8 @@ from threadpoolctl import threadpool_limits
 from .network import (NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, spectral_norm_estimate,
                       stream)
 from .noise import LayerNoise, matrix_norm
-from .sizes import draws_per_batch
+from .config import PIECE_BYTES
+from .sizes import draws_per_batch, draws_per_piece
 from .spec import Spec
 
 
@@ -101,31 +102,46 @@ class Clock:
             self.into[phase] = self.into.get(phase, 0.0) + time.perf_counter() - start
 
 
-Visit = Callable[[int, np.ndarray, np.ndarray], "np.ndarray | None"]
+Fill = Callable[[np.ndarray, int, int], None]
+Visit = Callable[[int, np.ndarray, np.ndarray], "np.ndarray | Fill | None"]
 
 
-def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int], visit: Visit,
-             clock: Clock = Clock()) -> tuple[Forward, dict[int, Moved]]:
+def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int | Sequence[int]], visit: Visit,
+             clock: Clock = Clock(), workspace: dict | None = None) -> tuple[Forward, dict[int, Moved]]:
     """One pass through the network's layers: perturbed columns, and the clean pass unless given.
 
     Each layer's matrix is fetched once (drawn, for a drawn network) and
     dropped after use. At layer j, ``visit(j, W_j, h_{j-1})`` may return the
-    perturbation of z_j for the ``columns[j]`` columns that start there
-    (n equal runs, one per input, input slowest). The columns hold
-    differences from the clean pass, not perturbed values: the change
-    delta_j = z'_j - z_j goes through W_{j+1} (biases cancel) and through
-    the activation as f(z + delta) - f(z), for ReLU max(delta + min(z, 0),
-    -max(z, 0)) and for the others the identities of :mod:`pipeline.activations`,
-    which never subtract two nearly equal numbers. So the rounding error of
-    ||v' - v|| is relative to the change itself, whatever the ratio: what
-    makes float32 accurate. Columns are laid out by origin, so at layer j the
-    columns of origins i < j are a prefix that goes through W_j as one GEMM.
+    perturbation of z_j for the columns that start there, (n_j, columns):
+    runs of the n inputs, input fastest; or a function ``fill(out, start,
+    stop)`` that writes columns [start, stop) of it into ``out``, called
+    piece by piece (the columns are then never all in memory at once). The columns hold differences from
+    the clean pass, not perturbed values: the change delta_j = z'_j - z_j
+    goes through W_{j+1} (biases cancel) and through the activation as
+    f(z + delta) - f(z), for ReLU max(delta + min(z, 0), -max(z, 0)) and for
+    the others the identities of :mod:`pipeline.activations`, which never
+    subtract two nearly equal numbers. So the rounding error of ||v' - v||
+    is relative to the change itself, whatever the ratio: what makes float32
+    accurate. Columns are laid out by origin, so at layer j the columns of
+    origins i < j are a prefix.
+
+    Each layer works through its columns piece by piece: the product with
+    W_j, the activation's difference and the flip counts of a piece are done
+    while it is in cache, and the clean values a layer needs are laid out
+    once, tiled to a piece's width, so that every operation runs along the
+    columns whatever n. A column's numbers depend on the shape of the
+    product it is in and its place there (BLAS kernels round by shape), so
+    a caller that wants a column's numbers not to depend on the others
+    gives the pieces explicitly.
 
     Args:
         clean: the inputs as columns (d, n), or their clean pass when already known
             (then the pass starts at the first origin).
-        columns: origin layer -> number of columns it starts.
+        columns: origin layer -> its number of columns, or the lengths of its pieces
+            (each a multiple of n); by default pieces of about PIECE_BYTES.
         visit: called at every layer the pass goes through.
+        workspace: a dict that keeps the column buffers from one pass to the next (a pass per batch):
+            fresh memory costs a page fault per page at its first use, as much as the work on it.
 
     Returns:
         The clean pass, and origin layer -> :class:`Moved` with one entry per column.
@@ -133,28 +149,29 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int],
     origins = sorted(columns)
     given = isinstance(clean, Forward)
     n = (clean.output if given else clean).shape[1]
-    starts = dict(zip(origins, np.cumsum([0] + [columns[i] for i in origins])))
-    total = sum(columns.values())
     first = origins[0] if given and origins else 1
     rows = max([s[0] for s in net.shapes[first - 1:]], default=0)
-    # at least two columns: a product with one column is a GEMV, whose rounding differs from a GEMM's,
-    # and a batch of one draw must give the numbers it gives in any other batch
-    width = max(total, 2)
-    buf_in, buf_out = np.zeros((rows, width), net.dtype), np.zeros((rows, width), net.dtype)
-    differs = np.empty((rows, total), dtype=bool)
+    default = max(1, PIECE_BYTES // (n * max(rows, 1) * np.dtype(net.dtype).itemsize)) * n
+    pieces = {i: [int(p) for p in c] if isinstance(c, Sequence) else
+              [min(default, c - s) for s in range(0, c, default)] for i, c in columns.items()}
+    counts = {i: sum(p) for i, p in pieces.items()}
+    starts = dict(zip(origins, (int(s) for s in np.cumsum([0] + [counts[i] for i in origins]))))
+    total = sum(counts.values())
+    widest = max([p for ps in pieces.values() for p in ps], default=0)
+    # each piece is a block of its own, (units, columns) for every layer: its rows are short and close
+    # together. A piece of one column gets two: a product with one column is a GEMV, whose rounding differs
+    # from a GEMM's, and a batch of one draw must give the numbers of any other batch.
+    spans = [(c0, c1, max(c1 - c0, 2)) for c0, c1 in _pieces(starts, pieces, max(origins, default=0))]
+    offset = dict(zip((c0 for c0, _, _ in spans), np.cumsum([0] + [rows * width for _, _, width in spans])))
+    size = rows * sum(width for _, _, width in spans)
+    buf_in, buf_out = (_buffer(workspace, name, size, net.dtype) for name in ("in", "out"))
+    scratch = np.empty((rows, widest), dtype=bool)
+    final = {}  # the output's change, piece by piece
     flips = np.zeros(total, dtype=np.int64)
     alive = np.ones(total, dtype=bool)  # some unit of the perturbed layer is on
-    input_of = np.concatenate([np.repeat(np.arange(n), columns[i] // n) for i in origins]) if origins else None
     pre, post = (list(clean.pre), list(clean.post)) if given else ([], [])
     h = None if given else np.asarray(clean, net.dtype)
     active = 0  # columns in use: those of origins <= j
-
-    def runs(a: np.ndarray) -> list[np.ndarray]:
-        """The columns of ``a`` as (rows, n, c) views: each origin's n runs, one per input."""
-        if n == 1:
-            return [a[:, None, :]]
-        return [a[:, starts[i]:starts[i] + columns[i]].reshape(a.shape[0], n, -1)
-                for i in origins if starts[i] + columns[i] <= a.shape[1]]
 
     for j in range(first, net.depth + 1):
         with clock("weights"):
@@ -170,56 +187,84 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int],
                     h = net.activations[j - 1].forward(z)
         cols = visit(j, w, post[j - 1])
         with clock("kernel"):
-            z = pre[j - 1]
-            out = buf_out[:w.shape[0]]
-            if active:
-                used = max(active, 2)
-                np.matmul(w, buf_in[:w.shape[1], :used], out=out[:, :used])
-                if not alive[:active].all():
-                    # every unit off: z' is exactly b_j (or 0), so delta = b_j - z_j; the GEMM's rounding
-                    # would leave z + delta a few ulps from b_j, and a tie at 0 would go either way
-                    dead = np.flatnonzero(~alive[:active])
-                    out[:, dead] = (0 if b is None else b[:, None]) - z[:, input_of[dead]]
-            if cols is not None:
-                out[:, active:active + columns[j]] = cols
-                active += columns[j]
-            del w, b
-            if j == net.depth or not active:
+            z, new = pre[j - 1], counts[j] if cols is not None else 0
+            if not active + new:
                 continue
-            act = net.activations[j - 1]
-            if act.zero_below:
-                # relu(z + delta) - relu(z); a unit is on afterwards iff delta + min(z, 0) > -max(z, 0)
-                zneg, zcut, on = np.minimum(z, 0)[:, :, None], -np.maximum(z, 0)[:, :, None], (z > 0)[:, :, None]
-                for t, d, a in zip(runs(out[:, :active]), runs(differs[:z.shape[0], :active]),
-                                   runs(alive[None, :active])):
-                    t += zneg
-                    np.greater(t, zcut, out=d)
-                    np.any(d, axis=0, out=a[0])
-                    np.not_equal(d, on, out=d)
-                    np.maximum(t, zcut, out=t)
-            else:
-                # f(z + delta) - f(z) by the activation's own cancellation-free formula; a unit's state
-                # is the sign of its pre-activation, z + delta > 0 iff delta > -z (an exact comparison)
-                zb, zcut, on = z[:, :, None], -z[:, :, None], (z > 0)[:, :, None]
-                alive[:active] = True
-                for t, d in zip(runs(out[:, :active]), runs(differs[:z.shape[0], :active])):
-                    np.greater(t, zcut, out=d)
-                    np.not_equal(d, on, out=d)
-                    t[...] = act.difference(zb, t)
-            # bytes summed into 16 bits: several times faster than numpy's bool sum, exact below 65536 rows
-            counts = differs[:z.shape[0], :active].view(np.uint8)
-            flips[:active] += np.add.reduce(counts, axis=0, dtype=np.uint16 if z.shape[0] < 2**16 else np.int64)
-            buf_in, buf_out = buf_out, buf_in
+            n_out, n_in = w.shape
+            act = net.activations[j - 1] if j < net.depth else None
+            if act is not None:  # the clean values of a piece, tiled: n inputs, input fastest
+                tiled = np.tile(z, (1, widest // n))
+                zcut, on = -np.maximum(tiled, 0) if act.zero_below else -tiled, tiled > 0
+                zneg = np.minimum(tiled, 0) if act.zero_below else None
+            for c0, c1 in _pieces(starts, pieces, j):
+                cc, width, at = c1 - c0, max(c1 - c0, 2), offset[c0]
+                block = buf_out[at:at + n_out * width].reshape(n_out, width)
+                if c0 < active:
+                    np.matmul(w, buf_in[at:at + n_in * width].reshape(n_in, width), out=block)
+                    if not alive[c0:c1].all():
+                        # every unit off: z' is exactly b_j (or 0), so delta = b_j - z_j; the GEMM's rounding
+                        # would leave z + delta a few ulps from b_j, and a tie at 0 would go either way
+                        dead = np.flatnonzero(~alive[c0:c1])
+                        block[:, dead] = (0 if b is None else b[:, None]) - z[:, (c0 + dead) % n]
+                elif callable(cols):
+                    cols(block[:, :cc], c0 - active, c1 - active)
+                else:
+                    block[:, :cc] = cols[:, c0 - active:c1 - active]
+                if act is None:
+                    final[c0] = block[:, :cc]
+                    continue
+                t, d = block[:, :cc], scratch[:n_out, :cc]
+                if act.zero_below:
+                    # relu(z + delta) - relu(z); a unit is on afterwards iff delta + min(z, 0) > -max(z, 0)
+                    t += zneg[:, :cc]
+                    np.greater(t, zcut[:, :cc], out=d)
+                    np.any(d, axis=0, out=alive[c0:c1])
+                    np.not_equal(d, on[:, :cc], out=d)
+                    np.maximum(t, zcut[:, :cc], out=t)
+                else:
+                    # f(z + delta) - f(z) by the activation's own cancellation-free formula; a unit's state
+                    # is the sign of its pre-activation, z + delta > 0 iff delta > -z (an exact comparison)
+                    alive[c0:c1] = True
+                    np.greater(t, zcut[:, :cc], out=d)
+                    np.not_equal(d, on[:, :cc], out=d)
+                    t[...] = act.difference(tiled[:, :cc], t)
+                # bytes summed into 16 bits: several times faster than numpy's bool sum, exact below 65536 rows
+                flips[c0:c1] += np.add.reduce(d.view(np.uint8), axis=0,
+                                              dtype=np.uint16 if n_out < 2**16 else np.int64)
+            active += new
+            if j < net.depth:
+                buf_in, buf_out = buf_out, buf_in
+        del w, b
     fwd = Forward(tuple(pre), tuple(post))
     if not active:
         return fwd, {}
     with clock("kernel"):
-        moved = out[:, :active].astype(np.float64)  # k x columns: the change of the output
+        moved = np.concatenate([final[c0] for c0 in sorted(final)], axis=1, dtype=np.float64)  # k x columns
         delta = np.linalg.norm(moved, axis=0)
         v = fwd.output.astype(np.float64)
-        argmax = np.concatenate([(v[:, :, None] + run).argmax(axis=0).ravel() for run in runs(moved)])
+        argmax = (moved.reshape(v.shape[0], -1, n) + v[:, None, :]).argmax(axis=0).ravel()
     return fwd, {i: Moved(delta[s], flips[s], argmax[s])
-                 for i in origins for s in [slice(starts[i], starts[i] + columns[i])]}
+                 for i in origins for s in [slice(starts[i], starts[i] + counts[i])]}
+
+
+def _buffer(workspace: dict | None, name: str, size: int, dtype) -> np.ndarray:
+    """``size`` elements of ``dtype``: the workspace's buffer ``name`` when it is large enough, else a new one
+    (kept there). Its contents are whatever the last pass left."""
+    have = None if workspace is None else workspace.get(name)
+    if have is None or have.size < size or have.dtype != dtype:
+        have = np.empty(size, dtype)
+        if workspace is not None:
+            workspace[name] = have
+    return have[:size]
+
+
+def _pieces(starts: dict[int, int], pieces: dict[int, list[int]], j: int) -> Iterator[tuple[int, int]]:
+    """Column ranges [c0, c1) of the pieces of the origins <= j."""
+    for i in sorted(pieces):
+        if i > j:
+            break
+        ends = starts[i] + np.cumsum(pieces[i])
+        yield from zip([starts[i], *ends[:-1]], ends)
 
 
 def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray],
@@ -228,7 +273,7 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray],
 
     Args:
         fwd: the clean pass over n inputs.
-        perturbations: layer i -> array (n_i, c) added to z_i; c is a multiple of n, input slowest.
+        perturbations: layer i -> array (n_i, c) added to z_i; c is a multiple of n, input fastest.
 
     Returns:
         layer i -> :class:`Moved` with one entry per column.
@@ -238,7 +283,18 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray],
     columns = {i: p.shape[1] for i, p in perturbations.items()}
     if fwd.output.ndim == 1:  # the pass of one input given as a vector
         fwd = Forward(*(tuple(a[:, None] for a in arrays) for arrays in (fwd.pre, fwd.post)))
-    return run_pass(net, fwd, columns, lambda j, w, h: perturbations.get(j), clock)[1]
+    n = fwd.output.shape[1]
+
+    def visit(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+        """run_pass's layout: input fastest."""
+        p = perturbations.get(j)
+        return None if p is None else p.reshape(p.shape[0], n, -1).transpose(0, 2, 1).reshape(p.shape[0], -1)
+
+    def slowest(a: np.ndarray) -> np.ndarray:  # input fastest -> input slowest
+        return a.reshape(-1, n).T.ravel()
+
+    return {i: Moved(slowest(mv.delta), slowest(mv.flips), slowest(mv.argmax))
+            for i, mv in run_pass(net, fwd, columns, visit, clock)[1].items()}
 
 
 def worst_case_bound(norms: np.ndarray, fwd: Forward, x: np.ndarray, layer: int, size: float,
@@ -351,7 +407,7 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     draws: int, distribution: str, norm: str, rng_for_layer,
                     labels: np.ndarray | None = None, with_bound: bool = True,
                     with_linear: bool = True, timings: dict[str, float] | None = None,
-                    batch_draws: int | None = None) -> NetworkResult:
+                    batch_draws: int | None = None, piece_draws: int | None = None) -> NetworkResult:
     """Measure one network at every (ratio, layer, input, draw), in the network's precision.
 
     The draws of all batches of :func:`network_batches`, joined: the numbers
@@ -360,7 +416,7 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     columns share it).
     """
     parts = list(network_batches(net, x, ratios, layers, draws, distribution, norm, rng_for_layer, labels,
-                                 with_bound, with_linear, timings, batch_draws))
+                                 with_bound, with_linear, timings, batch_draws, piece_draws))
     first = parts[0]
     joined = {name: np.concatenate([getattr(p, name) for p in parts], axis=-1) if len(parts) > 1
               else getattr(first, name) for name in PER_DRAW}
@@ -374,7 +430,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     draws: int, distribution: str, norm: str, rng_for_layer,
                     labels: np.ndarray | None = None, with_bound: bool = True,
                     with_linear: bool = True, timings: dict[str, float] | None = None,
-                    batch_draws: int | None = None) -> Iterator[NetworkResult]:
+                    batch_draws: int | None = None, piece_draws: int | None = None) -> Iterator[NetworkResult]:
     """Measure one network batch of draws after batch: a :class:`NetworkResult` per batch, whose
     per-draw fields hold that batch's draws (the others are the same in every batch).
 
@@ -409,10 +465,11 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     R, n = len(ratios), X.shape[1]
     present = [i for i in layers if i <= net.depth]
     with_linear = with_linear and bool(present)
+    piece = piece_draws or draws_per_piece(net.shapes, n, R, net.dtype)
     if batch_draws is None:
         smooth = any(not a.piecewise_linear for a in net.activations)
         batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth)
-    batch_draws = max(1, min(batch_draws, draws))
+    batch_draws = max(1, batch_draws // piece) * piece  # whole pieces: the same products in every batch
     sizes, norms, linear, sources = {}, np.full(net.depth, np.nan), {}, {}
 
     def measure_norms(j: int, w: np.ndarray) -> None:
@@ -425,33 +482,41 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                 sizes[j] = matrix_norm(w, norm)
 
     def perturbation(b: int, worst: bool):
-        def visit(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
-            """Layer j's columns, (n_j, input * ratio * (draw [+ worst])): one run per input, as run_pass wants."""
+        def visit(j: int, w: np.ndarray, h: np.ndarray) -> Fill | None:
+            """Layer j's columns, (n_j, (draw [+ worst]) * ratio * input): runs of the inputs, as run_pass wants."""
             if j not in present:
                 return None
             with clock("noise"):
                 if j not in sources:
                     sources[j] = LayerNoise(rng_for_layer(j), w.shape, h, distribution, norm, sizes[j], net.dtype)
-                u = sources[j].draw(b)  # (n_j, draw, input) at ratio 1
+                u = sources[j].draw_major(b)  # (draw, n_j, input) at ratio 1
                 if worst:
-                    u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
-                return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
+                    u = np.concatenate([u, linear[j].direction[None]])
+
+            def fill(out: np.ndarray, start: int, stop: int) -> None:
+                """r u for the columns [start, stop), whole draws: (n_j, draw, ratio, input)."""
+                mine = u[start // (R * n):stop // (R * n)].transpose(1, 0, 2)[:, :, None, :]
+                # in float64 (the ratios are), rounded once to the working precision
+                np.multiply(mine, ratios[:, None], out=out.reshape(u.shape[1], -1, R, n))
+            return fill
         return visit
 
     fwd = X
     if with_linear:
         fwd, _ = run_pass(net, X, {}, lambda j, w, h: measure_norms(j, w), clock)
         linear = {i: linear_answer(J, fwd.post[i - 1], sizes[i], norm) for i, J in jacobians(net, fwd, present, clock)}
-    fixed = None
+    fixed, workspace = None, {}
     for start in range(0, draws, batch_draws):
         b = min(batch_draws, draws - start)
         worst = with_linear and start == 0
-        columns = {i: n * R * (b + worst) for i in present}
+        # the batch's draws in whole pieces, then the worst direction alone
+        columns = {i: [R * n * min(piece, b - s) for s in range(0, b, piece)] + [R * n] * worst for i in present}
         if isinstance(fwd, Forward):
-            fwd, moved = run_pass(net, fwd, columns, perturbation(b, worst), clock)
+            fwd, moved = run_pass(net, fwd, columns, perturbation(b, worst), clock, workspace)
         else:  # the first batch without the linear answer: the clean pass and the norms ride along
             visit = perturbation(b, worst)
-            fwd, moved = run_pass(net, fwd, columns, lambda j, w, h: measure_norms(j, w) or visit(j, w, h), clock)
+            fwd, moved = run_pass(net, fwd, columns, lambda j, w, h: measure_norms(j, w) or visit(j, w, h), clock,
+                                  workspace)
         if fixed is None:
             fixed = _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound)
         yield _per_batch(fixed, fwd, layers, moved, n, R, b, worst, labels, net)
@@ -465,8 +530,7 @@ def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, label
         if i not in moved:
             continue
         if linear:
-            runs = moved[i].delta.reshape(n, R, -1)
-            worst_realised[:, col] = runs[:, :, -1].T
+            worst_realised[:, col] = moved[i].delta.reshape(-1, R, n)[-1]
             linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
             worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
         if with_bound:
@@ -492,8 +556,8 @@ def _per_batch(fixed: NetworkResult, fwd: Forward, layers, moved, n: int, R: int
             continue
         mv = moved[i]
 
-        def cells(a: np.ndarray) -> np.ndarray:  # columns (input, ratio, draw [+ worst]) -> (ratio, input, draw)
-            return a.reshape(n, R, b + worst).transpose(1, 0, 2)[:, :, :b]
+        def cells(a: np.ndarray) -> np.ndarray:  # columns (draw [+ worst], ratio, input) -> (ratio, input, draw)
+            return a.reshape(b + worst, R, n)[:b].transpose(1, 2, 0)
 
         delta[:, col] = cells(mv.delta)
         flips[:, col] = cells(mv.flips / hidden if hidden else 0.0 * mv.flips)

@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from .activations import activation, per_layer
-from .config import DRAW_BATCH_BYTES, env_size
+from .config import DRAW_BATCH_BYTES, PIECE_BYTES, env_size
 from .errors import SpecError
 from .network import keeps_weights, layer_shapes
 from .noise import BATCH_BYTES, TABLE_INPUTS
@@ -124,6 +124,9 @@ def block_peak_bytes(spec) -> int:
                  for a in (r.activations if r else per_layer(net.activation, L)))
     batch = min(nz.draws, draws_per_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth))
     work = batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth) * (batch + 1)
+    # a piece's clean values tiled (the values, min(z, 0) and -max(z, 0), and the on/off states) and its mask
+    work += rows * n * len(g.ratio) * min(batch, draws_per_piece(shapes, n, len(g.ratio), spec.compute.dtype)) \
+        * (3 * item + 2)
     work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
     if nz.distribution == "rademacher" or n >= min(b for _, b in shapes):
         # eta is formed a batch of draws at a time (pipeline/noise.py): signs as bytes and in the working
@@ -157,9 +160,20 @@ def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool =
 
 
 def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
-    """Draws per batch of the kernel: as many as fit NNSWEEP_DRAW_BATCH_MEMORY (at least one)."""
+    """Draws per batch of the kernel: as many as fit NNSWEEP_DRAW_BATCH_MEMORY, a whole number of
+    :func:`draws_per_piece` (at least one piece)."""
     budget = env_size("NNSWEEP_DRAW_BATCH_MEMORY", DRAW_BATCH_BYTES)
-    return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth))
+    piece = draws_per_piece(shapes, n, ratios, dtype)
+    return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth) // piece) * piece
+
+
+def draws_per_piece(shapes, n: int, ratios: int, dtype) -> int:
+    """Draws that the kernel multiplies and passes through an activation together (pipeline/measure.py):
+    the n inputs and every ratio of as many draws as fill PIECE_BYTES of the widest layer (at least
+    one). A column's numbers depend on the shape of the product it is in, so a piece is the same
+    whatever the batch; batches are whole pieces."""
+    rows = max(a for a, _ in shapes)
+    return max(1, PIECE_BYTES // (ratios * n * rows * np.dtype(dtype).itemsize))
 
 
 def limit(name: str) -> int:
