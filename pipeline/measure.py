@@ -410,16 +410,21 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     batch_draws: int | None = None, piece_draws: int | None = None) -> NetworkResult:
     """Measure one network at every (ratio, layer, input, draw), in the network's precision.
 
-    The draws of all batches of :func:`network_batches`, joined: the numbers
-    do not depend on ``batch_draws`` (in float64 to the last bit; in float32
-    to float32 rounding, as a GEMM's rounding of a column depends on how many
-    columns share it).
+    The draws of all batches of :func:`network_batches`, each written into
+    its place: the numbers do not depend on ``batch_draws`` (to the last
+    bit, in either precision: a batch is whole pieces, see ``piece_draws``
+    there).
     """
-    parts = list(network_batches(net, x, ratios, layers, draws, distribution, norm, rng_for_layer, labels,
-                                 with_bound, with_linear, timings, batch_draws, piece_draws))
-    first = parts[0]
-    joined = {name: np.concatenate([getattr(p, name) for p in parts], axis=-1) if len(parts) > 1
-              else getattr(first, name) for name in PER_DRAW}
+    joined = None
+    for part in network_batches(net, x, ratios, layers, draws, distribution, norm, rng_for_layer, labels,
+                                with_bound, with_linear, timings, batch_draws, piece_draws):
+        if joined is None:
+            first, start = part, 0
+            joined = {name: np.empty(getattr(part, name).shape[:-1] + (draws,)) for name in PER_DRAW}
+        b = part.delta_norm.shape[-1]
+        for name in PER_DRAW:
+            joined[name][..., start:start + b] = getattr(part, name)
+        start += b
     return dataclasses.replace(first, **joined)
 
 
@@ -441,7 +446,12 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     batch, the same draws whatever the batches); the same draws serve every ratio.
     A batch holds ``batch_draws`` draws, by default as many as fit the budget
     of :func:`pipeline.sizes.draws_per_batch`: the working memory is that of a
-    batch, whatever the number of draws.
+    batch, whatever the number of draws. The kernel multiplies the columns of
+    ``piece_draws`` draws together (by default
+    :func:`pipeline.sizes.draws_per_piece`), and a batch is whole pieces
+    (``batch_draws`` is rounded down to them, to one at least): BLAS rounds
+    a column by the shape of the product it is in, so pieces that do not
+    depend on the batch make the numbers not depend on it.
 
     Without the linear answer, the first batch's pass through the layers
     computes the clean pass, the bound's spectral norms, the noise and the
@@ -579,17 +589,36 @@ def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...],
     because a multi-threaded GEMM splits its sums differently and would make
     the last bits depend on the machine's thread count.
     """
+    arrays = None
+    for s, start, part in block_batches(spec, L, m, seeds, timings):
+        if arrays is None:  # the block's arrays, each batch written into its place
+            shapes = {name: np.shape(getattr(part, name)) for name in RESULT_FIELDS}
+            shapes.update({name: shapes[name][:-1] + (spec.noise.draws,) for name in PER_DRAW})
+            arrays = {name: np.empty(shape[:2] + (len(seeds),) + shape[2:] if name in PER_CELL
+                                     else (len(seeds),) + shape) for name, shape in shapes.items()}
+        b = part.delta_norm.shape[-1]
+        for name in RESULT_FIELDS:
+            at = (slice(None), slice(None), s) if name in PER_CELL else (s,)
+            if name in PER_DRAW:
+                arrays[name][at + (..., slice(start, start + b))] = getattr(part, name)
+            elif start == 0:
+                arrays[name][at] = getattr(part, name)
+    return BlockResult(**arrays)
+
+
+def block_batches(spec: Spec, L: int, m: int, seeds: tuple[int, ...],
+                  timings: dict[str, float] | None = None) -> Iterator[tuple[int, int, NetworkResult]]:
+    """The networks (L, m, seed) for ``seeds``, batch of draws after batch (:func:`network_batches`):
+    (the seed's place in ``seeds``, the batch's first draw, the batch), with BLAS single-threaded
+    (see :func:`measure_block`). A consumer that pools each batch holds one batch at a time."""
     with threadpool_limits(limits=1, user_api="blas"):
-        return _measure_block(spec, L, m, seeds, timings)
-
-
-def _measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...], timings) -> BlockResult:
-    x, labels = make_inputs(spec), make_labels(spec)
-    g, nz = spec.grid, spec.noise
-    results = []
-    for seed in seeds:
-        net = build_network(spec, L, m, seed)
-        results.append(measure_network(
-            net, x, np.array(g.ratio), g.layer, nz.draws, nz.distribution, nz.norm,
-            lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i), labels, timings=timings))
-    return BlockResult.stack(results)
+        x, labels = make_inputs(spec), make_labels(spec)
+        g, nz = spec.grid, spec.noise
+        for s, seed in enumerate(seeds):
+            net = build_network(spec, L, m, seed)
+            start = 0
+            for part in network_batches(net, x, np.array(g.ratio), g.layer, nz.draws, nz.distribution, nz.norm,
+                                        lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i), labels,
+                                        timings=timings):
+                yield s, start, part
+                start += part.delta_norm.shape[-1]
