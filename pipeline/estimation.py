@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .jsonout import num
-from .measure import BlockResult, measure_block
+from .measure import NetworkResult, block_batches
+from .pooling import StreamMedian
 from .spec import Spec
 
 
@@ -25,42 +26,120 @@ def t_interval(samples: np.ndarray) -> list[float] | None:
     return None if ci is None else list(ci)
 
 
-def summarise(block: BlockResult, ratio_index: list[int], layer_index: list[int], units: str) -> dict:
+PER_DRAW_MEANS = ("abs", "rel", "rel2", "pred", "accuracy")  # over the inputs of each draw
+FIXED = ("bound", "linear_rms", "worst_linear", "worst_realised")  # per network, (ratio, layer, input)
+
+
+class Pool:
+    """What the summaries need of a block's draws, pooled batch by batch (:func:`pipeline.measure.block_batches`).
+
+    Per draw (a perturbed network): the mean over the inputs of ||v - v*||, of R, of R^2, of the
+    prediction changes, and the accuracy; per network the fields that do not depend on the draws; and
+    the exact median of R over (network, input, draw) of every group of cells, by
+    :class:`pipeline.pooling.StreamMedian`. So the memory is a batch's, the per-draw means and what the
+    medians keep, whatever the number of draws; and every number is the same whatever the batches
+    (each draw's means are taken over its inputs alone, the rest at the end).
+    """
+
+    def __init__(self, spec: Spec, groups: list[tuple[tuple[int, ...], tuple[int, ...]]]):
+        self.seeds, self.draws, self.groups = len(spec.grid.seeds), spec.noise.draws, groups
+        self.medians: dict = {}
+        self.median: dict = {}  # group -> its median, once known
+
+    def _allocate(self, part: NetworkResult) -> None:
+        (R, C, n, _), S, D = part.delta_norm.shape, self.seeds, self.draws
+        self.per_draw = {name: np.empty((S, R, C, D)) for name in PER_DRAW_MEANS}
+        self.fixed = {name: np.empty((S, R, C, n)) for name in FIXED}
+        self.output_norm, self.clean_accuracy = np.empty((S, n)), np.empty(S)
+        self.medians = {key: StreamMedian(S * n * D * len(key[0]) * len(key[1])) for key in self.groups}
+
+    def add(self, s: int, start: int, part: NetworkResult) -> None:
+        """Batch ``part`` of network ``s``, its draws from ``start`` on."""
+        if not self.medians:
+            self._allocate(part)
+        b = part.delta_norm.shape[-1]
+        if start == 0:
+            for name in FIXED:
+                self.fixed[name][s] = getattr(part, name)
+            self.output_norm[s], self.clean_accuracy[s] = part.output_norm, part.clean_accuracy
+        rel = part.delta_norm / part.output_norm[:, None]  # (ratio, layer, input, draw)
+
+        def over_inputs(a: np.ndarray) -> np.ndarray:  # each draw's mean over its own inputs, contiguous
+            return np.ascontiguousarray(np.moveaxis(a, 2, 3)).mean(axis=3)
+
+        at = (s, slice(None), slice(None), slice(start, start + b))
+        for name, a in (("abs", part.delta_norm), ("rel", rel), ("rel2", rel**2), ("pred", part.pred_changed)):
+            self.per_draw[name][at] = over_inputs(a)
+        self.per_draw["accuracy"][at] = part.accuracy
+        self.add_medians(s, start, part, self.medians)
+
+    def add_medians(self, s: int, start: int, part: NetworkResult, medians: dict) -> None:
+        """Feed the medians: the draws are the units of one network, the networks those of several."""
+        b = part.delta_norm.shape[-1]
+        units = b if self.seeds == 1 else int(start + b == self.draws)
+        rel = part.delta_norm / part.output_norm[:, None]
+        for (ri, li), median in medians.items():
+            median.add(rel[np.ix_(ri, li)], units)
+
+
+def summarise(pool: Pool, ratio_index: list[int], layer_index: list[int], units: str) -> dict:
     """Statistics of the cells (ratio, layer) given, pooled; ``units`` is ``networks`` or ``draws``.
 
     Draws of different (ratio, layer) cells are independent samples of their
-    own cell; pooling them treats every cell as equally likely.
+    own cell; pooling them treats every cell as equally likely. Every draw
+    has the same inputs, so the mean over (input, draw) is the mean of the
+    per-draw means.
     """
-    def cells(a: np.ndarray) -> np.ndarray:  # (ratio, layer, seed, ...) -> (seed, ..., cells)
-        sub = a[np.ix_(ratio_index, layer_index)].reshape(-1, *a.shape[2:])
-        return np.moveaxis(sub, 0, -1)
+    def cells(a: np.ndarray) -> np.ndarray:  # (seed, ratio, layer, ...) -> (seed, ..., cells)
+        sub = a[:, ratio_index][:, :, layer_index]
+        return np.moveaxis(sub.reshape(sub.shape[0], -1, *sub.shape[3:]), 1, -1)
 
-    delta = cells(block.delta_norm)  # (seed, input, draw, cell)
-    rel = delta / block.output_norm[:, :, None, None]
-    per_draw = rel.mean(axis=1)  # (seed, draw, cell): one perturbed network each
+    per_draw = {name: cells(a) for name, a in pool.per_draw.items()}  # (seed, draw, cell)
+    rel = per_draw["rel"]
     # one network: a draw is one sample, whatever the cells pooled (every ratio reuses the same draws)
-    per_unit = per_draw.mean(axis=(1, 2)) if units == "networks" else per_draw.mean(axis=2).ravel()
+    per_unit = rel.mean(axis=(1, 2)) if units == "networks" else rel.mean(axis=2).ravel()
+    v = pool.output_norm[:, :, None]  # (seed, input, 1)
     out = {
-        "mean_abs_change": num(delta.mean()),
+        "mean_abs_change": num(per_draw["abs"].mean()),
         "mean_rel_change": num(rel.mean()),
         "ci95": t_interval(per_unit),
         "ci95_over": units,
-        "median_rel_change": num(np.median(rel)),
-        "rms_rel_change": num(np.sqrt(np.mean(rel**2))),
-        "bound": num(cells(block.bound).mean()),
-        "pred_change_rate": num(cells(block.pred_changed).mean()),
+        "median_rel_change": num(pool.median[(tuple(ratio_index), tuple(layer_index))]),
+        "rms_rel_change": num(np.sqrt(per_draw["rel2"].mean())),
+        "bound": num(cells(pool.fixed["bound"]).mean()),
+        "pred_change_rate": num(per_draw["pred"].mean()),
         # the network's own first-order answer: the small-r prediction of rms_rel_change, and the worst direction
-        "linear_rms_rel": num(np.sqrt(np.mean((cells(block.linear_rms) / block.output_norm[:, :, None]) ** 2))),
-        "worst_linear_rel": num(np.mean(cells(block.worst_linear) / block.output_norm[:, :, None])),
-        "worst_rel": num(np.mean(cells(block.worst_realised) / block.output_norm[:, :, None])),
+        "linear_rms_rel": num(np.sqrt(np.mean((cells(pool.fixed["linear_rms"]) / v) ** 2))),
+        "worst_linear_rel": num(np.mean(cells(pool.fixed["worst_linear"]) / v)),
+        "worst_rel": num(np.mean(cells(pool.fixed["worst_realised"]) / v)),
     }
-    accuracy = cells(block.accuracy)
+    accuracy = per_draw["accuracy"]
     if np.all(np.isfinite(accuracy)):
         out["accuracy"] = num(accuracy.mean())
         out["accuracy_ci95"] = t_interval(accuracy.mean(axis=(1, 2)) if units == "networks"
                                           else accuracy.mean(axis=2).ravel())
-        out["clean_accuracy"] = num(block.clean_accuracy.mean())
+        out["clean_accuracy"] = num(pool.clean_accuracy.mean())
     return out
+
+
+def pooled(spec: Spec, groups: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> Pool:
+    """The block of ``spec``'s single (L, m), pooled batch by batch; a median whose middle fell outside
+    its bracket takes another pass over the same draws (they are the same numbers again)."""
+    (L,), (m,) = spec.grid.L, spec.grid.m
+    pool = Pool(spec, groups)
+    for s, start, part in block_batches(spec, L, m, spec.grid.seeds):
+        pool.add(s, start, part)
+    pending = pool.medians
+    while True:
+        pending = {key: med for key, med in pending.items() if med.result() is None}
+        if not pending:
+            break
+        pending = {key: med.retry() for key, med in pending.items()}
+        for s, start, part in block_batches(spec, L, m, spec.grid.seeds):
+            pool.add_medians(s, start, part, pending)
+        pool.medians.update(pending)
+    pool.median = {key: med.result() for key, med in pool.medians.items()}
+    return pool
 
 
 def estimate(spec: Spec) -> dict:
@@ -75,17 +154,20 @@ def estimate(spec: Spec) -> dict:
         a given network, or one with another activation, gets no random-network theory.
     """
     (L,), (m,) = spec.grid.L, spec.grid.m
-    block = measure_block(spec, L, m, spec.grid.seeds)
+    ratios, layers = spec.grid.ratio, spec.grid.layer
+    every_r, every_l = tuple(range(len(ratios))), tuple(range(len(layers)))
+    groups = {(every_r, every_l), *(((r,), every_l) for r in every_r), *((every_r, (c,)) for c in every_l),
+              *(((r,), (c,)) for r in every_r for c in every_l)}
+    pool = pooled(spec, sorted(groups))
     one_network = spec.network.one_network or len(spec.grid.seeds) == 1
     units = "draws" if one_network else "networks"
     counts = {"n_networks": 1 if spec.network.one_network else len(spec.grid.seeds),
               "n_inputs": spec.network.n_inputs, "n_draws": spec.noise.draws}
-    ratios, layers = spec.grid.ratio, spec.grid.layer
     # the random-network theory is that of ReLU networks at random init
     random_init = not spec.network.init_is_file and spec.network.activation == "relu"
 
     def summary(ri: list[int], li: list[int]) -> dict:
-        out = {**summarise(block, ri, li, units), **counts}
+        out = {**summarise(pool, ri, li, units), **counts}
         if random_init and len(ri) == 1:
             from .analysis.theory import attenuation
 
