@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from .network import (NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, spectral_norm_estimate,
                       stream)
 from .noise import LayerNoise, matrix_norm
-from .config import PIECE_BYTES
+from . import config
 from .sizes import draws_per_batch, draws_per_piece
 from .spec import Spec
 
@@ -151,7 +151,7 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
     n = (clean.output if given else clean).shape[1]
     first = origins[0] if given and origins else 1
     rows = max([s[0] for s in net.shapes[first - 1:]], default=0)
-    default = max(1, PIECE_BYTES // (n * max(rows, 1) * np.dtype(net.dtype).itemsize)) * n
+    default = max(1, config.PIECE_BYTES // (n * max(rows, 1) * np.dtype(net.dtype).itemsize)) * n
     pieces = {i: [int(p) for p in c] if isinstance(c, Sequence) else
               [min(default, c - s) for s in range(0, c, default)] for i, c in columns.items()}
     counts = {i: sum(p) for i, p in pieces.items()}

@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 Z = 6.0  # standard errors of rank kept on each side of the current middle
-CAP = 2**20  # values kept before the bracket first narrows
+CAP = 2**16  # values kept before the bracket first narrows
 
 
 class StreamMedian:
@@ -36,12 +36,13 @@ class StreamMedian:
     Args:
         total: how many values the stream will have (NaN included).
         lo, hi: a bracket known to hold the middle (from :meth:`retry`); values outside are counted.
-        cap: values kept before narrowing; after narrowing, twice what is kept.
+        cap: values kept before narrowing (by default CAP); after narrowing, twice what is kept.
         z: the half-width of the bracket in standard errors of rank.
     """
 
-    def __init__(self, total: int, lo: float = -math.inf, hi: float = math.inf, cap: int = CAP, z: float = Z):
-        self.total, self.lo, self.hi, self.cap, self.z = total, lo, hi, cap, z
+    def __init__(self, total: int, lo: float = -math.inf, hi: float = math.inf, cap: int | None = None,
+                 z: float = Z):
+        self.total, self.lo, self.hi, self.cap, self.z = total, lo, hi, CAP if cap is None else cap, z
         self.ranks = ((total - 1) // 2, total // 2)  # the middle one or two, 0-based (np.median averages two)
         self.below = self.above = self.seen = self.units = 0
         self.parts: list[np.ndarray] = []

@@ -29,7 +29,8 @@ import math
 import numpy as np
 
 from .activations import activation, per_layer
-from .config import DRAW_BATCH_BYTES, PIECE_BYTES, env_size
+from . import config
+from .config import DRAW_BATCH_BYTES, env_size
 from .errors import SpecError
 from .network import keeps_weights, layer_shapes
 from .noise import BATCH_BYTES, TABLE_INPUTS
@@ -173,7 +174,7 @@ def draws_per_piece(shapes, n: int, ratios: int, dtype) -> int:
     one). A column's numbers depend on the shape of the product it is in, so a piece is the same
     whatever the batch; batches are whole pieces."""
     rows = max(a for a, _ in shapes)
-    return max(1, PIECE_BYTES // (ratios * n * rows * np.dtype(dtype).itemsize))
+    return max(1, config.PIECE_BYTES // (ratios * n * rows * np.dtype(dtype).itemsize))
 
 
 def limit(name: str) -> int:
