@@ -101,6 +101,20 @@ class Clock:
         finally:
             self.into[phase] = self.into.get(phase, 0.0) + time.perf_counter() - start
 
+    @contextlib.contextmanager
+    def moved(self, source: str, phase: str):
+        """Inside ``source``'s timing: the seconds of the body go to ``phase`` instead."""
+        if self.into is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.into[phase] = self.into.get(phase, 0.0) + seconds
+            self.into[source] = self.into.get(source, 0.0) - seconds
+
 
 Fill = Callable[[np.ndarray, int, int], None]
 Visit = Callable[[int, np.ndarray, np.ndarray], "np.ndarray | Fill | None"]
@@ -166,7 +180,7 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
     size = rows * sum(width for _, _, width in spans)
     buf_in, buf_out = (_buffer(workspace, name, size, net.dtype) for name in ("in", "out"))
     scratch = np.empty((rows, widest), dtype=bool)
-    final = {}  # the output's change, piece by piece
+    delta, argmax = np.empty(total), np.empty(total, dtype=np.int64)  # ||v' - v|| and argmax v' per column
     flips = np.zeros(total, dtype=np.int64)
     alive = np.ones(total, dtype=bool)  # some unit of the perturbed layer is on
     pre, post = (list(clean.pre), list(clean.post)) if given else ([], [])
@@ -192,6 +206,8 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
                 continue
             n_out, n_in = w.shape
             act = net.activations[j - 1] if j < net.depth else None
+            if act is None:  # the clean output, tiled
+                clean_out = np.tile(z.astype(np.float64), (1, widest // n))
             if act is not None:  # the clean values of a piece, tiled: n inputs, input fastest
                 tiled = np.tile(z, (1, widest // n))
                 zcut, on = -np.maximum(tiled, 0) if act.zero_below else -tiled, tiled > 0
@@ -207,11 +223,15 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
                         dead = np.flatnonzero(~alive[c0:c1])
                         block[:, dead] = (0 if b is None else b[:, None]) - z[:, (c0 + dead) % n]
                 elif callable(cols):
-                    cols(block[:, :cc], c0 - active, c1 - active)
+                    with clock.moved("kernel", "noise"):
+                        cols(block[:, :cc], c0 - active, c1 - active)
                 else:
                     block[:, :cc] = cols[:, c0 - active:c1 - active]
-                if act is None:
-                    final[c0] = block[:, :cc]
+                if act is None:  # the output's change: its norm and the perturbed prediction, while in cache
+                    moved = block[:, :cc].astype(np.float64)
+                    delta[c0:c1] = np.linalg.norm(moved, axis=0)
+                    moved += clean_out[:, :cc]
+                    argmax[c0:c1] = moved.argmax(axis=0)
                     continue
                 t, d = block[:, :cc], scratch[:n_out, :cc]
                 if act.zero_below:
@@ -238,11 +258,6 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
     fwd = Forward(tuple(pre), tuple(post))
     if not active:
         return fwd, {}
-    with clock("kernel"):
-        moved = np.concatenate([final[c0] for c0 in sorted(final)], axis=1, dtype=np.float64)  # k x columns
-        delta = np.linalg.norm(moved, axis=0)
-        v = fwd.output.astype(np.float64)
-        argmax = (moved.reshape(v.shape[0], -1, n) + v[:, None, :]).argmax(axis=0).ravel()
     return fwd, {i: Moved(delta[s], flips[s], argmax[s])
                  for i in origins for s in [slice(starts[i], starts[i] + counts[i])]}
 
@@ -499,15 +514,16 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             with clock("noise"):
                 if j not in sources:
                     sources[j] = LayerNoise(rng_for_layer(j), w.shape, h, distribution, norm, sizes[j], net.dtype)
-                u = sources[j].draw_major(b)  # (draw, n_j, input) at ratio 1
-                if worst:
-                    u = np.concatenate([u, linear[j].direction[None]])
 
             def fill(out: np.ndarray, start: int, stop: int) -> None:
-                """r u for the columns [start, stop), whole draws: (n_j, draw, ratio, input)."""
-                mine = u[start // (R * n):stop // (R * n)].transpose(1, 0, 2)[:, :, None, :]
+                """r u for the columns [start, stop), whole draws: (n_j, draw, ratio, input). The pieces come in
+                order, and each draws its own noise (the same draws whatever the batches): it is still in cache."""
+                if start == b * R * n:  # the worst direction, after the batch's draws
+                    u = linear[j].direction[None]
+                else:
+                    u = sources[j].draw_major((stop - start) // (R * n))  # (draw, n_j, input) at ratio 1
                 # in float64 (the ratios are), rounded once to the working precision
-                np.multiply(mine, ratios[:, None], out=out.reshape(u.shape[1], -1, R, n))
+                np.multiply(u.transpose(1, 0, 2)[:, :, None, :], ratios[:, None], out=out.reshape(u.shape[1], -1, R, n))
             return fill
         return visit
 
