@@ -78,8 +78,11 @@ class Pool:
         b = part.delta_norm.shape[-1]
         units = b if self.seeds == 1 else int(start + b == self.draws)
         rel = part.delta_norm / part.output_norm[:, None]
+        nan = bool(np.isnan(rel).any())
         for (ri, li), median in medians.items():
-            median.add(rel[np.ix_(ri, li)], units)
+            cells = [(r, c) for r in ri for c in li]
+            for r, c in cells:  # a cell at a time (a view), the units with the group's last
+                median.add(rel[r, c], units if (r, c) == cells[-1] else 0, nan)
 
 
 def summarise(pool: Pool, ratio_index: list[int], layer_index: list[int], units: str) -> dict:

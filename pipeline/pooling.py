@@ -49,17 +49,22 @@ class StreamMedian:
         self.kept = 0
         self.nan = False
 
-    def add(self, values: np.ndarray, units: int) -> None:
-        """The next values of the stream, which complete ``units`` more independent units."""
+    def add(self, values: np.ndarray, units: int, nan: bool | None = None) -> None:
+        """The next values of the stream, which complete ``units`` more independent units; ``nan``: whether
+        they hold a NaN, when the caller knows."""
         v = np.asarray(values, dtype=np.float64).ravel()
         self.seen += v.size
         self.units += units
-        if self.nan or np.isnan(v).any():  # np.median of anything with a NaN is NaN
+        if self.nan or (np.isnan(v).any() if nan is None else nan):  # np.median of anything with a NaN is NaN
             self.nan, self.parts, self.kept = True, [], 0
             return
-        inside = v[(v >= self.lo) & (v <= self.hi)]
-        self.below += int(np.count_nonzero(v < self.lo))
-        self.above += v.size - inside.size - int(np.count_nonzero(v < self.lo))
+        if self.lo == -math.inf and self.hi == math.inf:
+            inside = v.copy()
+        else:
+            inside = v[(v >= self.lo) & (v <= self.hi)]
+            below = int(np.count_nonzero(v < self.lo))
+            self.below += below
+            self.above += v.size - inside.size - below
         self.parts.append(inside)
         self.kept += inside.size
         if self.kept > self.cap:
