@@ -72,7 +72,7 @@ class StreamMedian:
 
     def _narrow(self) -> None:
         """Drop the kept values more than z standard errors of rank away from the middle's expected place."""
-        kept = np.sort(np.concatenate(self.parts))
+        kept = np.concatenate(self.parts)
         p = (self.ranks[0] + 0.5) / self.total  # the middle's quantile in the whole stream
         where = p * self.seen  # and its expected rank among the values seen so far
         spread = self.z * math.sqrt(p * (1 - p) / max(self.units, 1)) * self.seen + 1
@@ -80,14 +80,14 @@ class StreamMedian:
         last = min(kept.size - 1, math.ceil(where + spread) - self.below)
         if first > last:  # the middle's expected place is outside what is kept: keep everything, let result() tell
             first, last = 0, kept.size - 1
-        lo, hi = kept[first], kept[last]
-        low, high = np.searchsorted(kept, lo, "left"), np.searchsorted(kept, hi, "right")  # ties stay
-        self.below += int(low)
-        self.above += int(kept.size - high)
+        lo, hi = np.partition(kept, [first, last])[[first, last]]  # order statistics: no sort needed
+        inside = kept[(kept >= lo) & (kept <= hi)]  # ties stay
+        below = int(np.count_nonzero(kept < lo))
+        self.below += below
+        self.above += kept.size - inside.size - below
         self.lo, self.hi = max(self.lo, lo), min(self.hi, hi)
-        kept = kept[low:high]
-        self.parts, self.kept = [kept], kept.size
-        self.cap = max(self.cap, 2 * kept.size)
+        self.parts, self.kept = [inside], inside.size
+        self.cap = max(self.cap, 2 * inside.size)
 
     def result(self) -> float | None:
         """The median of the whole stream, or None when its middle fell outside the bracket (see retry)."""
