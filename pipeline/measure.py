@@ -175,9 +175,17 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
     # each piece is a block of its own, (units, columns) for every layer: its rows are short and close
     # together. A piece of one column gets two: a product with one column is a GEMV, whose rounding differs
     # from a GEMM's, and a batch of one draw must give the numbers of any other batch.
+    # Depth first when the network holds its matrices: each piece goes through all its layers in a pair of
+    # piece-sized buffers, in cache. A network that draws a matrix again at each fetch goes layer by layer,
+    # every piece of a layer before the next, in buffers of the whole batch (each piece a block of its own).
+    depth_first = getattr(net, "holds_weights", True)
     spans = [(c0, c1, max(c1 - c0, 2)) for c0, c1 in _pieces(starts, pieces, max(origins, default=0))]
-    offset = dict(zip((c0 for c0, _, _ in spans), np.cumsum([0] + [rows * width for _, _, width in spans])))
-    size = rows * sum(width for _, _, width in spans)
+    if depth_first:
+        offset = {c0: 0 for c0, _, _ in spans}
+        size = rows * max([width for _, _, width in spans], default=0)
+    else:
+        offset = dict(zip((c0 for c0, _, _ in spans), np.cumsum([0] + [rows * width for _, _, width in spans])))
+        size = rows * sum(width for _, _, width in spans)
     buf_in, buf_out = (_buffer(workspace, name, size, net.dtype) for name in ("in", "out"))
     scratch = np.empty((rows, widest), dtype=bool)
     delta, argmax = np.empty(total), np.empty(total, dtype=np.int64)  # ||v' - v|| and argmax v' per column
@@ -185,8 +193,54 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
     alive = np.ones(total, dtype=bool)  # some unit of the perturbed layer is on
     pre, post = (list(clean.pre), list(clean.post)) if given else ([], [])
     h = None if given else np.asarray(clean, net.dtype)
-    active = 0  # columns in use: those of origins <= j
+    layers = {}  # j -> what the step of layer j needs (depth first: every layer's, until the pieces are done)
 
+    def step(j: int, c0: int, c1: int, src: np.ndarray, dst: np.ndarray, new: bool) -> None:
+        """Layer j on the columns [c0, c1): their product with W_j from ``src`` (or, at their origin, their
+        perturbation), then the activation's difference and the flips, or at the output the change's
+        norm and the prediction; into ``dst``."""
+        w, b, z, act, cols, active, tiles = layers[j]
+        (n_out, n_in), cc = w.shape, c1 - c0
+        width, at = max(cc, 2), offset[c0]
+        block = dst[at:at + n_out * width].reshape(n_out, width)
+        if not new:
+            np.matmul(w, src[at:at + n_in * width].reshape(n_in, width), out=block)
+            if not alive[c0:c1].all():
+                # every unit off: z' is exactly b_j (or 0), so delta = b_j - z_j; the GEMM's rounding
+                # would leave z + delta a few ulps from b_j, and a tie at 0 would go either way
+                dead = np.flatnonzero(~alive[c0:c1])
+                block[:, dead] = (0 if b is None else b[:, None]) - z[:, (c0 + dead) % n]
+        elif callable(cols):
+            with clock.moved("kernel", "noise"):
+                cols(block[:, :cc], c0 - active, c1 - active)
+        else:
+            block[:, :cc] = cols[:, c0 - active:c1 - active]
+        if act is None:  # the output's change: its norm and the perturbed prediction, while in cache
+            moved = block[:, :cc].astype(np.float64)
+            delta[c0:c1] = np.linalg.norm(moved, axis=0)
+            moved += tiles[:, :cc]
+            argmax[c0:c1] = moved.argmax(axis=0)
+            return
+        t, d = block[:, :cc], scratch[:n_out, :cc]
+        tiled, zneg, zcut, on = tiles
+        if act.zero_below:
+            # relu(z + delta) - relu(z); a unit is on afterwards iff delta + min(z, 0) > -max(z, 0)
+            t += zneg[:, :cc]
+            np.greater(t, zcut[:, :cc], out=d)
+            np.any(d, axis=0, out=alive[c0:c1])
+            np.not_equal(d, on[:, :cc], out=d)
+            np.maximum(t, zcut[:, :cc], out=t)
+        else:
+            # f(z + delta) - f(z) by the activation's own cancellation-free formula; a unit's state
+            # is the sign of its pre-activation, z + delta > 0 iff delta > -z (an exact comparison)
+            alive[c0:c1] = True
+            np.greater(t, zcut[:, :cc], out=d)
+            np.not_equal(d, on[:, :cc], out=d)
+            t[...] = act.difference(tiled[:, :cc], t)
+        # bytes summed into 16 bits: several times faster than numpy's bool sum, exact below 65536 rows
+        flips[c0:c1] += np.add.reduce(d.view(np.uint8), axis=0, dtype=np.uint16 if n_out < 2**16 else np.int64)
+
+    active = 0  # columns in use: those of origins <= j
     for j in range(first, net.depth + 1):
         with clock("weights"):
             w, b = net.params(j)
@@ -204,57 +258,31 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
             z, new = pre[j - 1], counts[j] if cols is not None else 0
             if not active + new:
                 continue
-            n_out, n_in = w.shape
             act = net.activations[j - 1] if j < net.depth else None
             if act is None:  # the clean output, tiled
-                clean_out = np.tile(z.astype(np.float64), (1, widest // n))
-            if act is not None:  # the clean values of a piece, tiled: n inputs, input fastest
+                tiles = np.tile(z.astype(np.float64), (1, widest // n))
+            else:  # the clean values of a piece, tiled: n inputs, input fastest
                 tiled = np.tile(z, (1, widest // n))
-                zcut, on = -np.maximum(tiled, 0) if act.zero_below else -tiled, tiled > 0
-                zneg = np.minimum(tiled, 0) if act.zero_below else None
-            for c0, c1 in _pieces(starts, pieces, j):
-                cc, width, at = c1 - c0, max(c1 - c0, 2), offset[c0]
-                block = buf_out[at:at + n_out * width].reshape(n_out, width)
-                if c0 < active:
-                    np.matmul(w, buf_in[at:at + n_in * width].reshape(n_in, width), out=block)
-                    if not alive[c0:c1].all():
-                        # every unit off: z' is exactly b_j (or 0), so delta = b_j - z_j; the GEMM's rounding
-                        # would leave z + delta a few ulps from b_j, and a tie at 0 would go either way
-                        dead = np.flatnonzero(~alive[c0:c1])
-                        block[:, dead] = (0 if b is None else b[:, None]) - z[:, (c0 + dead) % n]
-                elif callable(cols):
-                    with clock.moved("kernel", "noise"):
-                        cols(block[:, :cc], c0 - active, c1 - active)
-                else:
-                    block[:, :cc] = cols[:, c0 - active:c1 - active]
-                if act is None:  # the output's change: its norm and the perturbed prediction, while in cache
-                    moved = block[:, :cc].astype(np.float64)
-                    delta[c0:c1] = np.linalg.norm(moved, axis=0)
-                    moved += clean_out[:, :cc]
-                    argmax[c0:c1] = moved.argmax(axis=0)
-                    continue
-                t, d = block[:, :cc], scratch[:n_out, :cc]
-                if act.zero_below:
-                    # relu(z + delta) - relu(z); a unit is on afterwards iff delta + min(z, 0) > -max(z, 0)
-                    t += zneg[:, :cc]
-                    np.greater(t, zcut[:, :cc], out=d)
-                    np.any(d, axis=0, out=alive[c0:c1])
-                    np.not_equal(d, on[:, :cc], out=d)
-                    np.maximum(t, zcut[:, :cc], out=t)
-                else:
-                    # f(z + delta) - f(z) by the activation's own cancellation-free formula; a unit's state
-                    # is the sign of its pre-activation, z + delta > 0 iff delta > -z (an exact comparison)
-                    alive[c0:c1] = True
-                    np.greater(t, zcut[:, :cc], out=d)
-                    np.not_equal(d, on[:, :cc], out=d)
-                    t[...] = act.difference(tiled[:, :cc], t)
-                # bytes summed into 16 bits: several times faster than numpy's bool sum, exact below 65536 rows
-                flips[c0:c1] += np.add.reduce(d.view(np.uint8), axis=0,
-                                              dtype=np.uint16 if n_out < 2**16 else np.int64)
+                tiles = (tiled, np.minimum(tiled, 0) if act.zero_below else None,
+                         -np.maximum(tiled, 0) if act.zero_below else -tiled, tiled > 0)
+            layers[j] = (w, b, z, act, cols, active, tiles)
+            if not depth_first:
+                for c0, c1 in _pieces(starts, pieces, j):
+                    step(j, c0, c1, buf_in, buf_out, c0 >= active)
+                if j < net.depth:
+                    buf_in, buf_out = buf_out, buf_in
+                del layers[j]
             active += new
-            if j < net.depth:
-                buf_in, buf_out = buf_out, buf_in
         del w, b
+    if depth_first:
+        with clock("kernel"):
+            for i in origins:
+                for c0, c1 in _pieces(starts, {i: pieces[i]}, i):
+                    src, dst = buf_in, buf_out
+                    for j in range(i, net.depth + 1):
+                        step(j, c0, c1, src, dst, j == i)
+                        src, dst = dst, src
+        layers.clear()
     fwd = Forward(tuple(pre), tuple(post))
     if not active:
         return fwd, {}
@@ -493,7 +521,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     piece = piece_draws or draws_per_piece(net.shapes, n, R, net.dtype)
     if batch_draws is None:
         smooth = any(not a.piecewise_linear for a in net.activations)
-        batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth)
+        batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth, net.holds_weights)
     batch_draws = max(1, batch_draws // piece) * piece  # whole pieces: the same products in every batch
     sizes, norms, linear, sources = {}, np.full(net.depth, np.nan), {}, {}
 

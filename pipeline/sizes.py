@@ -123,11 +123,12 @@ def block_peak_bytes(spec) -> int:
     present = sum(1 for i in g.layer if i <= L)
     smooth = any(not activation(a).piecewise_linear for r in net.read or [None]
                  for a in (r.activations if r else per_layer(net.activation, L)))
-    batch = min(nz.draws, draws_per_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth))
-    work = batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth) * (batch + 1)
-    # a piece's clean values tiled (the values, min(z, 0) and -max(z, 0), and the on/off states) and its mask
-    work += rows * n * len(g.ratio) * min(batch, draws_per_piece(shapes, n, len(g.ratio), spec.compute.dtype)) \
-        * (3 * item + 2)
+    held = net.init_is_file or keeps_weights(shapes, spec.compute.dtype)  # the kernel goes depth first
+    batch = min(nz.draws, draws_per_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth, held))
+    work = batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth, held) * (batch + 1)
+    work += piece_bytes(shapes, n, len(g.ratio), min(batch, draws_per_piece(shapes, n, len(g.ratio),
+                                                                            spec.compute.dtype)),
+                        spec.compute.dtype, smooth, held)
     work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
     if nz.distribution == "rademacher" or n >= min(b for _, b in shapes):
         # eta is formed a batch of draws at a time (pipeline/noise.py): signs as bytes and in the working
@@ -147,25 +148,39 @@ def block_peak_bytes(spec) -> int:
     return int(weights + workspace + work + results)
 
 
-def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
-    """Working memory of one draw in a batch (pipeline/measure.py): its columns (one per input, ratio
-    and perturbed layer) in two buffers of the widest layer and a mask, one layer's noise at every ratio
-    (float64 and copies), the float64 temporaries of a smooth activation's difference, and the draw's
-    results (change, flips, prediction)."""
-    rows = max(a for a, _ in shapes)
+def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False,
+                held: bool = True) -> int:
+    """Working memory of one draw in a batch (pipeline/measure.py): the results of its columns (one per
+    input, ratio and perturbed layer: the change, flips, prediction and their copies in the batch's
+    arrays), and, for a network that does not hold its matrices (the kernel goes layer by layer), the
+    columns in two buffers of the widest layer. The pieces' own memory is :func:`piece_bytes`."""
     columns = n * ratios * present
-    per_draw = rows * columns * (2 * np.dtype(dtype).itemsize + 1) + 24 * rows * ratios * n
+    per_draw = 80 * columns
+    if not held:
+        per_draw += 2 * max(a for a, _ in shapes) * columns * np.dtype(dtype).itemsize
+    return int(per_draw)
+
+
+def piece_bytes(shapes, n: int, ratios: int, draws: int, dtype, smooth: bool = False, held: bool = True) -> int:
+    """Working memory of the kernel's pieces of ``draws`` draws: two buffers of the widest layer (depth
+    first), a mask, the noise of a piece (float64, and its copy at every ratio), the clean values tiled
+    for every layer (depth first) or one, and the float64 temporaries of a smooth activation's difference."""
+    rows, item = max(a for a, _ in shapes), np.dtype(dtype).itemsize
+    columns = n * ratios * draws
+    out = rows * columns * (2 * item * held + 1) + 16 * rows * n * draws
+    out += rows * columns * (3 * item + 1) * (len(shapes) if held else 1)
     if smooth:
-        per_draw += 12 * 8 * rows * columns
-    return int(per_draw + 3 * 8 * columns)
+        out += 12 * 8 * rows * columns
+    return int(out)
 
 
-def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
+def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False,
+                    held: bool = True) -> int:
     """Draws per batch of the kernel: as many as fit NNSWEEP_DRAW_BATCH_MEMORY, a whole number of
-    :func:`draws_per_piece` (at least one piece)."""
+    :func:`draws_per_piece` (at least one piece). ``held``: the network holds its matrices."""
     budget = env_size("NNSWEEP_DRAW_BATCH_MEMORY", DRAW_BATCH_BYTES)
     piece = draws_per_piece(shapes, n, ratios, dtype)
-    return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth) // piece) * piece
+    return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth, held) // piece) * piece
 
 
 def draws_per_piece(shapes, n: int, ratios: int, dtype) -> int:

@@ -416,3 +416,19 @@ def test_a_store_written_in_batches_equals_one_written_in_one(tmp_path, monkeypa
     spec = Spec.from_dict(raw)
     assert len(list(block_batches(spec, 2, 8, (0, 1)))) == 2 * 12
     assert_bit_identical(read_arrays(build_store(tmp_path / "many.zarr", raw)), one, "batches of one draw")
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_depth_first_and_layer_by_layer_give_the_same_bits(tiny_spec, monkeypatch, activation):
+    """A network that holds its matrices takes each piece through every layer at once; one that draws them
+    again at each fetch (NNSWEEP_KEEP_WEIGHTS=0) goes layer by layer. Same numbers, in several batches."""
+    monkeypatch.setattr(config, "PIECE_BYTES", 1)
+    monkeypatch.setenv("NNSWEEP_DRAW_BATCH_MEMORY", "1")
+    spec = tiny_spec(grid={"L": [3], "m": [12], "ratio": [0.01, 0.4], "seeds": 2}, noise={"draws": 5},
+                     network={"n_inputs": 3, "bias_std": 0.1, "activation": activation})
+    held = measure_block(spec, 3, 12, (0, 1))
+    monkeypatch.setenv("NNSWEEP_KEEP_WEIGHTS", "0")
+    drawn = measure_block(spec, 3, 12, (0, 1))
+    for name in RESULT_FIELDS:
+        np.testing.assert_array_equal(getattr(drawn, name), getattr(held, name), err_msg=name)
+    assert np.all(np.isfinite(held.delta_norm)) and held.hidden_flip_fraction.max() > 0
