@@ -67,7 +67,7 @@ class StreamMedian:
             self.above += v.size - inside.size - below
         self.parts.append(inside)
         self.kept += inside.size
-        if self.kept > self.cap:
+        if self.kept > self.cap and units:  # only once whole units are in: a part of one is no fair sample
             self._narrow()
 
     def _narrow(self) -> None:
