@@ -6,6 +6,11 @@ over inputs and draws is one sample, so the confidence interval reflects
 network-to-network variation. With one network (a single file, or one seed)
 it is the noise draw: each draw is one perturbed network applied to every
 input, so its mean over the inputs is one sample.
+
+The draws are pooled batch by batch (:class:`Pool`): the memory is a batch's,
+the per-draw means and what the exact medians keep (about z n sqrt(draws)
+values per group for n inputs, :mod:`pipeline.pooling`), never every
+(input, draw) value; and every number is the same whatever the batches.
 """
 
 from __future__ import annotations

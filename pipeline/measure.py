@@ -2,13 +2,14 @@
 
 Plain numpy, no Dask, no zarr. Layers before the perturbed one are not rerun:
 the clean pass is kept, the perturbation enters at layer i as z_i + eta @ h_{i-1},
-and from there the perturbed columns travel through the remaining layers as
-one matrix product, holding their difference from the clean pass. With n
-inputs, one eta per draw perturbs all of them. Columns perturbed at different
-layers share every later weight matrix, so at layer j the columns of all
-origins i < j go through W_j in a single GEMM (:func:`run_pass`, which fetches
-each weight matrix once per pass; with the linear answer a network takes three
-passes: clean, backward, perturbed).
+and from there the perturbed columns travel through the remaining layers in
+matrix products (GEMM), holding their difference from the clean pass. With n
+inputs, one eta per draw perturbs all of them. The columns go in pieces of a
+few draws (every ratio and input of them), each through W_j as one GEMM and
+through the activation while in cache (:func:`run_pass`, which fetches each
+weight matrix once per pass; with the linear answer a network takes three
+passes: clean, backward, perturbed). Draws run in batches of whole pieces
+(:func:`network_batches`), and the numbers do not depend on the batches.
 """
 
 from __future__ import annotations

@@ -96,9 +96,9 @@ def block_peak_bytes(spec) -> int:
 
     A model of pipeline/measure.py, one network at a time: its weights (all of
     them when the network keeps them, see :func:`pipeline.network.keeps_weights`,
-    else the matrix in use and the one being drawn), the perturbed columns of
-    every input, ratio, present layer and draw in two buffers of the widest
-    layer in the working precision plus a mask, the noise of one layer, the
+    else the matrix in use and the one being drawn), a batch of draws
+    (:func:`batch_bytes`: their results, and their columns when the kernel
+    goes layer by layer) and the kernel's pieces (:func:`piece_bytes`), the
     Jacobians, the workspaces of the norms, and the block's results.
     tests/test_sizes.py checks it against the peak that tracemalloc measures.
     """
