@@ -217,7 +217,7 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
         else:
             block[:, :cc] = cols[:, c0 - active:c1 - active]
         if act is None:  # the output's change: its norm and the perturbed prediction, while in cache
-            moved = block[:, :cc].astype(np.float64)
+            moved = block[:, :cc].astype(np.float64, copy=False)  # (the block is not needed after this)
             delta[c0:c1] = np.linalg.norm(moved, axis=0)
             moved += tiles[:, :cc]
             argmax[c0:c1] = moved.argmax(axis=0)
