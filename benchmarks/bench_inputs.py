@@ -1,38 +1,45 @@
-"""Kernel cost per (input, draw): one input against a set of inputs sharing each eta.
+"""Kernel cost per (input, draw): one input against a set of inputs sharing each eta; and a whole
+``nnsweep estimate`` on a data set against the machine's limit.
 
-With n inputs, every draw is one perturbed matrix applied to all n of them:
+Part 1. With n inputs, every draw is one perturbed matrix applied to all n of them:
 the noise for all inputs comes from one thin QR of the layer's clean inputs
-(O(n_out n) numbers per draw instead of n_out n_in), and the perturbed columns
-of all inputs go through the remaining layers in the same GEMMs. So the cost
-of one (input, draw) should not grow with n. This times the kernel
-(pipeline.measure.measure_network, every layer perturbed, one ratio) on one
-He-init network for several n at the same number of (input, draw) columns,
-side by side in one run, BLAS pinned to one thread, best of --repeat: the
-Monte Carlo kernel alone, and with each network's linear answer (a backward
-pass per input, whose cost is per input, not per draw).
+(O(n_out n) numbers per draw instead of n_out n_in), or from eta itself when
+n >= n_in, and the perturbed columns of all inputs go through the remaining
+layers in the same GEMMs. So the cost of one (input, draw) should not grow
+with n. This times the kernel (pipeline.measure.measure_network, every layer
+perturbed, one ratio) on one He-init network for several n at the same number
+of (input, draw) columns, side by side in one run, BLAS pinned to one thread,
+best of --repeat: the Monte Carlo kernel alone, and with each network's linear
+answer (a backward pass of k columns per input, whose cost is per input, not
+per draw: at a few draws per input it is as large as the draws themselves).
+
+Part 2 (--estimate). The whole ``nnsweep estimate`` command on a data set, run
+as its own process (wall time, CPU time, peak resident memory), against the
+limit of the same work measured in the same run: the GEMM flops of eta H
+(2 n_out min(n, n_in) n per draw and layer) and of the layers after each
+perturbed one for every column (ratio, input, draw), at this machine's
+single-thread float64 GEMM rate (np.matmul of m x m by m x 1024, measured before
+and after, the best of the two), plus the standard normals of eta
+(n_out min(n, n_in) per draw and layer) at the machine's normal rate.
 
 Usage:
-    python benchmarks/bench_inputs.py                       # L=4 m=256 d=784 k=10, 1024 columns
-    python benchmarks/bench_inputs.py --n 1 8 64 --json
+    python benchmarks/bench_inputs.py                       # L=4 m=256 d=784 k=10, 8192 columns
+    python benchmarks/bench_inputs.py --n 1 8 64 --columns 1024 --json
+    python benchmarks/bench_inputs.py --n --estimate        # part 2 alone: the command of issue 18
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-
-from pipeline.measure import measure_network  # noqa: E402
-from pipeline.network import Network, layer_shapes  # noqa: E402
+import machine  # noqa: E402  (benchmarks/machine.py: imports numpy only inside its functions)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,14 +48,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--m", type=int, default=256)
     p.add_argument("--d", type=int, default=784)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--columns", type=int, default=1024, help="inputs x draws per layer, the same for every n")
-    p.add_argument("--n", type=int, nargs="+", default=[1, 4, 16, 64, 256], help="numbers of inputs to compare")
+    p.add_argument("--columns", type=int, default=8192, help="inputs x draws per layer, the same for every n")
+    p.add_argument("--n", type=int, nargs="*", default=[1, 4, 16, 64, 256], help="numbers of inputs to compare")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--estimate", action="store_true", help="part 2: the whole estimate against the limit")
+    p.add_argument("--estimate-network", default="3,128,64,10,360", metavar="L,m,d,k,n",
+                   help="its network and number of inputs [3,128,64,10,360]")
+    p.add_argument("--estimate-draws", type=int, default=2000)
+    p.add_argument("--estimate-ratios", default="0.01,0.1,0.3")
+    p.add_argument("--rate-repeats", type=int, default=7, help="timings of each rate (best taken)")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
 
-def time_one(net: Network, x: np.ndarray, draws: int, labels: np.ndarray, repeat: int, linear: bool) -> float:
+def time_one(net, x, draws: int, labels, repeat: int, linear: bool) -> float:
+    import numpy as np
+
+    from pipeline.measure import measure_network
+
     layers = tuple(range(1, net.depth + 1))
     best = np.inf
     for r in range(repeat):
@@ -59,8 +76,13 @@ def time_one(net: Network, x: np.ndarray, draws: int, labels: np.ndarray, repeat
     return best
 
 
-def main(argv=None) -> dict:
-    a = parse_args(argv)
+def kernel_rows(a) -> list[dict]:
+    """Part 1: seconds per (input, draw) for each n, side by side."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from pipeline.network import Network, layer_shapes
+
     rng = np.random.default_rng(0)
     net = Network(tuple(rng.standard_normal(s) * np.sqrt(2.0 / s[1]) for s in layer_shapes(a.L, a.m, a.d, a.k)))
     rows = []
@@ -78,23 +100,79 @@ def main(argv=None) -> dict:
     for key in ("us_per_input_draw", "us_per_input_draw_with_linear"):
         for r in rows:
             r[key.replace("us_per_input_draw", "relative_to_first")] = r[key] / rows[0][key]
-    result = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                          "numpy": np.__version__, "blas_threads": 1},
-              "network": {"L": a.L, "m": a.m, "d": a.d, "k": a.k, "layers_perturbed": "all", "ratios": 1},
-              "rows": rows}
+    return rows
+
+
+def estimate_work(L: int, m: int, d: int, k: int, n: int, draws: int, ratios: int) -> dict:
+    """The limit's work for ``nnsweep estimate`` perturbing every layer: GEMM flops and normals.
+
+    >>> w = estimate_work(2, 4, 3, 2, 5, 10, 1)  # n >= n_in: eta formed; flops of eta H, then W_2 for layer 1
+    >>> w["flops"] == 10 * (2 * 4 * 3 * 5 + 2 * 2 * 4 * 5 + 2 * 2 * 4 * 5), w["normals"] == 10 * (4 * 3 + 2 * 4)
+    (True, True)
+    """
+    from pipeline.network import layer_shapes
+
+    shapes = layer_shapes(L, m, d, k)
+    flops = normals = 0
+    for i, (n_out, n_in) in enumerate(shapes):
+        q = min(n, n_in)
+        flops += 2 * n_out * q * n  # eta H: formed (q = n_in), or Z R from the thin QR (q = n)
+        normals += n_out * q
+        flops += sum(2 * a * b for a, b in shapes[i + 1:]) * ratios * n  # every column through the later layers
+    return {"flops": draws * flops, "normals": draws * normals}
+
+
+def estimate_part(a, launcher) -> dict:
+    """Part 2: the whole command, and its limit with the rates measured before and after it."""
+    L, m, d, k, n = (int(v) for v in a.estimate_network.split(","))
+    ratios = a.estimate_ratios
+    command = ["nnsweep", "estimate", "--L", L, "--m", m, "--d", d, "--k", k, "--n-inputs", n, "--seeds", 1,
+               "--draws", a.estimate_draws, "--ratio", ratios, "--layer", "all"]
+    work = estimate_work(L, m, d, k, n, a.estimate_draws, len(ratios.split(",")))
+    with machine.bracket(lambda: machine.gemm_rate(m, 1024, repeats=a.rate_repeats)) as gemm, \
+            machine.bracket(lambda: machine.normal_rate(repeats=a.rate_repeats)) as normal:
+        run = launcher.run([sys.executable, "-m", "pipeline", *command[1:]], cwd=ROOT)
+    limit = work["flops"] / gemm.best + work["normals"] / normal.best
+    return {"command": " ".join(str(c) for c in command), **work, "gemm_rate": gemm.as_dict(),
+            "normal_rate": normal.as_dict(), "limit_seconds": limit, "seconds": run["seconds"],
+            "cpu_seconds": run["cpu_seconds"], "peak_rss_mb": run["peak_rss_mb"],
+            "times_limit": run["seconds"] / limit, "cpu_times_limit": run["cpu_seconds"] / limit}
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    machine.pin_threads(1)
+    with machine.Launcher() as launcher:  # before numpy: the estimate's peak memory is its own
+        info = machine.describe()
+        result = {"machine": info, "blas_threads": 1,
+                  "network": {"L": a.L, "m": a.m, "d": a.d, "k": a.k, "layers_perturbed": "all", "ratios": 1,
+                              "columns": a.columns},
+                  "rows": kernel_rows(a) if a.n else []}
+        if a.estimate:
+            result["estimate"] = estimate_part(a, launcher)
     if a.json:
         print(json.dumps(result, indent=1))
-    else:
-        print(f"L={a.L} m={a.m} d={a.d} k={a.k}, every layer perturbed, {a.columns} (input, draw) columns "
-              f"per layer; best of {a.repeat}; {platform.platform()}")
+        return result
+    print(machine.summary(info))
+    if a.n:
+        print(f"Part 1: L={a.L} m={a.m} d={a.d} k={a.k}, every layer perturbed, {a.columns} (input, draw) columns "
+              f"per layer; best of {a.repeat}")
         print(f"{'':15} {'Monte Carlo kernel':>30}   {'with the linear answer':>30}")
         print(f"{'inputs':>7} {'draws':>6} {'us per (input, draw)':>21} {'vs n=' + str(a.n[0]):>8}   "
               f"{'us per (input, draw)':>21} {'vs n=' + str(a.n[0]):>8}")
-        for r in rows:
+        for r in result["rows"]:
             print(f"{r['n_inputs']:7d} {r['draws']:6d} {r['us_per_input_draw']:21.2f} {r['relative_to_first']:8.2f}   "
                   f"{r['us_per_input_draw_with_linear']:21.2f} {r['relative_to_first_with_linear']:8.2f}")
         print("The linear answer is one backward pass per input (k columns per input and layer), so its cost per "
               "(input, draw) grows as the draws per input shrink.")
+    if a.estimate:
+        e = result["estimate"]
+        print(f"Part 2: {e['command']}")
+        print(f"  {e['flops'] / 1e9:.1f} GFlop at {e['gemm_rate']['best'] / 1e9:.1f} GFlop/s and "
+              f"{e['normals'] / 1e6:.1f} M normals at {e['normal_rate']['best'] / 1e6:.0f} M/s: limit "
+              f"{e['limit_seconds']:.2f} s")
+        print(f"  the command: {e['seconds']:.2f} s wall ({e['times_limit']:.2f}x the limit), "
+              f"{e['cpu_seconds']:.2f} s CPU ({e['cpu_times_limit']:.2f}x), peak RSS {e['peak_rss_mb']:.0f} MB")
     return result
 
 

@@ -197,6 +197,7 @@ for line in sys.stdin:
             os._exit(127)
     _, status, usage = os.wait4(pid, 0)
     print(json.dumps({"seconds": time.perf_counter() - t0, "maxrss": usage.ru_maxrss,
+                      "cpu_seconds": usage.ru_utime + usage.ru_stime,
                       "returncode": os.waitstatus_to_exitcode(status)}), flush=True)
 """
 
@@ -222,7 +223,8 @@ class Launcher:
         """Run ``argv`` to completion (environment: this process's at the Launcher's start).
 
         Returns:
-            ``stdout``, ``seconds`` (wall, start-up included), ``peak_rss_mb`` (the command's ru_maxrss).
+            ``stdout``, ``seconds`` (wall, start-up included), ``cpu_seconds`` (user and system time of the
+            command), ``peak_rss_mb`` (the command's ru_maxrss).
 
         Raises:
             RuntimeError: the command failed; the message holds its stderr.
@@ -240,7 +242,8 @@ class Launcher:
         answer = json.loads(line)
         if answer["returncode"] != 0:
             raise RuntimeError(f"{' '.join(request['argv'])} exited with {answer['returncode']}:\n{err.read_text()}")
-        return {"stdout": out.read_text(), "seconds": answer["seconds"], "peak_rss_mb": rss_mb(answer["maxrss"])}
+        return {"stdout": out.read_text(), "seconds": answer["seconds"], "cpu_seconds": answer["cpu_seconds"],
+                "peak_rss_mb": rss_mb(answer["maxrss"])}
 
     def close(self) -> None:
         self._helper.stdin.close()

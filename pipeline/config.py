@@ -9,7 +9,7 @@ variable                        what it sets                                    
 ==============================  ===================================================  =========
 ``NNSWEEP_KEEP_WEIGHTS``        the largest network (bytes) whose weights a worker   256 MiB
                                 keeps between the kernel's passes
-``NNSWEEP_DRAW_BATCH_MEMORY``   the working memory of one batch of noise draws:      256 MiB
+``NNSWEEP_DRAW_BATCH_MEMORY``   the working memory of one batch of noise draws:      32 MiB
                                 a network's draws run batch after batch
 ``NNSWEEP_MAX_STORE_BYTES``     the largest store a spec may ask for                 1 TB
 ``NNSWEEP_MAX_BLOCKS``          the most blocks (tasks) a spec may ask for           1000000
@@ -23,7 +23,10 @@ import os
 
 from .errors import SpecError
 
-DRAW_BATCH_BYTES = 256 * 2**20  # NNSWEEP_DRAW_BATCH_MEMORY's default
+# NNSWEEP_DRAW_BATCH_MEMORY's default: a batch holds its draws' results (the kernel works on pieces of a few
+# draws), and batches larger than this are no faster
+DRAW_BATCH_BYTES = 32 * 2**20
+PIECE_BYTES = 256 * 2**10  # the kernel's columns per product and pass: about an L2 cache's worth (not a setting)
 
 
 def env_size(var: str, default: int, count: bool = False, zero: bool = False) -> int:

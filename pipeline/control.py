@@ -27,6 +27,7 @@ from .jsonout import num
 from .measure import crossing_threshold, first_order, jacobians, run_pass
 from .network import Network
 from .noise import LayerNoise, matrix_norm
+from .schema import TOGETHER
 
 # The spawn key's first entry of the cheap draws' streams: the network module's streams are 0 (inputs),
 # 1 (weights) and 2 (the full draws' noise), so these never share a number with the full draws.
@@ -116,21 +117,22 @@ def slope(y: np.ndarray, c: np.ndarray) -> float:
 
 
 def cheap_draws_needed(y: np.ndarray, c: np.ndarray, per_draw_var: float,
-                       fraction: float = CHEAP_SE_FRACTION) -> int:
+                       fraction: float = CHEAP_SE_FRACTION, full_draws: int | None = None) -> int:
     """How many cheap draws make the cheap mean's share of the variance, beta^2 v / M (v = ``per_draw_var``,
     the variance of one cheap draw's contribution), ``fraction``^2 times the plain estimate's Var(Y) / N:
     M = N beta^2 v / (fraction^2 Var(Y)), at least 2; beta and Var(Y) from the N full draws.
 
     So the cheap draws cost in proportion to what they can win: many where C explains Y (small r),
     few where it does not (large r). With v = Var(C) (one eta for all inputs) M = N rho^2 / fraction^2,
-    at most 64 N for the default fraction 1/8.
+    at most 64 N for the default fraction 1/8. ``full_draws``: N when ``y`` and ``c`` are only the first
+    of the full draws (beta and Var(Y) estimated from them); by default their number.
     """
     y = np.asarray(y, dtype=np.float64)
     beta = slope(y, c)
     var_y = float(y.var(ddof=1)) if y.size > 1 else 0.0
     if y.size < 3 or not np.isfinite(beta) or not var_y > 0:
         return 2
-    return max(2, math.ceil(y.size * beta**2 * per_draw_var / (fraction**2 * var_y)))
+    return max(2, math.ceil((full_draws or y.size) * beta**2 * per_draw_var / (fraction**2 * var_y)))
 
 
 def rotation_invariant(distribution: str, norm: str) -> bool:
@@ -357,7 +359,8 @@ def _pooled(means: list[float], variances: list[float], dfs: list[float]) -> Che
     return CheapMean(float(np.mean(means)), var, var**2 / den if den > 0 else math.inf)
 
 
-def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str) -> dict[int, int]:
+def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str,
+                      full_draws: int | None = None) -> dict[int, int]:
     """Cheap draws per layer: the most that :func:`cheap_draws_needed` asks for any of the layer's ratios and
     any of ``pairs``, at most CHEAP_SHARED_PER_FULL per full draw where each cheap draw is a shared eta.
 
@@ -366,6 +369,7 @@ def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str) ->
         pairs: (Y, C, weights, fraction): full draws of a quantity and of its control, (ratio, layer, input,
             draw), the inputs' weights in the per-draw mean, (n,), and the share of the plain standard error
             the cheap mean's may reach.
+        full_draws: the number of full draws when the arrays hold only the first of them.
     """
     need = {i: 2 for i in layers}
     for full, control, weights, fraction in pairs:
@@ -376,17 +380,17 @@ def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str) ->
         else:
             per_draw_var = c.var(axis=2, ddof=1)
         for col, i in enumerate(layers):
-            need[i] = max([need[i], *(cheap_draws_needed(y[r, col], c[r, col], per_draw_var[r, col], fraction)
-                                      for r in range(y.shape[0]))])
+            need[i] = max([need[i], *(cheap_draws_needed(y[r, col], c[r, col], per_draw_var[r, col], fraction,
+                                                          full_draws) for r in range(y.shape[0]))])
     if not rotation_invariant(distribution, norm):
-        full = pairs[0][0].shape[3]
+        full = full_draws or pairs[0][0].shape[3]
         need = {i: min(n, max(2, CHEAP_SHARED_PER_FULL * full)) for i, n in need.items()}
     return need
 
 
 def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: np.ndarray,
                     output_norm: np.ndarray, pred: np.ndarray | None = None,
-                    linear_pred: np.ndarray | None = None) -> CheapDraws:
+                    linear_pred: np.ndarray | None = None, full_draws: int | None = None) -> CheapDraws:
     """The cheap estimates for the network (L, m, seed) of ``spec``, as many draws per layer as
     :func:`cheap_draw_counts` asks for.
 
@@ -394,7 +398,10 @@ def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: 
         delta, change: the full draws' ||v - v*|| and first-order change, (ratio, layer, input, draw), for
             the layers of ``spec.grid.layer``; ``pred`` and ``linear_pred`` the same draws' prediction changes
             and first-order prediction changes (then the cheap draws estimate those too).
+            Their layer columns are those of ``spec.grid.layer``; the together cells (layer 0) and layers
+            beyond L are left out (no single layer's first-order term).
         output_norm: ||v|| of every input, (n,).
+        full_draws: the number of full draws, when the arrays hold only the first of them.
     """
     from threadpoolctl import threadpool_limits
 
@@ -402,12 +409,16 @@ def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: 
 
     n = len(output_norm)
     weights = 1 / (n * np.asarray(output_norm, dtype=np.float64))
-    layers = [i for i in spec.grid.layer if i <= L]
+    cols = [c for c, i in enumerate(spec.grid.layer) if 1 <= i <= L]
+    layers = [spec.grid.layer[c] for c in cols]
+    delta, change = delta[:, cols], change[:, cols]
     noise = spec.noise.distribution, spec.noise.norm
-    draws = cheap_draw_counts(layers, [(delta, change, weights, CHEAP_SE_FRACTION)], *noise)
+    draws = cheap_draw_counts(layers, [(delta, change, weights, CHEAP_SE_FRACTION)], *noise, full_draws)
     crossing = None
     if pred is not None:  # the prediction changes from the first of the draws, as many as they need
-        crossing = cheap_draw_counts(layers, [(pred, linear_pred, np.full(n, 1 / n), PRED_SE_FRACTION)], *noise)
+        pred, linear_pred = pred[:, cols], linear_pred[:, cols]
+        crossing = cheap_draw_counts(layers, [(pred, linear_pred, np.full(n, 1 / n), PRED_SE_FRACTION)], *noise,
+                                     full_draws)
         draws = {i: max(draws[i], crossing[i]) for i in layers}
     with threadpool_limits(limits=1, user_api="blas"):  # the kernel's rule: the same numbers on any machine
         by_layer = cheap_first_order(build_network(spec, L, m, seed), make_inputs(spec), draws,
@@ -431,6 +442,8 @@ def cv_summary(samples: dict[str, np.ndarray] | None, cheap, ri: list[int], li: 
         ri, li: the indices of the cells' ratios and layers; ``ratios``, ``layers``: their values.
     """
     out = {"plain": {"mean_rel_change": plain["mean_rel_change"], "ci95": plain["ci95"]}}
+    if not isinstance(cheap, str) and any(layers[i] == TOGETHER for i in li):
+        cheap = "noise in every layer at once: no single layer's first-order change to use as control variate"
     if isinstance(cheap, str):
         return {**out, "control_variate": None, "printed": "plain", "printed_why": cheap}
     y, c, pred, crossed = (samples[k][np.ix_(ri, li)].mean(axis=(0, 1))

@@ -6,6 +6,11 @@ over inputs and draws is one sample, so the confidence interval reflects
 network-to-network variation. With one network (a single file, or one seed)
 it is the noise draw: each draw is one perturbed network applied to every
 input, so its mean over the inputs is one sample.
+
+The draws are pooled batch by batch (:class:`Pool`): the memory is a batch's,
+the per-draw means and what the exact medians keep (about z n sqrt(draws)
+values per group for n inputs, :mod:`pipeline.pooling`), never every
+(input, draw) value; and every number is the same whatever the batches.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from .jsonout import num
-from .measure import BlockResult, measure_block
+from .measure import PER_CELL, RESULT_FIELDS, BlockResult, NetworkResult, block_batches
+from .pooling import StreamMedian
 from .schema import TOGETHER, layer_name
 from .spec import Spec
 
@@ -26,74 +32,188 @@ def t_interval(samples: np.ndarray) -> list[float] | None:
     return None if ci is None else list(ci)
 
 
-def summarise(block: BlockResult, ratio_index: list[int], layer_index: list[int], units: str) -> dict:
+PER_DRAW_MEANS = ("abs", "rel", "rel2", "pred", "accuracy", "lin", "linpred")  # over the inputs of each draw
+HEAD = ("delta_norm", "linear_change", "pred_changed", "linear_pred_changed")  # the first draws, kept whole
+HEAD_BYTES = 32 * 2**20  # at most this much of them (at least 16 draws): they size the control variate's cheap draws
+FIXED = ("bound", "linear_rms", "worst_linear", "worst_realised")  # per network, (ratio, layer, input)
+
+
+class Pool:
+    """What the summaries need of a block's draws, pooled batch by batch (:func:`pipeline.measure.block_batches`).
+
+    Per draw (a perturbed network): the mean over the inputs of ||v - v*||, of R, of R^2, of the
+    prediction changes, of the first-order change (relative) and prediction change, and the accuracy;
+    the first network's first draws whole (:data:`HEAD`, which size the control variate's cheap draws); per network the fields that do not depend on the draws; and
+    the exact median of R over (network, input, draw) of every group of cells, by
+    :class:`pipeline.pooling.StreamMedian`. So the memory is a batch's, the per-draw means and what the
+    medians keep, whatever the number of draws; and every number is the same whatever the batches
+    (each draw's means are taken over its inputs alone, the rest at the end).
+    """
+
+    def __init__(self, spec: Spec, groups: list[tuple[tuple[int, ...], tuple[int, ...]]]):
+        self.seeds, self.draws, self.groups = len(spec.grid.seeds), spec.noise.draws, groups
+        self.medians: dict = {}
+        self.median: dict = {}  # group -> its median, once known
+
+    def _allocate(self, part: NetworkResult) -> None:
+        (R, C, n, _), S, D = part.delta_norm.shape, self.seeds, self.draws
+        self.per_draw = {name: np.empty((S, R, C, D)) for name in PER_DRAW_MEANS}
+        self.fixed = {name: np.empty((S, R, C, n)) for name in FIXED}
+        self.output_norm, self.clean_accuracy = np.empty((S, n)), np.empty(S)
+        self.medians = {key: StreamMedian(S * n * D * len(key[0]) * len(key[1])) for key in self.groups}
+        keep = min(D, max(16, HEAD_BYTES // (8 * len(HEAD) * R * C * n)))
+        self.head = {name: np.empty((R, C, n, keep)) for name in HEAD}
+
+    def add(self, s: int, start: int, part: NetworkResult) -> None:
+        """Batch ``part`` of network ``s``, its draws from ``start`` on."""
+        if not self.medians:
+            self._allocate(part)
+        b = part.delta_norm.shape[-1]
+        if start == 0:
+            for name in FIXED:
+                self.fixed[name][s] = getattr(part, name)
+            self.output_norm[s], self.clean_accuracy[s] = part.output_norm, part.clean_accuracy
+        rel = part.delta_norm / part.output_norm[:, None]  # (ratio, layer, input, draw)
+
+        def over_inputs(a: np.ndarray) -> np.ndarray:  # each draw's mean over its own inputs, contiguous
+            return np.ascontiguousarray(np.moveaxis(a, 2, 3)).mean(axis=3)
+
+        at = (s, slice(None), slice(None), slice(start, start + b))
+        for name, a in (("abs", part.delta_norm), ("rel", rel), ("rel2", rel**2), ("pred", part.pred_changed),
+                        ("lin", part.linear_change / part.output_norm[:, None]),
+                        ("linpred", part.linear_pred_changed)):
+            self.per_draw[name][at] = over_inputs(a)
+        keep = self.head["delta_norm"].shape[-1]
+        if s == 0 and start < keep:  # the first network's first draws, whole
+            for name in HEAD:
+                self.head[name][..., start:min(keep, start + b)] = getattr(part, name)[..., :keep - start]
+        self.per_draw["accuracy"][at] = part.accuracy
+        self.add_medians(s, start, part, self.medians)
+
+    def add_medians(self, s: int, start: int, part: NetworkResult, medians: dict) -> None:
+        """Feed the medians: the draws are the units of one network, the networks those of several."""
+        b = part.delta_norm.shape[-1]
+        units = b if self.seeds == 1 else int(start + b == self.draws)
+        rel = part.delta_norm / part.output_norm[:, None]
+        nan = bool(np.isnan(rel).any())
+        for (ri, li), median in medians.items():
+            cells = [(r, c) for r in ri for c in li]
+            for r, c in cells:  # a cell at a time (a view), the units with the group's last
+                median.add(rel[r, c], units if (r, c) == cells[-1] else 0, nan)
+
+
+def summarise(pool: Pool, ratio_index: list[int], layer_index: list[int], units: str) -> dict:
     """Statistics of the cells (ratio, layer) given, pooled; ``units`` is ``networks`` or ``draws``.
 
     Draws of different (ratio, layer) cells are independent samples of their
-    own cell; pooling them treats every cell as equally likely.
+    own cell; pooling them treats every cell as equally likely. Every draw
+    has the same inputs, so the mean over (input, draw) is the mean of the
+    per-draw means.
     """
-    def cells(a: np.ndarray) -> np.ndarray:  # (ratio, layer, seed, ...) -> (seed, ..., cells)
-        sub = a[np.ix_(ratio_index, layer_index)].reshape(-1, *a.shape[2:])
-        return np.moveaxis(sub, 0, -1)
+    def cells(a: np.ndarray) -> np.ndarray:  # (seed, ratio, layer, ...) -> (seed, ..., cells)
+        sub = a[:, ratio_index][:, :, layer_index]
+        return np.moveaxis(sub.reshape(sub.shape[0], -1, *sub.shape[3:]), 1, -1)
 
-    delta = cells(block.delta_norm)  # (seed, input, draw, cell)
-    rel = delta / block.output_norm[:, :, None, None]
-    per_draw = rel.mean(axis=1)  # (seed, draw, cell): one perturbed network each
+    per_draw = {name: cells(a) for name, a in pool.per_draw.items()}  # (seed, draw, cell)
+    rel = per_draw["rel"]
     # one network: a draw is one sample, whatever the cells pooled (every ratio reuses the same draws)
-    per_unit = per_draw.mean(axis=(1, 2)) if units == "networks" else per_draw.mean(axis=2).ravel()
+    per_unit = rel.mean(axis=(1, 2)) if units == "networks" else rel.mean(axis=2).ravel()
+    v = pool.output_norm[:, :, None]  # (seed, input, 1)
     out = {
-        "mean_abs_change": num(delta.mean()),
+        "mean_abs_change": num(per_draw["abs"].mean()),
         "mean_rel_change": num(rel.mean()),
         "ci95": t_interval(per_unit),
         "ci95_over": units,
-        "median_rel_change": num(np.median(rel)),
-        "rms_rel_change": num(np.sqrt(np.mean(rel**2))),
-        "bound": num(cells(block.bound).mean()),
-        "pred_change_rate": num(cells(block.pred_changed).mean()),
+        "median_rel_change": num(pool.median[(tuple(ratio_index), tuple(layer_index))]),
+        "rms_rel_change": num(np.sqrt(per_draw["rel2"].mean())),
+        "bound": num(cells(pool.fixed["bound"]).mean()),
+        "pred_change_rate": num(per_draw["pred"].mean()),
         # the network's own first-order answer: the small-r prediction of rms_rel_change, and the worst direction
-        "linear_rms_rel": num(np.sqrt(np.mean((cells(block.linear_rms) / block.output_norm[:, :, None]) ** 2))),
-        "worst_linear_rel": num(np.mean(cells(block.worst_linear) / block.output_norm[:, :, None])),
-        "worst_rel": num(np.mean(cells(block.worst_realised) / block.output_norm[:, :, None])),
+        "linear_rms_rel": num(np.sqrt(np.mean((cells(pool.fixed["linear_rms"]) / v) ** 2))),
+        "worst_linear_rel": num(np.mean(cells(pool.fixed["worst_linear"]) / v)),
+        "worst_rel": num(np.mean(cells(pool.fixed["worst_realised"]) / v)),
     }
-    accuracy = cells(block.accuracy)
+    accuracy = per_draw["accuracy"]
     if np.all(np.isfinite(accuracy)):
         out["accuracy"] = num(accuracy.mean())
         out["accuracy_ci95"] = t_interval(accuracy.mean(axis=(1, 2)) if units == "networks"
                                           else accuracy.mean(axis=2).ravel())
-        out["clean_accuracy"] = num(block.clean_accuracy.mean())
+        out["clean_accuracy"] = num(pool.clean_accuracy.mean())
     return out
 
 
-def per_draw(block: BlockResult, field: str, relative: bool = True) -> np.ndarray:
-    """The mean over inputs of ``field`` (/ ||v|| if ``relative``) of the first network, (ratio, layer, draw):
-    its draws' samples."""
-    values = getattr(block, field)[:, :, 0]
-    return (values / block.output_norm[0][None, None, :, None] if relative else values).mean(axis=2)
+def pooled(spec: Spec, groups: list[tuple[tuple[int, ...], tuple[int, ...]]], parts=None) -> Pool:
+    """The block of ``spec``'s single (L, m), pooled batch by batch; a median whose middle fell outside
+    its bracket takes another pass over the same draws (they are the same numbers again).
+
+    Args:
+        parts: a function giving the block's batches as (seed index, first draw, batch) again at each
+            call; by default :func:`pipeline.measure.block_batches` measures them.
+    """
+    (L,), (m,) = spec.grid.L, spec.grid.m
+    parts = parts or (lambda: block_batches(spec, L, m, spec.grid.seeds))
+    pool = Pool(spec, groups)
+    for s, start, part in parts():
+        pool.add(s, start, part)
+    pending = pool.medians
+    while True:
+        pending = {key: med for key, med in pending.items() if med.result() is None}
+        if not pending:
+            break
+        pending = {key: med.retry() for key, med in pending.items()}
+        for s, start, part in parts():
+            pool.add_medians(s, start, part, pending)
+        pool.medians.update(pending)
+    pool.median = {key: med.result() for key, med in pool.medians.items()}
+    return pool
 
 
-def _draw_samples(block: BlockResult) -> dict[str, np.ndarray]:
-    """What :func:`pipeline.control.cv_summary` reads: the per-draw means of the first network."""
-    return {"delta_norm": per_draw(block, "delta_norm"), "linear_change": per_draw(block, "linear_change"),
-            "pred_changed": per_draw(block, "pred_changed", False),
-            "linear_pred_changed": per_draw(block, "linear_pred_changed", False)}
-
-
-def _cheap_draws(spec: Spec, block: BlockResult, L: int, m: int, units: str):
-    """The cheap draws of the first-order change for the one network of ``block``, or why they do not apply."""
+def _cheap_draws(spec: Spec, pool: Pool, L: int, m: int, units: str):
+    """The cheap draws of the first-order change for the one network of ``pool``, or why they do not apply."""
     from .control import cheap_draws_for
 
     if units == "networks":
         return "several networks: the interval is over networks, where no control variate applies"
     if len(spec.grid.seeds) != 1:
         return "one network measured as several seeds: the control variate takes one (--seeds 1)"
-    if not np.all(np.isfinite(block.linear_change)):
+    single = [c for c, i in enumerate(spec.grid.layer) if 1 <= i <= L]
+    if not single or not np.all(np.isfinite(pool.head["linear_change"][:, single])):
         return "the first-order change was not computed"
-    return cheap_draws_for(spec, L, m, spec.grid.seeds[0], block.delta_norm[:, :, 0], block.linear_change[:, :, 0],
-                           block.output_norm[0], block.pred_changed[:, :, 0], block.linear_pred_changed[:, :, 0])
+    head = pool.head
+    return cheap_draws_for(spec, L, m, spec.grid.seeds[0], head["delta_norm"], head["linear_change"],
+                           pool.output_norm[0], head["pred_changed"], head["linear_pred_changed"],
+                           full_draws=spec.noise.draws)
+
+
+def _draw_samples(pool: Pool) -> dict[str, np.ndarray]:
+    """What :func:`pipeline.control.cv_summary` reads: the per-draw means of the first network,
+    (ratio, layer, draw)."""
+    return {name: pool.per_draw[key][0] for name, key in (("delta_norm", "rel"), ("linear_change", "lin"),
+                                                            ("pred_changed", "pred"),
+                                                            ("linear_pred_changed", "linpred"))}
+
+
+def groups_of(spec: Spec) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The groups of cells (ratio indices, layer indices) that :func:`estimate` summarises: all, by
+    ratio, by layer and each cell, where "all layers" means the single layers (:func:`single_layers`)."""
+    every_r, every_l = tuple(range(len(spec.grid.ratio))), tuple(range(len(spec.grid.layer)))
+    single = single_layers(spec)
+    return sorted({(every_r, single), *(((r,), single) for r in every_r), *((every_r, (c,)) for c in every_l),
+                   *(((r,), (c,)) for r in every_r for c in every_l)})
+
+
+def single_layers(spec: Spec) -> tuple[int, ...]:
+    """The layer indices a pooled summary covers: the single layers. The together cells (noise in every
+    layer at once) answer another question and are pooled only when they are all there is."""
+    layers = spec.grid.layer
+    return tuple(c for c, i in enumerate(layers) if i != TOGETHER) or tuple(range(len(layers)))
 
 
 def estimate(spec: Spec) -> dict:
     """E||v - v*||, E R and the prediction-change rate for the single (L, m) of ``spec``.
+
+    The draws are measured and pooled batch by batch (:func:`pooled`): the memory is a batch's plus
+    the per-draw results.
 
     Returns:
         The summary of every listed ratio and layer together, with ``by_layer``
@@ -104,9 +224,9 @@ def estimate(spec: Spec) -> dict:
         ``by_layer``. Random-init networks also get ``theory_first_order`` (r)
         and ``theory_attenuation`` (the infinite-width arc-cosine prediction);
         a given network, or one with another activation, gets no random-network theory.
+        For one network, the control-variate estimate beside the plain one (:mod:`pipeline.control`).
     """
-    (L,), (m,) = spec.grid.L, spec.grid.m
-    return estimate_from(spec, measure_block(spec, L, m, spec.grid.seeds))
+    return _summaries(spec, pooled(spec, groups_of(spec)))
 
 
 def estimate_from(spec: Spec, block: BlockResult) -> dict:
@@ -114,21 +234,30 @@ def estimate_from(spec: Spec, block: BlockResult) -> dict:
 
     Also how the network file was read (``network``), for a given network.
     """
+    def parts():
+        for s in range(block.output_norm.shape[0]):
+            yield s, 0, NetworkResult(**{name: getattr(block, name)[:, :, s] if name in PER_CELL
+                                         else getattr(block, name)[s] for name in RESULT_FIELDS})
+    return _summaries(spec, pooled(spec, groups_of(spec), parts))
+
+
+def _summaries(spec: Spec, pool: Pool) -> dict:
+    """The summaries of :func:`estimate` from a pooled block."""
     (L,), (m,) = spec.grid.L, spec.grid.m
+    ratios, layers = spec.grid.ratio, spec.grid.layer
     one_network = spec.network.one_network or len(spec.grid.seeds) == 1
     units = "draws" if one_network else "networks"
     counts = {"n_networks": 1 if spec.network.one_network else len(spec.grid.seeds),
               "n_inputs": spec.network.n_inputs, "n_draws": spec.noise.draws}
-    ratios, layers = spec.grid.ratio, spec.grid.layer
     # the random-network theory is that of ReLU networks at random init
     random_init = not spec.network.init_is_file and spec.network.activation == "relu"
-    cheap = _cheap_draws(spec, block, L, m, units)
-    samples = _draw_samples(block) if not isinstance(cheap, str) else None
+    cheap = _cheap_draws(spec, pool, L, m, units)
+    samples = _draw_samples(pool) if not isinstance(cheap, str) else None
 
     def summary(ri: list[int], li: list[int]) -> dict:
         from .control import cv_summary
 
-        out = {**summarise(block, ri, li, units), **counts}
+        out = {**summarise(pool, ri, li, units), **counts}
         out.update(cv_summary(samples, cheap, ri, li, ratios, layers, out))
         if random_init and len(ri) == 1:
             from .analysis.theory import attenuation
@@ -141,9 +270,7 @@ def estimate_from(spec: Spec, block: BlockResult) -> dict:
                     out["theory_attenuation"] = float(attenuation(ratios[ri[0]], L - layers[li[0]]))
         return out
 
-    # the pooled summary is over the single layers; the together cells (noise in every layer at once)
-    # answer another question and are pooled only when they are all there is
-    single = [c for c, i in enumerate(layers) if i != TOGETHER] or list(range(len(layers)))
+    single = list(single_layers(spec))
 
     def with_layers(ri: list[int]) -> dict:
         out = summary(ri, single)

@@ -2,13 +2,14 @@
 
 Plain numpy, no Dask, no zarr. Layers before the perturbed one are not rerun:
 the clean pass is kept, the perturbation enters at layer i as z_i + eta @ h_{i-1},
-and from there the perturbed columns travel through the remaining layers as
-one matrix product, holding their difference from the clean pass. With n
-inputs, one eta per draw perturbs all of them. Columns perturbed at different
-layers share every later weight matrix, so at layer j the columns of all
-origins i < j go through W_j in a single GEMM (:func:`run_pass`, which fetches
-each weight matrix once per pass; with the linear answer a network takes three
-passes: clean, backward, perturbed).
+and from there the perturbed columns travel through the remaining layers in
+matrix products (GEMM), holding their difference from the clean pass. With n
+inputs, one eta per draw perturbs all of them. The columns go in pieces of a
+few draws (every ratio and input of them), each through W_j as one GEMM and
+through the activation while in cache (:func:`run_pass`, which fetches each
+weight matrix once per pass; with the linear answer a network takes three
+passes: clean, backward, perturbed). Draws run in batches of whole pieces
+(:func:`network_batches`), and the numbers do not depend on the batches.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -24,8 +25,9 @@ from threadpoolctl import threadpool_limits
 from .network import (NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, spectral_norm_estimate,
                       stream)
 from .noise import LayerNoise, matrix_norm
+from . import config
 from .schema import TOGETHER
-from .sizes import draws_per_batch, together_draws_per_batch
+from .sizes import draws_per_batch, draws_per_piece, together_draws_per_pass
 from .spec import Spec
 from .together import TogetherLinear, TogetherNoise, together_bound, together_pass
 
@@ -106,32 +108,61 @@ class Clock:
         finally:
             self.into[phase] = self.into.get(phase, 0.0) + time.perf_counter() - start
 
+    @contextlib.contextmanager
+    def moved(self, source: str, phase: str):
+        """Inside ``source``'s timing: the seconds of the body go to ``phase`` instead."""
+        if self.into is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.into[phase] = self.into.get(phase, 0.0) + seconds
+            self.into[source] = self.into.get(source, 0.0) - seconds
 
-Visit = Callable[[int, np.ndarray, np.ndarray], "np.ndarray | None"]
+
+Fill = Callable[[np.ndarray, int, int], None]
+Visit = Callable[[int, np.ndarray, np.ndarray], "np.ndarray | Fill | None"]
 
 
-def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int], visit: Visit,
-             clock: Clock = Clock()) -> tuple[Forward, dict[int, Moved]]:
+def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int | Sequence[int]], visit: Visit,
+             clock: Clock = Clock(), workspace: dict | None = None) -> tuple[Forward, dict[int, Moved]]:
     """One pass through the network's layers: perturbed columns, and the clean pass unless given.
 
     Each layer's matrix is fetched once (drawn, for a drawn network) and
     dropped after use. At layer j, ``visit(j, W_j, h_{j-1})`` may return the
-    perturbation of z_j for the ``columns[j]`` columns that start there
-    (n equal runs, one per input, input slowest). The columns hold
-    differences from the clean pass, not perturbed values: the change
-    delta_j = z'_j - z_j goes through W_{j+1} (biases cancel) and through
-    the activation as f(z + delta) - f(z), for ReLU max(delta + min(z, 0),
-    -max(z, 0)) and for the others the identities of :mod:`pipeline.activations`,
-    which never subtract two nearly equal numbers. So the rounding error of
-    ||v' - v|| is relative to the change itself, whatever the ratio: what
-    makes float32 accurate. Columns are laid out by origin, so at layer j the
-    columns of origins i < j are a prefix that goes through W_j as one GEMM.
+    perturbation of z_j for the columns that start there, (n_j, columns):
+    runs of the n inputs, input fastest; or a function ``fill(out, start,
+    stop)`` that writes columns [start, stop) of it into ``out``, called
+    piece by piece (the columns are then never all in memory at once). The columns hold differences from
+    the clean pass, not perturbed values: the change delta_j = z'_j - z_j
+    goes through W_{j+1} (biases cancel) and through the activation as
+    f(z + delta) - f(z), for ReLU max(delta + min(z, 0), -max(z, 0)) and for
+    the others the identities of :mod:`pipeline.activations`, which never
+    subtract two nearly equal numbers. So the rounding error of ||v' - v||
+    is relative to the change itself, whatever the ratio: what makes float32
+    accurate. Columns are laid out by origin, so at layer j the columns of
+    origins i < j are a prefix.
+
+    Each layer works through its columns piece by piece: the product with
+    W_j, the activation's difference and the flip counts of a piece are done
+    while it is in cache, and the clean values a layer needs are laid out
+    once, tiled to a piece's width, so that every operation runs along the
+    columns whatever n. A column's numbers depend on the shape of the
+    product it is in and its place there (BLAS kernels round by shape), so
+    a caller that wants a column's numbers not to depend on the others
+    gives the pieces explicitly.
 
     Args:
         clean: the inputs as columns (d, n), or their clean pass when already known
             (then the pass starts at the first origin).
-        columns: origin layer -> number of columns it starts.
+        columns: origin layer -> its number of columns, or the lengths of its pieces
+            (each a multiple of n); by default pieces of about PIECE_BYTES.
         visit: called at every layer the pass goes through.
+        workspace: a dict that keeps the column buffers from one pass to the next (a pass per batch):
+            fresh memory costs a page fault per page at its first use, as much as the work on it.
 
     Returns:
         The clean pass, and origin layer -> :class:`Moved` with one entry per column.
@@ -139,29 +170,84 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int],
     origins = sorted(columns)
     given = isinstance(clean, Forward)
     n = (clean.output if given else clean).shape[1]
-    starts = dict(zip(origins, np.cumsum([0] + [columns[i] for i in origins])))
-    total = sum(columns.values())
     first = origins[0] if given and origins else 1
     rows = max([s[0] for s in net.shapes[first - 1:]], default=0)
-    # at least two columns: a product with one column is a GEMV, whose rounding differs from a GEMM's,
-    # and a batch of one draw must give the numbers it gives in any other batch
-    width = max(total, 2)
-    buf_in, buf_out = np.zeros((rows, width), net.dtype), np.zeros((rows, width), net.dtype)
-    differs = np.empty((rows, total), dtype=bool)
+    default = max(1, config.PIECE_BYTES // (n * max(rows, 1) * np.dtype(net.dtype).itemsize)) * n
+    pieces = {i: [int(p) for p in c] if isinstance(c, Sequence) else
+              [min(default, c - s) for s in range(0, c, default)] for i, c in columns.items()}
+    counts = {i: sum(p) for i, p in pieces.items()}
+    starts = dict(zip(origins, (int(s) for s in np.cumsum([0] + [counts[i] for i in origins]))))
+    total = sum(counts.values())
+    widest = max([p for ps in pieces.values() for p in ps], default=0)
+    # each piece is a block of its own, (units, columns) for every layer: its rows are short and close
+    # together. A piece of one column gets two: a product with one column is a GEMV, whose rounding differs
+    # from a GEMM's, and a batch of one draw must give the numbers of any other batch.
+    # Depth first when the network holds its matrices: each piece goes through all its layers in a pair of
+    # piece-sized buffers, in cache. A network that draws a matrix again at each fetch goes layer by layer,
+    # every piece of a layer before the next, in buffers of the whole batch (each piece a block of its own).
+    depth_first = getattr(net, "holds_weights", True)
+    spans = [(c0, c1, max(c1 - c0, 2)) for c0, c1 in _pieces(starts, pieces, max(origins, default=0))]
+    if depth_first:
+        offset = {c0: 0 for c0, _, _ in spans}
+        size = rows * max([width for _, _, width in spans], default=0)
+    else:
+        offset = dict(zip((c0 for c0, _, _ in spans), np.cumsum([0] + [rows * width for _, _, width in spans])))
+        size = rows * sum(width for _, _, width in spans)
+    buf_in, buf_out = (_buffer(workspace, name, size, net.dtype) for name in ("in", "out"))
+    scratch = np.empty((rows, widest), dtype=bool)
+    delta, argmax = np.empty(total), np.empty(total, dtype=np.int64)  # ||v' - v|| and argmax v' per column
     flips = np.zeros(total, dtype=np.int64)
     alive = np.ones(total, dtype=bool)  # some unit of the perturbed layer is on
-    input_of = np.concatenate([np.repeat(np.arange(n), columns[i] // n) for i in origins]) if origins else None
     pre, post = (list(clean.pre), list(clean.post)) if given else ([], [])
     h = None if given else np.asarray(clean, net.dtype)
+    layers = {}  # j -> what the step of layer j needs (depth first: every layer's, until the pieces are done)
+
+    def step(j: int, c0: int, c1: int, src: np.ndarray, dst: np.ndarray, new: bool) -> None:
+        """Layer j on the columns [c0, c1): their product with W_j from ``src`` (or, at their origin, their
+        perturbation), then the activation's difference and the flips, or at the output the change's
+        norm and the prediction; into ``dst``."""
+        w, b, z, act, cols, active, tiles = layers[j]
+        (n_out, n_in), cc = w.shape, c1 - c0
+        width, at = max(cc, 2), offset[c0]
+        block = dst[at:at + n_out * width].reshape(n_out, width)
+        if not new:
+            np.matmul(w, src[at:at + n_in * width].reshape(n_in, width), out=block)
+            if not alive[c0:c1].all():
+                # every unit off: z' is exactly b_j (or 0), so delta = b_j - z_j; the GEMM's rounding
+                # would leave z + delta a few ulps from b_j, and a tie at 0 would go either way
+                dead = np.flatnonzero(~alive[c0:c1])
+                block[:, dead] = (0 if b is None else b[:, None]) - z[:, (c0 + dead) % n]
+        elif callable(cols):
+            with clock.moved("kernel", "noise"):
+                cols(block[:, :cc], c0 - active, c1 - active)
+        else:
+            block[:, :cc] = cols[:, c0 - active:c1 - active]
+        if act is None:  # the output's change: its norm and the perturbed prediction, while in cache
+            moved = block[:, :cc].astype(np.float64, copy=False)  # (the block is not needed after this)
+            delta[c0:c1] = np.linalg.norm(moved, axis=0)
+            moved += tiles[:, :cc]
+            argmax[c0:c1] = moved.argmax(axis=0)
+            return
+        t, d = block[:, :cc], scratch[:n_out, :cc]
+        tiled, zneg, zcut, on = tiles
+        if act.zero_below:
+            # relu(z + delta) - relu(z); a unit is on afterwards iff delta + min(z, 0) > -max(z, 0)
+            t += zneg[:, :cc]
+            np.greater(t, zcut[:, :cc], out=d)
+            np.any(d, axis=0, out=alive[c0:c1])
+            np.not_equal(d, on[:, :cc], out=d)
+            np.maximum(t, zcut[:, :cc], out=t)
+        else:
+            # f(z + delta) - f(z) by the activation's own cancellation-free formula; a unit's state
+            # is the sign of its pre-activation, z + delta > 0 iff delta > -z (an exact comparison)
+            alive[c0:c1] = True
+            np.greater(t, zcut[:, :cc], out=d)
+            np.not_equal(d, on[:, :cc], out=d)
+            t[...] = act.difference(tiled[:, :cc], t)
+        # bytes summed into 16 bits: several times faster than numpy's bool sum, exact below 65536 rows
+        flips[c0:c1] += np.add.reduce(d.view(np.uint8), axis=0, dtype=np.uint16 if n_out < 2**16 else np.int64)
+
     active = 0  # columns in use: those of origins <= j
-
-    def runs(a: np.ndarray) -> list[np.ndarray]:
-        """The columns of ``a`` as (rows, n, c) views: each origin's n runs, one per input."""
-        if n == 1:
-            return [a[:, None, :]]
-        return [a[:, starts[i]:starts[i] + columns[i]].reshape(a.shape[0], n, -1)
-                for i in origins if starts[i] + columns[i] <= a.shape[1]]
-
     for j in range(first, net.depth + 1):
         with clock("weights"):
             w, b = net.params(j)
@@ -176,56 +262,59 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int],
                     h = net.activations[j - 1].forward(z)
         cols = visit(j, w, post[j - 1])
         with clock("kernel"):
-            z = pre[j - 1]
-            out = buf_out[:w.shape[0]]
-            if active:
-                used = max(active, 2)
-                np.matmul(w, buf_in[:w.shape[1], :used], out=out[:, :used])
-                if not alive[:active].all():
-                    # every unit off: z' is exactly b_j (or 0), so delta = b_j - z_j; the GEMM's rounding
-                    # would leave z + delta a few ulps from b_j, and a tie at 0 would go either way
-                    dead = np.flatnonzero(~alive[:active])
-                    out[:, dead] = (0 if b is None else b[:, None]) - z[:, input_of[dead]]
-            if cols is not None:
-                out[:, active:active + columns[j]] = cols
-                active += columns[j]
-            del w, b
-            if j == net.depth or not active:
+            z, new = pre[j - 1], counts[j] if cols is not None else 0
+            if not active + new:
                 continue
-            act = net.activations[j - 1]
-            if act.zero_below:
-                # relu(z + delta) - relu(z); a unit is on afterwards iff delta + min(z, 0) > -max(z, 0)
-                zneg, zcut, on = np.minimum(z, 0)[:, :, None], -np.maximum(z, 0)[:, :, None], (z > 0)[:, :, None]
-                for t, d, a in zip(runs(out[:, :active]), runs(differs[:z.shape[0], :active]),
-                                   runs(alive[None, :active])):
-                    t += zneg
-                    np.greater(t, zcut, out=d)
-                    np.any(d, axis=0, out=a[0])
-                    np.not_equal(d, on, out=d)
-                    np.maximum(t, zcut, out=t)
-            else:
-                # f(z + delta) - f(z) by the activation's own cancellation-free formula; a unit's state
-                # is the sign of its pre-activation, z + delta > 0 iff delta > -z (an exact comparison)
-                zb, zcut, on = z[:, :, None], -z[:, :, None], (z > 0)[:, :, None]
-                alive[:active] = True
-                for t, d in zip(runs(out[:, :active]), runs(differs[:z.shape[0], :active])):
-                    np.greater(t, zcut, out=d)
-                    np.not_equal(d, on, out=d)
-                    t[...] = act.difference(zb, t)
-            # bytes summed into 16 bits: several times faster than numpy's bool sum, exact below 65536 rows
-            counts = differs[:z.shape[0], :active].view(np.uint8)
-            flips[:active] += np.add.reduce(counts, axis=0, dtype=np.uint16 if z.shape[0] < 2**16 else np.int64)
-            buf_in, buf_out = buf_out, buf_in
+            act = net.activations[j - 1] if j < net.depth else None
+            if act is None:  # the clean output, tiled
+                tiles = np.tile(z.astype(np.float64), (1, widest // n))
+            else:  # the clean values of a piece, tiled: n inputs, input fastest
+                tiled = np.tile(z, (1, widest // n))
+                tiles = (tiled, np.minimum(tiled, 0) if act.zero_below else None,
+                         -np.maximum(tiled, 0) if act.zero_below else -tiled, tiled > 0)
+            layers[j] = (w, b, z, act, cols, active, tiles)
+            if not depth_first:
+                for c0, c1 in _pieces(starts, pieces, j):
+                    step(j, c0, c1, buf_in, buf_out, c0 >= active)
+                if j < net.depth:
+                    buf_in, buf_out = buf_out, buf_in
+                del layers[j]
+            active += new
+        del w, b
+    if depth_first:
+        with clock("kernel"):
+            for i in origins:
+                for c0, c1 in _pieces(starts, {i: pieces[i]}, i):
+                    src, dst = buf_in, buf_out
+                    for j in range(i, net.depth + 1):
+                        step(j, c0, c1, src, dst, j == i)
+                        src, dst = dst, src
+        layers.clear()
     fwd = Forward(tuple(pre), tuple(post))
     if not active:
         return fwd, {}
-    with clock("kernel"):
-        moved = out[:, :active].astype(np.float64)  # k x columns: the change of the output
-        delta = np.linalg.norm(moved, axis=0)
-        v = fwd.output.astype(np.float64)
-        argmax = np.concatenate([(v[:, :, None] + run).argmax(axis=0).ravel() for run in runs(moved)])
     return fwd, {i: Moved(delta[s], flips[s], argmax[s])
-                 for i in origins for s in [slice(starts[i], starts[i] + columns[i])]}
+                 for i in origins for s in [slice(starts[i], starts[i] + counts[i])]}
+
+
+def _buffer(workspace: dict | None, name: str, size: int, dtype) -> np.ndarray:
+    """``size`` elements of ``dtype``: the workspace's buffer ``name`` when it is large enough, else a new one
+    (kept there). Its contents are whatever the last pass left."""
+    have = None if workspace is None else workspace.get(name)
+    if have is None or have.size < size or have.dtype != dtype:
+        have = np.empty(size, dtype)
+        if workspace is not None:
+            workspace[name] = have
+    return have[:size]
+
+
+def _pieces(starts: dict[int, int], pieces: dict[int, list[int]], j: int) -> Iterator[tuple[int, int]]:
+    """Column ranges [c0, c1) of the pieces of the origins <= j."""
+    for i in sorted(pieces):
+        if i > j:
+            break
+        ends = starts[i] + np.cumsum(pieces[i])
+        yield from zip([starts[i], *ends[:-1]], ends)
 
 
 def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray],
@@ -234,7 +323,7 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray],
 
     Args:
         fwd: the clean pass over n inputs.
-        perturbations: layer i -> array (n_i, c) added to z_i; c is a multiple of n, input slowest.
+        perturbations: layer i -> array (n_i, c) added to z_i; c is a multiple of n, input fastest.
 
     Returns:
         layer i -> :class:`Moved` with one entry per column.
@@ -244,7 +333,18 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray],
     columns = {i: p.shape[1] for i, p in perturbations.items()}
     if fwd.output.ndim == 1:  # the pass of one input given as a vector
         fwd = Forward(*(tuple(a[:, None] for a in arrays) for arrays in (fwd.pre, fwd.post)))
-    return run_pass(net, fwd, columns, lambda j, w, h: perturbations.get(j), clock)[1]
+    n = fwd.output.shape[1]
+
+    def visit(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+        """run_pass's layout: input fastest."""
+        p = perturbations.get(j)
+        return None if p is None else p.reshape(p.shape[0], n, -1).transpose(0, 2, 1).reshape(p.shape[0], -1)
+
+    def slowest(a: np.ndarray) -> np.ndarray:  # input fastest -> input slowest
+        return a.reshape(-1, n).T.ravel()
+
+    return {i: Moved(slowest(mv.delta), slowest(mv.flips), slowest(mv.argmax))
+            for i, mv in run_pass(net, fwd, columns, visit, clock)[1].items()}
 
 
 def worst_case_bound(norms: np.ndarray, fwd: Forward, x: np.ndarray, layer: int, size: float,
@@ -399,19 +499,25 @@ def measure_network(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     draws: int, distribution: str, norm: str, rng_for_layer,
                     labels: np.ndarray | None = None, with_bound: bool = True,
                     with_linear: bool = True, timings: dict[str, float] | None = None,
-                    batch_draws: int | None = None, biases: bool = False) -> NetworkResult:
+                    batch_draws: int | None = None, piece_draws: int | None = None,
+                    biases: bool = False) -> NetworkResult:
     """Measure one network at every (ratio, layer, input, draw), in the network's precision.
 
-    The draws of all batches of :func:`network_batches`, joined: the numbers
-    do not depend on ``batch_draws`` (in float64 to the last bit; in float32
-    to float32 rounding, as a GEMM's rounding of a column depends on how many
-    columns share it).
+    The draws of all batches of :func:`network_batches`, each written into
+    its place: the numbers do not depend on ``batch_draws`` (to the last
+    bit, in either precision: a batch is whole pieces, see ``piece_draws``
+    there).
     """
-    parts = list(network_batches(net, x, ratios, layers, draws, distribution, norm, rng_for_layer, labels,
-                                 with_bound, with_linear, timings, batch_draws, biases))
-    first = parts[0]
-    joined = {name: np.concatenate([getattr(p, name) for p in parts], axis=-1) if len(parts) > 1
-              else getattr(first, name) for name in PER_DRAW}
+    joined = None
+    for part in network_batches(net, x, ratios, layers, draws, distribution, norm, rng_for_layer, labels,
+                                with_bound, with_linear, timings, batch_draws, piece_draws, biases):
+        if joined is None:
+            first, start = part, 0
+            joined = {name: np.empty(getattr(part, name).shape[:-1] + (draws,)) for name in PER_DRAW}
+        b = part.delta_norm.shape[-1]
+        for name in PER_DRAW:
+            joined[name][..., start:start + b] = getattr(part, name)
+        start += b
     return dataclasses.replace(first, **joined)
 
 
@@ -423,7 +529,8 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     draws: int, distribution: str, norm: str, rng_for_layer,
                     labels: np.ndarray | None = None, with_bound: bool = True,
                     with_linear: bool = True, timings: dict[str, float] | None = None,
-                    batch_draws: int | None = None, biases: bool = False) -> Iterator[NetworkResult]:
+                    batch_draws: int | None = None, piece_draws: int | None = None,
+                    biases: bool = False) -> Iterator[NetworkResult]:
     """Measure one network batch of draws after batch: a :class:`NetworkResult` per batch, whose
     per-draw fields hold that batch's draws (the others are the same in every batch).
 
@@ -434,7 +541,12 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     batch, the same draws whatever the batches); the same draws serve every ratio.
     A batch holds ``batch_draws`` draws, by default as many as fit the budget
     of :func:`pipeline.sizes.draws_per_batch`: the working memory is that of a
-    batch, whatever the number of draws.
+    batch, whatever the number of draws. The kernel multiplies the columns of
+    ``piece_draws`` draws together (by default
+    :func:`pipeline.sizes.draws_per_piece`), and a batch is whole pieces
+    (``batch_draws`` is rounded down to them, to one at least): BLAS rounds
+    a column by the shape of the product it is in, so pieces that do not
+    depend on the batch make the numbers not depend on it.
 
     Without the linear answer, the first batch's pass through the layers
     computes the clean pass, the bound's spectral norms, the noise and the
@@ -464,15 +576,17 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     present = [i for i in layers if 1 <= i <= net.depth]
     together = TOGETHER in layers and net.depth >= 1
     with_linear = with_linear and bool(present or together)
-    smooth = any(not a.piecewise_linear for a in net.activations)
+    piece = piece_draws or draws_per_piece(net.shapes, n, R, net.dtype)
     if batch_draws is None:
-        batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth)
-    batch_draws = max(1, min(batch_draws, draws))
-    together_batch = together_draws_per_batch(net.shapes, n, R, net.dtype, smooth,
-                                              distribution == "rademacher" or norm == "spectral")
+        smooth = any(not a.piecewise_linear for a in net.activations)
+        batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth, net.holds_weights)
+    # the together cells' passes: a power of two that divides the piece (a power of two too)
+    per_pass = min(piece, together_draws_per_pass(net.shapes, n, R, net.dtype,
+                                                  distribution == "rademacher" or norm == "spectral"))
+    batch_draws = max(1, batch_draws // piece) * piece  # whole pieces: the same products in every batch
     sizes, norms, linear, sources, bias_sizes = {}, np.full(net.depth, np.nan), {}, {}, {}
-    # J_i of each layer; this batch's first-order changes at ratio 1, (input, draw), and first-order prediction
-    # changes, (ratio, input, draw); the clean output
+    # J_i of each layer; this batch's first-order changes at ratio 1, (draw, input), and first-order prediction
+    # changes, (ratio, draw, input), piece by piece; the clean output
     jac, firsts, crossings, clean_output = {}, {}, {}, None
 
     def measure_norms(j: int, w: np.ndarray) -> None:
@@ -488,48 +602,60 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             bias_sizes[j] = 0.0 if b is None else float(np.linalg.norm(b.astype(np.float64)))
 
     def perturbation(b: int, worst: bool):
-        def visit(j: int, w: np.ndarray, h: np.ndarray) -> np.ndarray | None:
-            """Layer j's columns, (n_j, input * ratio * (draw [+ worst])): one run per input, as run_pass wants."""
+        def visit(j: int, w: np.ndarray, h: np.ndarray) -> Fill | None:
+            """Layer j's columns, (n_j, (draw [+ worst]) * ratio * input): runs of the inputs, as run_pass wants."""
             if j not in present:
                 return None
             with clock("noise"):
                 if j not in sources:
                     sources[j] = LayerNoise(rng_for_layer(j), w.shape, h, distribution, norm, sizes[j], net.dtype)
-                u = sources[j].draw(b)  # (n_j, draw, input) at ratio 1
-            if j in jac:
-                with clock("linear"):
-                    change = first_order(jac[j], u)
-                    firsts[j] = np.linalg.norm(change, axis=1)
-                    # the first-order prediction changes at r > the threshold, (ratio, input, draw)
-                    crossings[j] = (ratios[:, None, None] > crossing_threshold(clean_output, change)[None])
-            with clock("noise"):
-                if worst:
-                    u = np.concatenate([u, linear[j].direction[:, None, :]], axis=1)
-                return (u.transpose(0, 2, 1)[:, :, None, :] * ratios[None, None, :, None]).reshape(u.shape[0], -1)
+
+            def fill(out: np.ndarray, start: int, stop: int) -> None:
+                """r u for the columns [start, stop), whole draws: (n_j, draw, ratio, input). The pieces come in
+                order, and each draws its own noise (the same draws whatever the batches): it is still in cache.
+                With the linear answer, each piece's first-order changes are taken from the same u."""
+                if start == b * R * n:  # the worst direction, after the batch's draws
+                    u = linear[j].direction[None]
+                else:
+                    u = sources[j].draw_major((stop - start) // (R * n))  # (draw, n_j, input) at ratio 1
+                    if j in jac:
+                        with clock.moved("noise", "linear"):
+                            change = first_order(jac[j], u.transpose(1, 0, 2))  # (n, k, draw)
+                            firsts[j].append(np.linalg.norm(change, axis=1).T)  # (draw, input)
+                            # the first-order prediction changes at r > the threshold, (ratio, draw, input)
+                            crossings[j].append(ratios[:, None, None] > crossing_threshold(clean_output, change).T)
+                # in float64 (the ratios are), rounded once to the working precision
+                np.multiply(u.transpose(1, 0, 2)[:, :, None, :], ratios[:, None], out=out.reshape(u.shape[1], -1, R, n))
+            return fill
         return visit
 
     fwd = X
     if with_linear or together:
         fwd, _ = run_pass(net, X, {}, lambda j, w, h: measure_norms(j, w), clock)
-    if with_linear:
-        linear, jac = _linear_answers(net, fwd, present, together, sizes, bias_sizes if biases else None, norm, clock)
-        clean_output = fwd.output.astype(np.float64)
+        if with_linear:
+            linear, jac = _linear_answers(net, fwd, present, together, sizes, bias_sizes if biases else None, norm,
+                                          clock)
+            clean_output = fwd.output.astype(np.float64)
     noise_all = TogetherNoise(rng_for_layer(TOGETHER), net.shapes, distribution, norm, sizes,
                               bias_sizes if biases else None, net.dtype) if together else None
-    fixed = None
+    fixed, workspace = None, {}
     for start in range(0, draws, batch_draws):
         b = min(batch_draws, draws - start)
         worst = with_linear and start == 0
-        columns = {i: n * R * (b + worst) for i in present}
+        # the batch's draws in whole pieces, then the worst direction alone
+        columns = {i: [R * n * min(piece, b - s) for s in range(0, b, piece)] + [R * n] * worst for i in present}
+        for i in jac:
+            firsts[i], crossings[i] = [], []
         moved = {}
         if not isinstance(fwd, Forward):  # the first batch without the linear answer: clean pass and norms ride along
             visit = perturbation(b, worst)
-            fwd, moved = run_pass(net, fwd, columns, lambda j, w, h: measure_norms(j, w) or visit(j, w, h), clock)
+            fwd, moved = run_pass(net, fwd, columns, lambda j, w, h: measure_norms(j, w) or visit(j, w, h), clock,
+                                  workspace)
         elif columns:
-            fwd, moved = run_pass(net, fwd, columns, perturbation(b, worst), clock)
+            fwd, moved = run_pass(net, fwd, columns, perturbation(b, worst), clock, workspace)
         if together:
-            moved[TOGETHER] = _together_batch(net, fwd, noise_all, ratios, b, linear.get(TOGETHER) if worst else None,
-                                              min(together_batch, b), clock)
+            moved[TOGETHER] = _together_batch(net, fwd, noise_all, ratios, b,
+                                              linear.get(TOGETHER) if worst else None, per_pass, clock)
         if fixed is None:
             fixed = _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, labels, with_bound,
                                  bias_sizes)
@@ -537,28 +663,32 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                                 crossings, layers, ratios)
 
 
-def _with_first_order(result: NetworkResult, firsts: dict[int, np.ndarray], crossings: dict[int, np.ndarray],
+def _with_first_order(result: NetworkResult, firsts: dict[int, list], crossings: dict[int, list],
                       layers, ratios) -> NetworkResult:
     """A batch's result with its ``linear_change`` (r times the ratio-1 first-order change of the same eta:
     the first-order term is linear in eta) and ``linear_pred_changed``; NaN where they were not computed
-    (the together cells among them)."""
+    (the together cells among them). ``firsts`` and ``crossings`` hold the batch's pieces in order,
+    (draw, input) and (ratio, draw, input)."""
     change, crossed = np.full(result.delta_norm.shape, np.nan), np.full(result.delta_norm.shape, np.nan)
     for col, i in enumerate(layers):
-        if i in firsts:
-            change[:, col] = ratios[:, None, None] * firsts[i][None]
-            crossed[:, col] = crossings[i]  # booleans as 0/1
+        if firsts.get(i):
+            change[:, col] = ratios[:, None, None] * np.concatenate(firsts[i]).T[None]
+            crossed[:, col] = np.concatenate(crossings[i], axis=1).transpose(0, 2, 1)  # booleans as 0/1
     return dataclasses.replace(result, linear_change=change, linear_pred_changed=crossed)
 
 
 def _together_batch(net: Network, fwd: Forward, noise, ratios: np.ndarray, b: int, answer, per_pass: int,
                     clock: Clock) -> Moved:
     """The together cells' columns of one batch of ``b`` draws, in passes of ``per_pass`` draws (the
-    worst direction in a pass of its own), laid out (input, ratio, draw [+ worst]) as the batch's."""
+    worst direction in a pass of its own), laid out (draw [+ worst], ratio, input) as the batch's.
+    ``per_pass`` divides every batch but the last, so a draw's numbers do not depend on the batches."""
     n, R = fwd.output.shape[1], len(ratios)
     parts = [together_pass(net, fwd, noise, ratios, min(per_pass, b - s), None, clock) for s in range(0, b, per_pass)]
     if answer is not None:
         parts.append(together_pass(net, fwd, noise, ratios, 0, answer, clock))
-    return Moved(*(np.concatenate([p[f].reshape(n, R, -1) for p in parts], axis=2).ravel() for f in range(3)))
+    # together_pass orders its columns (input, ratio, draw)
+    return Moved(*(np.concatenate([p[f].reshape(n, R, -1).transpose(2, 1, 0) for p in parts]).ravel()
+                   for f in range(3)))
 
 
 def _linear_answers(net: Network, fwd: Forward, present: list[int], together: bool, sizes: dict,
@@ -590,8 +720,7 @@ def _per_network(net, fwd, X, ratios, layers, moved, linear, norms, sizes, label
         if i not in moved:
             continue
         if linear:
-            runs = moved[i].delta.reshape(n, R, -1)
-            worst_realised[:, col] = runs[:, :, -1].T
+            worst_realised[:, col] = moved[i].delta.reshape(-1, R, n)[-1]
             linear_rms[:, col] = ratios[:, None] * linear[i].rms[None, :]
             worst_linear[:, col] = ratios[:, None] * linear[i].worst[None, :]
         if with_bound and i == TOGETHER:
@@ -632,8 +761,8 @@ def _per_batch(fixed: NetworkResult, fwd: Forward, layers, moved, n: int, R: int
             continue
         mv = moved[i]
 
-        def cells(a: np.ndarray) -> np.ndarray:  # columns (input, ratio, draw [+ worst]) -> (ratio, input, draw)
-            return a.reshape(n, R, b + worst).transpose(1, 0, 2)[:, :, :b]
+        def cells(a: np.ndarray) -> np.ndarray:  # columns (draw [+ worst], ratio, input) -> (ratio, input, draw)
+            return a.reshape(b + worst, R, n)[:b].transpose(1, 2, 0)
 
         delta[:, col] = cells(mv.delta)
         flips[:, col] = cells(mv.flips / hidden if hidden else 0.0 * mv.flips)
@@ -655,18 +784,36 @@ def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...],
     because a multi-threaded GEMM splits its sums differently and would make
     the last bits depend on the machine's thread count.
     """
+    arrays = None
+    for s, start, part in block_batches(spec, L, m, seeds, timings):
+        if arrays is None:  # the block's arrays, each batch written into its place
+            shapes = {name: np.shape(getattr(part, name)) for name in RESULT_FIELDS}
+            shapes.update({name: shapes[name][:-1] + (spec.noise.draws,) for name in PER_DRAW})
+            arrays = {name: np.empty(shape[:2] + (len(seeds),) + shape[2:] if name in PER_CELL
+                                     else (len(seeds),) + shape) for name, shape in shapes.items()}
+        b = part.delta_norm.shape[-1]
+        for name in RESULT_FIELDS:
+            at = (slice(None), slice(None), s) if name in PER_CELL else (s,)
+            if name in PER_DRAW:
+                arrays[name][at + (..., slice(start, start + b))] = getattr(part, name)
+            elif start == 0:
+                arrays[name][at] = getattr(part, name)
+    return BlockResult(**arrays)
+
+
+def block_batches(spec: Spec, L: int, m: int, seeds: tuple[int, ...],
+                  timings: dict[str, float] | None = None) -> Iterator[tuple[int, int, NetworkResult]]:
+    """The networks (L, m, seed) for ``seeds``, batch of draws after batch (:func:`network_batches`):
+    (the seed's place in ``seeds``, the batch's first draw, the batch), with BLAS single-threaded
+    (see :func:`measure_block`). A consumer that pools each batch holds one batch at a time."""
     with threadpool_limits(limits=1, user_api="blas"):
-        return _measure_block(spec, L, m, seeds, timings)
-
-
-def _measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...], timings) -> BlockResult:
-    x, labels = make_inputs(spec), make_labels(spec)
-    g, nz = spec.grid, spec.noise
-    results = []
-    for seed in seeds:
-        net = build_network(spec, L, m, seed)
-        results.append(measure_network(
-            net, x, np.array(g.ratio), g.layer, nz.draws, nz.distribution, nz.norm,
-            lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i), labels, timings=timings,
-            biases=nz.biases))
-    return BlockResult.stack(results)
+        x, labels = make_inputs(spec), make_labels(spec)
+        g, nz = spec.grid, spec.noise
+        for s, seed in enumerate(seeds):
+            net = build_network(spec, L, m, seed)
+            start = 0
+            for part in network_batches(net, x, np.array(g.ratio), g.layer, nz.draws, nz.distribution, nz.norm,
+                                        lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i), labels,
+                                        timings=timings, biases=nz.biases):
+                yield s, start, part
+                start += part.delta_norm.shape[-1]

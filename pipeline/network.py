@@ -101,7 +101,10 @@ class Network:
         """A network whose layer j is ``draw(j)`` (deterministic), memoised when ``keep``."""
         net = cls.__new__(cls)
         net._setup(tuple(shapes), functools.cache(draw) if keep else draw, has_biases, dtype, activations)
+        net.holds_weights = keep
         return net
+
+    holds_weights = True  # fetching a layer again costs nothing (False: it draws the matrix again)
 
     def _setup(self, shapes, fetch, has_biases, dtype, activations):
         self.shapes, self._fetch, self.has_biases, self.dtype = shapes, fetch, has_biases, np.dtype(dtype)

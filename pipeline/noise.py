@@ -99,8 +99,12 @@ class LayerNoise:
             self.r = _r_factor(h.astype(np.float64, copy=False))
             self.streams = rng.spawn(2 if norm == "frobenius" else 4)
 
+    def draw_major(self, draws: int) -> np.ndarray:
+        """:meth:`draw` as (draws, n_out, n): each draw's eta @ H contiguous, as the samplers make it."""
+        return self.draw(draws).transpose(1, 0, 2)
+
     def draw(self, draws: int) -> np.ndarray:
-        """The next ``draws`` draws, shape (n_out, draws, n) at ratio 1."""
+        """The next ``draws`` draws, shape (n_out, draws, n) at ratio 1 (a view of a draw-major array)."""
         if self.materialised:
             return _materialised_noise(self.rng, self.shape, self.h, draws, self.distribution, self.norm,
                                        self.size, self.dtype, self.table)
@@ -208,9 +212,10 @@ def _materialised_noise(rng: np.random.Generator, shape: tuple[int, int], h: np.
                         distribution: str, norm: str, size: float, dtype: np.dtype,
                         table: np.ndarray | None = None) -> np.ndarray:
     """eta @ H with eta formed, a batch of draws at a time; the draws do not depend on the batch size.
-    ``table``: the sign tables of H (:func:`_sign_table`) for Rademacher-Frobenius noise of few inputs."""
+    ``table``: the sign tables of H (:func:`_sign_table`) for Rademacher-Frobenius noise of few inputs.
+    Shape (n_out, draws, n), a view of a draw-major array."""
     n_out, n_in = shape
-    out = np.empty((n_out, draws, h.shape[1]), dtype)
+    out = np.empty((draws, n_out, h.shape[1]), dtype)
     batch = batch_size(shape)
     for start in range(0, draws, batch):
         b = min(batch, draws - start)
@@ -227,8 +232,8 @@ def _materialised_noise(rng: np.random.Generator, shape: tuple[int, int], h: np.
             raw_norm = np.sqrt(np.einsum("bij,bij->b", g, g)) if norm == "frobenius" else spectral_norms(g)
             prod = np.matmul(g.astype(dtype, copy=False), h.astype(dtype, copy=False))
         scale = (size / raw_norm).astype(dtype)
-        out[:, start:start + b] = (prod * scale[:, None, None]).transpose(1, 0, 2)
-    return out
+        np.multiply(prod, scale[:, None, None], out=out[start:start + b])
+    return out.transpose(1, 0, 2)
 
 
 def batch_size(shape: tuple[int, int]) -> int:

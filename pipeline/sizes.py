@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from .activations import activation, per_layer
+from . import config
 from .config import DRAW_BATCH_BYTES, env_size
 from .errors import SpecError
 from .network import keeps_weights, layer_shapes
@@ -95,9 +96,9 @@ def block_peak_bytes(spec) -> int:
 
     A model of pipeline/measure.py, one network at a time: its weights (all of
     them when the network keeps them, see :func:`pipeline.network.keeps_weights`,
-    else the matrix in use and the one being drawn), the perturbed columns of
-    every input, ratio, present layer and draw in two buffers of the widest
-    layer in the working precision plus a mask, the noise of one layer, the
+    else the matrix in use and the one being drawn), a batch of draws
+    (:func:`batch_bytes`: their results, and their columns when the kernel
+    goes layer by layer) and the kernel's pieces (:func:`piece_bytes`), the
     Jacobians, the workspaces of the norms, and the block's results.
     tests/test_sizes.py checks it against the peak that tracemalloc measures.
     """
@@ -123,13 +124,20 @@ def block_peak_bytes(spec) -> int:
     together = TOGETHER in g.layer
     smooth = any(not activation(a).piecewise_linear for r in net.read or [None]
                  for a in (r.activations if r else per_layer(net.activation, L)))
-    batch = min(nz.draws, draws_per_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth))
+    held = net.init_is_file or keeps_weights(shapes, spec.compute.dtype)  # the kernel goes depth first
+    batch = min(nz.draws, draws_per_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth, held))
     # without a single layer (only the together cells) there are no single-layer columns and no LayerNoise
-    work = batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth) * (batch + 1) if present else 0
+    work = 0
+    if present:
+        work += batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth, held) * (batch + 1)
+        work += piece_bytes(shapes, n, len(g.ratio), min(batch, draws_per_piece(shapes, n, len(g.ratio),
+                                                                                spec.compute.dtype)),
+                            spec.compute.dtype, smooth, held)
     if together:  # its passes run after the batch's single-layer columns, whose buffers are still held
         formed = nz.distribution == "rademacher" or nz.norm == "spectral"
-        passes = min(nz.draws, together_draws_per_batch(shapes, n, len(g.ratio), spec.compute.dtype, smooth, formed))
+        passes = min(nz.draws, together_draws_per_pass(shapes, n, len(g.ratio), spec.compute.dtype, formed))
         work += together_bytes(shapes, n, len(g.ratio), spec.compute.dtype, smooth, formed) * (passes + 1)
+        work += 32 * n * len(g.ratio) * batch  # the together cells' results of a batch, and their copies
     work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
     if present and (nz.distribution == "rademacher" or n >= min(b for _, b in shapes)):
         # eta is formed a batch of draws at a time (pipeline/noise.py): signs as bytes and in the working
@@ -149,21 +157,34 @@ def block_peak_bytes(spec) -> int:
     return int(weights + workspace + work + results)
 
 
-def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
-    """Working memory of one draw in a batch (pipeline/measure.py): its columns (one per input, ratio
-    and perturbed layer) in two buffers of the widest layer and a mask, one layer's noise at every ratio
-    (float64 and copies), the float64 temporaries of a smooth activation's difference, and the draw's
-    results (change, flips, prediction)."""
-    rows = max(a for a, _ in shapes)
+def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False,
+                held: bool = True) -> int:
+    """Working memory of one draw in a batch (pipeline/measure.py): the results of its columns (one per
+    input, ratio and perturbed layer: the change, flips, prediction and their copies in the batch's
+    arrays, and the same of the first-order change and prediction), and, for a network that does not hold its matrices (the kernel goes layer by layer), the
+    columns in two buffers of the widest layer. The pieces' own memory is :func:`piece_bytes`."""
     columns = n * ratios * present
-    per_draw = rows * columns * (2 * np.dtype(dtype).itemsize + 1) + 24 * rows * ratios * n
+    per_draw = 80 * columns + 32 * columns  # and the first-order change and prediction of every column
+    if not held:
+        per_draw += 2 * max(a for a, _ in shapes) * columns * np.dtype(dtype).itemsize
+    return int(per_draw)
+
+
+def piece_bytes(shapes, n: int, ratios: int, draws: int, dtype, smooth: bool = False, held: bool = True) -> int:
+    """Working memory of the kernel's pieces of ``draws`` draws: two buffers of the widest layer (depth
+    first), a mask, the noise of a piece (float64, and its copy at every ratio), the clean values tiled
+    for every layer (depth first) or one, and the float64 temporaries of a smooth activation's difference."""
+    rows, item = max(a for a, _ in shapes), np.dtype(dtype).itemsize
+    columns = n * ratios * draws
+    out = rows * columns * (2 * item * held + 1) + 16 * rows * n * draws
+    out += rows * columns * (3 * item + 1) * (len(shapes) if held else 1)
     if smooth:
-        per_draw += 12 * 8 * rows * columns
-    # the first-order change J_i eta h of one layer (working precision, float64) and its crossing threshold's
-    # float64 temporaries, then each layer's first-order change and predictions until the batch is written
+        out += 12 * 8 * rows * columns
+    # the first-order change J_i eta h of a piece (working precision, float64) and its crossing threshold's
+    # float64 temporaries
     k = shapes[-1][0]
-    per_draw += (np.dtype(dtype).itemsize + 24) * k * n + 16 * present * (ratios + 1) * n
-    return int(per_draw + 3 * 8 * columns)
+    out += (item + 24) * k * n * draws
+    return int(out)
 
 
 def together_bytes(shapes, n: int, ratios: int, dtype, smooth: bool = False, formed: bool = True) -> int:
@@ -183,18 +204,33 @@ def together_bytes(shapes, n: int, ratios: int, dtype, smooth: bool = False, for
     return int(per_draw + 3 * 8 * columns)
 
 
-def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
-    """Draws per batch of the kernel: as many as fit NNSWEEP_DRAW_BATCH_MEMORY (at least one)."""
+def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False,
+                    held: bool = True) -> int:
+    """Draws per batch of the kernel: as many as fit NNSWEEP_DRAW_BATCH_MEMORY, a whole number of
+    :func:`draws_per_piece` (at least one piece). ``held``: the network holds its matrices."""
     budget = env_size("NNSWEEP_DRAW_BATCH_MEMORY", DRAW_BATCH_BYTES)
-    return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth))
+    piece = draws_per_piece(shapes, n, ratios, dtype)
+    return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth, held) // piece) * piece
 
 
-def together_draws_per_batch(shapes, n: int, ratios: int, dtype, smooth: bool = False, formed: bool = True) -> int:
-    """Draws per pass of the together cells: as many as fit NNSWEEP_DRAW_BATCH_MEMORY (at least one).
-    A batch of the kernel runs its together draws in passes of this many, after its single-layer
-    columns, so the single-layer batches (and their float32 rounding) do not change."""
-    budget = env_size("NNSWEEP_DRAW_BATCH_MEMORY", DRAW_BATCH_BYTES)
-    return max(1, budget // together_bytes(shapes, n, ratios, dtype, smooth, formed))
+def draws_per_piece(shapes, n: int, ratios: int, dtype) -> int:
+    """Draws that the kernel multiplies and passes through an activation together (pipeline/measure.py):
+    the n inputs and every ratio of as many draws as fill PIECE_BYTES of the widest layer (at least
+    one), rounded down to a power of two. A column's numbers depend on the shape of the product it is in,
+    so a piece is the same whatever the batch; batches are whole pieces."""
+    rows = max(a for a, _ in shapes)
+    fit = max(1, config.PIECE_BYTES // (ratios * n * rows * np.dtype(dtype).itemsize))
+    return 1 << (fit.bit_length() - 1)  # a power of two, which the together cells' passes divide
+
+
+def together_draws_per_pass(shapes, n: int, ratios: int, dtype, formed: bool = True) -> int:
+    """Draws per pass of the together cells: a power of two, as many as fit the default draw-batch budget
+    (at least one). A batch runs its together draws in passes of this many (or of a piece, if smaller:
+    both are powers of two, so the passes divide every batch but the last, and a draw's numbers do not
+    depend on the batches). The default budget, not NNSWEEP_DRAW_BATCH_MEMORY, so that the numbers do not
+    depend on that setting either; smooth activations' temporaries are left out for the same reason."""
+    fit = max(1, DRAW_BATCH_BYTES // together_bytes(shapes, n, ratios, dtype, False, formed))
+    return 1 << (fit.bit_length() - 1)
 
 
 def limit(name: str) -> int:

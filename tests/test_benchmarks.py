@@ -150,3 +150,27 @@ def test_bench_control_tiny():
         assert row["width_ratio"] == pytest.approx(p["width"] / c["width"])
         assert row["speedup_at_equal_width"] == pytest.approx(p["width2_seconds"] / c["width2_seconds"])
         assert c["seconds"] > c["cheap_seconds"] > 0 and min(c["cheap_draws"].values()) >= 2
+
+
+def test_bench_inputs_script(machine):
+    """bench_inputs.py on tiny shapes: both parts' arithmetic against an independent count of the work."""
+    assert doctest.testmod(importlib.import_module("bench_inputs")).failed == 0
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_inputs.py"), "--L", "3", "--m", "16", "--d", "8",
+                          "--k", "4", "--n", "1", "4", "--columns", "16", "--repeat", "1", "--estimate",
+                          "--estimate-network", "2,16,8,4,6", "--estimate-draws", "5", "--rate-repeats", "1",
+                          "--json"], capture_output=True, text=True, timeout=300, check=True).stdout
+    r = json.loads(out)
+    assert [(row["n_inputs"], row["draws"]) for row in r["rows"]] == [(1, 16), (4, 4)]
+    for row in r["rows"]:
+        assert row["us_per_input_draw"] == pytest.approx(row["seconds"] / 16 * 1e6)
+        assert row["relative_to_first"] == pytest.approx(row["us_per_input_draw"] / r["rows"][0]["us_per_input_draw"])
+    e = r["estimate"]
+    assert e["command"] == ("nnsweep estimate --L 2 --m 16 --d 8 --k 4 --n-inputs 6 --seeds 1 --draws 5 "
+                            "--ratio 0.01,0.1,0.3 --layer all")
+    # layer 1 (16 x 8; 6 < 8 inputs: Z R with q = 6), then W_2 for 3 ratios x 6 inputs; layer 2 (4 x 16, q = 6)
+    assert e["flops"] == 5 * (2 * 16 * 6 * 6 + 2 * 4 * 16 * 3 * 6 + 2 * 4 * 6 * 6)
+    assert e["normals"] == 5 * (16 * 6 + 4 * 6)
+    assert e["limit_seconds"] == pytest.approx(e["flops"] / e["gemm_rate"]["best"]
+                                               + e["normals"] / e["normal_rate"]["best"])
+    assert e["times_limit"] == pytest.approx(e["seconds"] / e["limit_seconds"])
+    assert e["peak_rss_mb"] > 0 and e["seconds"] > 0

@@ -9,10 +9,12 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
+from pipeline import config, pooling, sizes
 from pipeline.analysis.theory import attenuation
 from pipeline.cli import main
 from pipeline.estimation import estimate
-from pipeline.measure import measure_block
+from pipeline.measure import block_batches, measure_block
+from pipeline.network import layer_shapes
 from pipeline.spec import Spec
 
 SMALL = ["--L", "3", "--m", "16", "--d", "8", "--k", "4", "--seeds", "3", "--draws", "4"]
@@ -292,3 +294,36 @@ def test_one_network_pools_ratios_by_draw():
     two = json.loads(run(*base, "--ratio", "0.1,0.1000001").stdout)
     assert two["ci95"] == pytest.approx(one["ci95"], rel=1e-4)
     assert two["ci95_over"] == "draws"
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_estimate_is_the_same_whatever_the_batches(seeds, monkeypatch):
+    """Batches of 1, 7 and all 60 draws (pieces of one draw) give the same estimate, number for number,
+    and it is the statistics of the whole block; the medians narrow their brackets on the way."""
+    monkeypatch.setattr(config, "PIECE_BYTES", 1)  # one draw per piece, so a batch can be any number of draws
+    monkeypatch.setattr(pooling, "CAP", 50)  # the medians keep a fraction of the values
+    spec = Spec.from_dict({"network": {"input_dim": 8, "output_dim": 4, "n_inputs": 6},
+                           "grid": {"L": [3], "m": [16], "ratio": [0.05, 0.3], "layer": "all", "seeds": seeds},
+                           "noise": {"draws": 60}})
+    per_draw = sizes.batch_bytes(layer_shapes(3, 16, 8, 4), 6, 2, 3, np.float64)
+    results = []
+    for draws_per_batch, batches in ((1, 60), (7, 9), (100, 1)):
+        monkeypatch.setenv("NNSWEEP_DRAW_BATCH_MEMORY", str(per_draw * draws_per_batch))
+        assert sum(start == 0 for _, start, _ in block_batches(spec, 3, 16, spec.grid.seeds)) == seeds
+        assert len(list(block_batches(spec, 3, 16, spec.grid.seeds))) == seeds * batches
+        results.append(estimate(spec))
+    assert results[0] == results[1] == results[2]
+    block = measure_block(spec, 3, 16, spec.grid.seeds)
+    rel = block.delta_norm / block.output_norm[None, None, :, :, None]  # (ratio, layer, seed, input, draw)
+    out = results[0]
+    assert out["median_rel_change"] == np.median(rel)
+    assert out["mean_rel_change"] == pytest.approx(rel.mean(), rel=1e-12)
+    assert out["rms_rel_change"] == pytest.approx(np.sqrt(np.mean(rel**2)), rel=1e-12)
+    assert out["pred_change_rate"] == pytest.approx(block.pred_changed.mean(), rel=1e-12)
+    for r, by_ratio in enumerate(out["by_ratio"].values()):
+        assert by_ratio["median_rel_change"] == np.median(rel[r])
+        for c, s in enumerate(by_ratio["by_layer"].values()):
+            assert s["median_rel_change"] == np.median(rel[r, c])
+            assert s["mean_abs_change"] == pytest.approx(block.delta_norm[r, c].mean(), rel=1e-12)
+    for c, s in enumerate(out["by_layer"].values()):
+        assert s["median_rel_change"] == np.median(rel[:, c])

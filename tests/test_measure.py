@@ -12,9 +12,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.measure import RESULT_FIELDS, measure_block, measure_network, propagate
+from pipeline import config
+from pipeline.measure import RESULT_FIELDS, block_batches, measure_block, measure_network, propagate
 from pipeline.network import Network
+from pipeline.sizes import draws_per_piece
 from pipeline.spec import Spec
+from pipeline_helpers import assert_bit_identical, build_store, raw_spec, read_arrays
 
 MODELS = [(dist, norm) for dist in ("gaussian", "rademacher", "sphere") for norm in ("frobenius", "spectral")]
 
@@ -360,14 +363,32 @@ def test_benchmark_script_runs(tmp_path):
                                                 ("rademacher", "frobenius")])
 @pytest.mark.parametrize("n", [1, 5, 12])
 def test_results_do_not_depend_on_the_batch_of_draws(distribution, norm, n):
-    """Batches of 1, 3 and 7 draws give exactly the numbers of one batch of all 16 (float64)."""
+    """Batches of 2, 4 and 6 draws give exactly the numbers of one batch of all 16 (float64), pieces of two."""
     rng = np.random.default_rng(4)
     net = random_net(rng, 3, 10, 11, 4, biases=True)
     x = rng.standard_normal((n, 10))
     labels = rng.integers(0, 4, n)
     args = (net, x, np.array([0.01, 0.3]), (1, 2, 3), 16, distribution, norm, layer_rng(2), labels)
-    whole = measure_network(*args, batch_draws=16)
-    for batch in (1, 3, 7):
+    whole = measure_network(*args, batch_draws=16, piece_draws=2)
+    for batch in (2, 4, 6):
+        part = measure_network(*args, batch_draws=batch, piece_draws=2)
+        for name in RESULT_FIELDS:
+            np.testing.assert_array_equal(getattr(part, name), getattr(whole, name), err_msg=f"{name}, {batch}")
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_results_do_not_depend_on_the_batch_at_full_size(precision):
+    """Layers of 64 and 128 units, where BLAS rounds a column by the shape of its product (with the batch
+    as one product, batches of 1, 3 and 7 draws differed in the last bits): whole default pieces, any
+    number of them per batch, give the same bits."""
+    rng = np.random.default_rng(9)
+    ws = (rng.standard_normal((128, 32)) / 6, rng.standard_normal((64, 128)) / 11, rng.standard_normal((10, 64)) / 8)
+    net = Network(ws, dtype=np.dtype(precision))
+    x = rng.standard_normal((7, 32))
+    piece = draws_per_piece(net.shapes, 7, 2, net.dtype)
+    args = (net, x, np.array([0.01, 0.3]), (1, 2, 3), 3 * piece + 5, "gaussian", "frobenius", layer_rng(3))
+    whole = measure_network(*args, batch_draws=10 * piece)
+    for batch in (piece, 2 * piece):
         part = measure_network(*args, batch_draws=batch)
         for name in RESULT_FIELDS:
             np.testing.assert_array_equal(getattr(part, name), getattr(whole, name), err_msg=f"{name}, {batch}")
@@ -375,9 +396,39 @@ def test_results_do_not_depend_on_the_batch_of_draws(distribution, norm, n):
 
 def test_a_block_in_many_batches_equals_one_batch(tiny_spec, monkeypatch):
     """The budget NNSWEEP_DRAW_BATCH_MEMORY sets the batch; the block's numbers stay the same."""
+    monkeypatch.setattr(config, "PIECE_BYTES", 1)  # pieces of one draw, so that a batch can be one draw
     spec = tiny_spec()
     one = measure_block(spec, 2, 8, (0, 1))
     monkeypatch.setenv("NNSWEEP_DRAW_BATCH_MEMORY", "1")  # one draw per batch
+    assert len(list(block_batches(spec, 2, 8, (0, 1)))) == 2 * spec.noise.draws
     many = measure_block(spec, 2, 8, (0, 1))
     for name in RESULT_FIELDS:
         np.testing.assert_array_equal(getattr(many, name), getattr(one, name))
+
+
+def test_a_store_written_in_batches_equals_one_written_in_one(tmp_path, monkeypatch):
+    """A sweep of 12 draws, one batch per draw against one batch per network: the same store, bit for bit.
+    (The kernel's pieces, of one draw here, are set by the spec alone: see pipeline.sizes.draws_per_piece.)"""
+    monkeypatch.setattr(config, "PIECE_BYTES", 1)
+    raw = raw_spec(noise={"draws": 12}, network={"n_inputs": 3})
+    one = read_arrays(build_store(tmp_path / "one.zarr", raw))
+    monkeypatch.setenv("NNSWEEP_DRAW_BATCH_MEMORY", "1")
+    spec = Spec.from_dict(raw)
+    assert len(list(block_batches(spec, 2, 8, (0, 1)))) == 2 * 12
+    assert_bit_identical(read_arrays(build_store(tmp_path / "many.zarr", raw)), one, "batches of one draw")
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_depth_first_and_layer_by_layer_give_the_same_bits(tiny_spec, monkeypatch, activation):
+    """A network that holds its matrices takes each piece through every layer at once; one that draws them
+    again at each fetch (NNSWEEP_KEEP_WEIGHTS=0) goes layer by layer. Same numbers, in several batches."""
+    monkeypatch.setattr(config, "PIECE_BYTES", 1)
+    monkeypatch.setenv("NNSWEEP_DRAW_BATCH_MEMORY", "1")
+    spec = tiny_spec(grid={"L": [3], "m": [12], "ratio": [0.01, 0.4], "seeds": 2}, noise={"draws": 5},
+                     network={"n_inputs": 3, "bias_std": 0.1, "activation": activation})
+    held = measure_block(spec, 3, 12, (0, 1))
+    monkeypatch.setenv("NNSWEEP_KEEP_WEIGHTS", "0")
+    drawn = measure_block(spec, 3, 12, (0, 1))
+    for name in RESULT_FIELDS:
+        np.testing.assert_array_equal(getattr(drawn, name), getattr(held, name), err_msg=name)
+    assert np.all(np.isfinite(held.delta_norm)) and held.hidden_flip_fraction.max() > 0

@@ -1,0 +1,114 @@
+"""Statistics of streams too long to hold: the exact median of values that arrive a batch at a time.
+
+``nnsweep estimate`` pools a network's draws batch after batch (pipeline/estimation.py). Its means
+need only per-draw sums, which it keeps; a median over every (input, draw) needs the values near the
+middle. :class:`StreamMedian` counts the values below and above a bracket and keeps those inside it;
+the bracket starts as everything and narrows, as independent units (the draws of one network, or
+the networks) arrive, to the values within ``z`` standard errors of rank of the current middle. Its answer is the
+median of the whole stream exactly, equal to ``np.median``; when the middle of the stream ends up
+outside the bracket (the last draws far from what the first ones said), :meth:`StreamMedian.result`
+says so and :meth:`StreamMedian.retry` gives the bracket that holds it for a second pass over the
+same stream. The kept values number about z n sqrt(units) for n values per unit, against n units
+for the whole stream.
+
+>>> rng = np.random.default_rng(0)
+>>> values = rng.standard_normal((10000, 20))  # 10000 draws of 20 values
+>>> med = StreamMedian(values.size, cap=1000)
+>>> for batch in np.split(values, 20):
+...     med.add(batch, units=len(batch))
+>>> bool(med.result() == np.median(values)), med.kept < values.size // 10
+(True, True)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+Z = 6.0  # standard errors of rank kept on each side of the current middle
+CAP = 2**16  # values kept before the bracket first narrows
+
+
+class StreamMedian:
+    """The median of a stream of ``total`` numbers, exactly, holding those near the middle.
+
+    Args:
+        total: how many values the stream will have (NaN included).
+        lo, hi: a bracket known to hold the middle (from :meth:`retry`); values outside are counted.
+        cap: values kept before narrowing (by default CAP); after narrowing, twice what is kept.
+        z: the half-width of the bracket in standard errors of rank.
+    """
+
+    def __init__(self, total: int, lo: float = -math.inf, hi: float = math.inf, cap: int | None = None,
+                 z: float = Z):
+        self.total, self.lo, self.hi, self.cap, self.z = total, lo, hi, CAP if cap is None else cap, z
+        self.ranks = ((total - 1) // 2, total // 2)  # the middle one or two, 0-based (np.median averages two)
+        self.below = self.above = self.seen = self.units = 0
+        self.parts: list[np.ndarray] = []
+        self.kept = 0
+        self.nan = False
+
+    def add(self, values: np.ndarray, units: int, nan: bool | None = None) -> None:
+        """The next values of the stream, which complete ``units`` more independent units; ``nan``: whether
+        they hold a NaN, when the caller knows."""
+        v = np.asarray(values, dtype=np.float64).ravel()
+        self.seen += v.size
+        self.units += units
+        if self.nan or (np.isnan(v).any() if nan is None else nan):  # np.median of anything with a NaN is NaN
+            self.nan, self.parts, self.kept = True, [], 0
+            return
+        if self.lo == -math.inf and self.hi == math.inf:
+            inside = v.copy()
+        else:
+            inside = v[(v >= self.lo) & (v <= self.hi)]
+            below = int(np.count_nonzero(v < self.lo))
+            self.below += below
+            self.above += v.size - inside.size - below
+        self.parts.append(inside)
+        self.kept += inside.size
+        if self.kept > self.cap and units:  # only once whole units are in: a part of one is no fair sample
+            self._narrow()
+
+    def _narrow(self) -> None:
+        """Drop the kept values more than z standard errors of rank away from the middle's expected place."""
+        kept = np.concatenate(self.parts)
+        p = (self.ranks[0] + 0.5) / self.total  # the middle's quantile in the whole stream
+        where = p * self.seen  # and its expected rank among the values seen so far
+        spread = self.z * math.sqrt(p * (1 - p) / max(self.units, 1)) * self.seen + 1
+        first = max(0, math.floor(where - spread) - self.below)
+        last = min(kept.size - 1, math.ceil(where + spread) - self.below)
+        if first > last:  # the middle's expected place is outside what is kept: keep everything, let result() tell
+            first, last = 0, kept.size - 1
+        lo, hi = np.partition(kept, [first, last])[[first, last]]  # order statistics: no sort needed
+        inside = kept[(kept >= lo) & (kept <= hi)]  # ties stay
+        below = int(np.count_nonzero(kept < lo))
+        self.below += below
+        self.above += kept.size - inside.size - below
+        self.lo, self.hi = max(self.lo, lo), min(self.hi, hi)
+        self.parts, self.kept = [inside], inside.size
+        self.cap = max(self.cap, 2 * inside.size)
+
+    def result(self) -> float | None:
+        """The median of the whole stream, or None when its middle fell outside the bracket (see retry)."""
+        if self.seen != self.total:
+            raise ValueError(f"the stream has {self.seen} values, not the {self.total} announced")
+        if self.nan:
+            return math.nan
+        first, last = (r - self.below for r in self.ranks)
+        if first < 0 or last >= self.kept:
+            return None
+        middle = np.partition(np.concatenate(self.parts), [first, last])[[first, last] if first != last else [first]]
+        return float(np.mean(middle))  # as np.median takes the mean of the middle one or two
+
+    def retry(self) -> StreamMedian:
+        """A fresh median of the same stream whose bracket holds its middle, with a wider ``z``."""
+        first, last = self.ranks
+        lo, hi = self.lo, self.hi
+        if first < self.below:  # somewhere below the bracket
+            lo, hi = -math.inf, np.nextafter(self.lo, -math.inf)
+        elif last >= self.below + self.kept:
+            lo, hi = np.nextafter(self.hi, math.inf), math.inf
+        if first < self.below <= last or first < self.below + self.kept <= last:
+            lo, hi = -math.inf, math.inf  # the two middle values straddle an edge: keep it simple
+        return StreamMedian(self.total, lo, hi, self.cap, 2 * self.z)
