@@ -18,7 +18,7 @@ variable                        what it bounds                                 d
 >>> s = sizes(Spec.from_dict({"grid": {"L": [2], "m": [8], "ratio": [0.1], "seeds": 4},
 ...                           "noise": {"draws": 16}, "execution": {"seeds_per_block": 2}}))
 >>> s.cells, s.blocks, s.chunks
-(128, 2, 26)
+(128, 2, 30)
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def block_peak_bytes(spec) -> int:
                             spec.compute.dtype, smooth, held)
     if together:  # its passes run after the batch's single-layer columns, whose buffers are still held
         formed = nz.distribution == "rademacher" or nz.norm == "spectral"
-        passes = min(nz.draws, together_draws_per_pass(shapes, n, len(g.ratio), spec.compute.dtype, formed))
+        passes = min(nz.draws, draws_per_piece(shapes, n, len(g.ratio), spec.compute.dtype),
+                     together_draws_per_pass(shapes, n, len(g.ratio), spec.compute.dtype, formed))
         work += together_bytes(shapes, n, len(g.ratio), spec.compute.dtype, smooth, formed) * (passes + 1)
         work += 32 * n * len(g.ratio) * batch  # the together cells' results of a batch, and their copies
     work += 5 * 8 * n * net.output_dim * rows  # one layer's Jacobians of the linear answer, and float64 copies
