@@ -282,7 +282,7 @@ def _estimate_table(spec, result: dict) -> list[str]:
     """The estimate as a table: one row per (ratio, layer), then the pooled row."""
     net, g = spec.network, spec.grid
     what = (f"1 network x {spec.noise.draws} draws" if result["n_networks"] == 1 and net.one_network
-            else f"{result['n_networks']} networks x {spec.noise.draws} draws")
+            else f"{result['n_networks']} network{'s' if result['n_networks'] > 1 else ''} x {spec.noise.draws} draws")
     lines = [f"L={g.L[0]} m={g.m[0]} d={net.input_dim} k={net.output_dim} r={','.join(map(str, g.ratio))} "
              f"init={Path(net.init).name} noise={spec.noise.distribution}/{spec.noise.norm}: {what} x "
              f"{net.n_inputs} input{'s' if net.n_inputs > 1 else ''}; 95% CI over {result['ci95_over']}"]
@@ -328,7 +328,10 @@ def _printed_note(result: dict) -> list[str]:
         return []
     cv, plain = result["control_variate"], result["plain"]
     lo, hi = plain["ci95"] or (float("nan"), float("nan"))
-    return [f"E R and its 95% CI: the control-variate estimate, {result['printed_why']}.",
+    together = [] if "together" not in result.get("by_layer", {}) else [
+        "The together rows (noise in every layer at once) are plain Monte Carlo: no single layer's first-order "
+        "change serves as their control variate."]
+    return together + [f"E R and its 95% CI: the control-variate estimate, {result['printed_why']}.",
             f"Plain Monte Carlo on the same draws (all cells): {_cell(plain['mean_rel_change'], 0).strip()} "
             f"[{_cell(lo, 0).strip()}, {_cell(hi, 0).strip()}], an interval {_cell(cv['width_ratio'], 0).strip()}x "
             "as wide; both in --json."] + _pred_note(plain, cv)
