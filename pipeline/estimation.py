@@ -168,10 +168,12 @@ def pooled(spec: Spec, groups: list[tuple[tuple[int, ...], tuple[int, ...]]], pa
     return pool
 
 
-def _cheap_draws(spec: Spec, pool: Pool, L: int, m: int, units: str):
+def _cheap_draws(spec: Spec, pool: Pool, L: int, m: int, units: str, control_variate: bool = True):
     """The cheap draws of the first-order change for the one network of ``pool``, or why they do not apply."""
     from .control import cheap_draws_for
 
+    if not control_variate:
+        return "the control variate was not asked for (--no-control-variate)"
     if units == "networks":
         return "several networks: the interval is over networks, where no control variate applies"
     if len(spec.grid.seeds) != 1:
@@ -209,7 +211,7 @@ def single_layers(spec: Spec) -> tuple[int, ...]:
     return tuple(c for c, i in enumerate(layers) if i != TOGETHER) or tuple(range(len(layers)))
 
 
-def estimate(spec: Spec) -> dict:
+def estimate(spec: Spec, control_variate: bool = True) -> dict:
     """E||v - v*||, E R and the prediction-change rate for the single (L, m) of ``spec``.
 
     The draws are measured and pooled batch by batch (:func:`pooled`): the memory is a batch's plus
@@ -224,12 +226,13 @@ def estimate(spec: Spec) -> dict:
         ``by_layer``. Random-init networks also get ``theory_first_order`` (r)
         and ``theory_attenuation`` (the infinite-width arc-cosine prediction);
         a given network, or one with another activation, gets no random-network theory.
-        For one network, the control-variate estimate beside the plain one (:mod:`pipeline.control`).
+        For one network, the control-variate estimate beside the plain one (:mod:`pipeline.control`),
+        unless ``control_variate`` is False (its cheap draws are extra work: the plain estimate alone then).
     """
-    return _summaries(spec, pooled(spec, groups_of(spec)))
+    return _summaries(spec, pooled(spec, groups_of(spec)), control_variate)
 
 
-def estimate_from(spec: Spec, block: BlockResult) -> dict:
+def estimate_from(spec: Spec, block: BlockResult, control_variate: bool = True) -> dict:
     """:func:`estimate` of measurements already made: ``block`` holds every seed, ratio and layer of ``spec``.
 
     Also how the network file was read (``network``), for a given network.
@@ -238,10 +241,10 @@ def estimate_from(spec: Spec, block: BlockResult) -> dict:
         for s in range(block.output_norm.shape[0]):
             yield s, 0, NetworkResult(**{name: getattr(block, name)[:, :, s] if name in PER_CELL
                                          else getattr(block, name)[s] for name in RESULT_FIELDS})
-    return _summaries(spec, pooled(spec, groups_of(spec), parts))
+    return _summaries(spec, pooled(spec, groups_of(spec), parts), control_variate)
 
 
-def _summaries(spec: Spec, pool: Pool) -> dict:
+def _summaries(spec: Spec, pool: Pool, control_variate: bool = True) -> dict:
     """The summaries of :func:`estimate` from a pooled block."""
     (L,), (m,) = spec.grid.L, spec.grid.m
     ratios, layers = spec.grid.ratio, spec.grid.layer
@@ -251,7 +254,7 @@ def _summaries(spec: Spec, pool: Pool) -> dict:
               "n_inputs": spec.network.n_inputs, "n_draws": spec.noise.draws}
     # the random-network theory is that of ReLU networks at random init
     random_init = not spec.network.init_is_file and spec.network.activation == "relu"
-    cheap = _cheap_draws(spec, pool, L, m, units)
+    cheap = _cheap_draws(spec, pool, L, m, units, control_variate)
     samples = _draw_samples(pool) if not isinstance(cheap, str) else None
 
     def summary(ri: list[int], li: list[int]) -> dict:

@@ -327,3 +327,17 @@ def test_estimate_is_the_same_whatever_the_batches(seeds, monkeypatch):
             assert s["mean_abs_change"] == pytest.approx(block.delta_norm[r, c].mean(), rel=1e-12)
     for c, s in enumerate(out["by_layer"].values()):
         assert s["median_rel_change"] == np.median(rel[:, c])
+
+
+def test_no_control_variate_leaves_the_plain_estimate_alone():
+    """--no-control-variate prints the plain estimate, the same numbers as the default's plain ones; the
+    default prints the control variate for one network (a table test would pass with either)."""
+    args = ["--L", "3", "--m", "16", "--d", "8", "--k", "4", "--seeds", "1", "--draws", "24", "--n-inputs", "5",
+            "--ratio", "0.001", "--layer", "2", "--json"]
+    with_cv, plain = (json.loads(run(*args, *extra).stdout) for extra in ([], ["--no-control-variate"]))
+    assert with_cv["printed"] == "control_variate" and plain["printed"] == "plain"
+    assert plain["control_variate"] is None and "--no-control-variate" in plain["printed_why"]
+    assert plain["plain"] == {k: with_cv["plain"][k] for k in ("mean_rel_change", "ci95")}
+    assert plain["mean_rel_change"] == with_cv["mean_rel_change"] and plain["ci95"] == with_cv["ci95"]
+    cv = with_cv["control_variate"]["ci95"]
+    assert cv[1] - cv[0] < plain["ci95"][1] - plain["ci95"][0]
