@@ -174,3 +174,4 @@ def test_bench_inputs_script(machine):
                                                + e["normals"] / e["normal_rate"]["best"])
     assert e["times_limit"] == pytest.approx(e["seconds"] / e["limit_seconds"])
     assert e["peak_rss_mb"] > 0 and e["seconds"] > 0
+    assert e["with_control_variate"]["seconds"] > 0 and e["with_control_variate"]["peak_rss_mb"] > 0
