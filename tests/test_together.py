@@ -177,14 +177,16 @@ def test_float32_against_float64_at_small_r():
     assert np.max(np.abs(d32 / d64 - 1)) < 1e-4
 
 
-def test_draw_batches_do_not_change_the_draws():
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_draw_batches_do_not_change_the_draws(distribution):
+    """To the last bit: the together passes divide every batch (pieces of 2 draws, batches of 4 against one)."""
     _, _, net = make_network(9, True, "relu")
     x = np.random.default_rng(3).standard_normal((3, WIDTHS[0]))
-    args = (np.array([0.1]), (0, 2), 10, "rademacher", "frobenius", lambda i: np.random.default_rng(i))
-    whole = measure_network(net, x, *args, biases=True)
-    batched = measure_network(net, x, *args, biases=True, batch_draws=3)
+    args = (np.array([0.1]), (0, 2), 10, distribution, "frobenius", lambda i: np.random.default_rng(i))
+    whole = measure_network(net, x, *args, biases=True, piece_draws=2)
+    batched = measure_network(net, x, *args, biases=True, batch_draws=4, piece_draws=2)
     for name in ("delta_norm", "hidden_flip_fraction", "pred_changed", "worst_realised", "bound"):
-        assert np.allclose(getattr(whole, name), getattr(batched, name), rtol=1e-12, atol=0), name
+        np.testing.assert_array_equal(getattr(whole, name), getattr(batched, name), err_msg=name)
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
