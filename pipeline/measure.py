@@ -99,18 +99,12 @@ class Clock:
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
-        if self.into is None:
+        with self.moved(None, phase):
             yield
-            return
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.into[phase] = self.into.get(phase, 0.0) + time.perf_counter() - start
 
     @contextlib.contextmanager
-    def moved(self, source: str, phase: str):
-        """Inside ``source``'s timing: the seconds of the body go to ``phase`` instead."""
+    def moved(self, source: str | None, phase: str):
+        """The seconds of the body go to ``phase``; inside ``source``'s timing, they are taken from it."""
         if self.into is None:
             yield
             return
@@ -120,7 +114,8 @@ class Clock:
         finally:
             seconds = time.perf_counter() - start
             self.into[phase] = self.into.get(phase, 0.0) + seconds
-            self.into[source] = self.into.get(source, 0.0) - seconds
+            if source is not None:
+                self.into[source] = self.into.get(source, 0.0) - seconds
 
 
 Fill = Callable[[np.ndarray, int, int], None]

@@ -38,10 +38,9 @@ VARIABLES = {
     "delta_norm": (FULL, "f8", "output units",
                    "||v - v*||_2, the change of the output when W_layer is perturbed (layer 0: every W_j at "
                    "once, each by its own eta_j, and every b_j with noise.biases)"),
-    "linear_change": (FULL, "f8", "output units",
-                      "||J_i eta h_{i-1}||_2, the first-order change of the output for the same eta as delta_norm "
-                      "(J_i = dv/dz_i): the control variate of nnsweep estimate (docs/linear-answer.md); NaN for "
-                      "layer 0 (every layer at once)"),
+    "linear_change": (FULL, "f8", "output units", "||J_i eta h_{i-1}||_2, the first-order change of the output "
+                      "for the same eta as delta_norm (J_i = dv/dz_i): the control variate of nnsweep estimate "
+                      "(docs/linear-answer.md); NaN for layer 0 (every layer at once)"),
     "linear_pred_changed": (FULL, "f8", "1",
                             "1 if the first-order output v + J_i eta h_{i-1} (the same eta) predicts another class "
                             "than v, else 0: the control variate of pred_changed; NaN for layer 0"),
