@@ -27,6 +27,7 @@ from .errors import SpecError
 # draws), and batches larger than this are no faster
 DRAW_BATCH_BYTES = 32 * 2**20
 PIECE_BYTES = 256 * 2**10  # the kernel's columns per product and pass: about an L2 cache's worth (not a setting)
+FIRST_ORDER_BYTES = 8 * 2**20  # the noise of the draws whose first-order changes are taken together (not a setting)
 
 
 def env_size(var: str, default: int, count: bool = False, zero: bool = False) -> int:

@@ -27,7 +27,7 @@ from .network import (NOISE_STREAM, Forward, Network, build_network, make_inputs
 from .noise import LayerNoise, matrix_norm
 from . import config
 from .schema import TOGETHER
-from .sizes import draws_per_batch, draws_per_piece, together_draws_per_pass
+from .sizes import draws_per_batch, draws_per_piece, first_order_draws, together_draws_per_pass
 from .spec import Spec
 from .together import TogetherLinear, TogetherNoise, together_bound, together_pass
 
@@ -578,11 +578,27 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     # the together cells' passes: a power of two that divides the piece (a power of two too)
     per_pass = min(piece, together_draws_per_pass(net.shapes, n, R, net.dtype,
                                                   distribution == "rademacher" or norm == "spectral"))
-    batch_draws = max(1, batch_draws // piece) * piece  # whole pieces: the same products in every batch
+    # the first-order changes are taken a chunk of draws at a time (a power of two, as the piece is)
+    chunk = first_order_draws(net.shapes, n, net.dtype) if with_linear else 1
+    unit = max(piece, chunk)
+    batch_draws = max(1, batch_draws // unit) * unit  # whole pieces and chunks: the same products in every batch
     sizes, norms, linear, sources, bias_sizes = {}, np.full(net.depth, np.nan), {}, {}, {}
     # J_i of each layer; this batch's first-order changes at ratio 1, (draw, input), and first-order prediction
-    # changes, (ratio, draw, input), piece by piece; the clean output
-    jac, firsts, crossings, clean_output = {}, {}, {}, None
+    # changes, (ratio, draw, input), chunk by chunk, and the noise of the draws still waiting for theirs;
+    # the clean output
+    jac, firsts, crossings, waiting, clean_output = {}, {}, {}, {}, None
+
+    def first_orders(j: int) -> None:
+        """The first-order changes of the draws waiting at layer j: one product per input for all of them."""
+        if not waiting[j]:
+            return
+        with clock("linear"):
+            u = np.concatenate(waiting[j]) if len(waiting[j]) > 1 else waiting[j][0]
+            waiting[j] = []
+            change = first_order(jac[j], u.transpose(1, 0, 2))  # (n, k, draw)
+            firsts[j].append(np.linalg.norm(change, axis=1).T)  # (draw, input)
+            # the first-order prediction changes at r > the threshold, (ratio, draw, input)
+            crossings[j].append(ratios[:, None, None] > crossing_threshold(clean_output, change).T)
 
     def measure_norms(j: int, w: np.ndarray) -> None:
         """What the bound and the noise need of W_j, while it is at hand."""
@@ -608,17 +624,16 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
             def fill(out: np.ndarray, start: int, stop: int) -> None:
                 """r u for the columns [start, stop), whole draws: (n_j, draw, ratio, input). The pieces come in
                 order, and each draws its own noise (the same draws whatever the batches): it is still in cache.
-                With the linear answer, each piece's first-order changes are taken from the same u."""
+                With the linear answer, the first-order changes of the same u follow, a chunk of draws at a time."""
                 if start == b * R * n:  # the worst direction, after the batch's draws
                     u = linear[j].direction[None]
                 else:
                     u = sources[j].draw_major((stop - start) // (R * n))  # (draw, n_j, input) at ratio 1
-                    if j in jac:
-                        with clock.moved("noise", "linear"):
-                            change = first_order(jac[j], u.transpose(1, 0, 2))  # (n, k, draw)
-                            firsts[j].append(np.linalg.norm(change, axis=1).T)  # (draw, input)
-                            # the first-order prediction changes at r > the threshold, (ratio, draw, input)
-                            crossings[j].append(ratios[:, None, None] > crossing_threshold(clean_output, change).T)
+                    if j in jac:  # its first-order changes once a chunk of draws is there
+                        waiting[j].append(u)
+                        if sum(len(w) for w in waiting[j]) >= chunk:
+                            with clock.moved("noise", "linear"):
+                                first_orders(j)
                 # in float64 (the ratios are), rounded once to the working precision
                 np.multiply(u.transpose(1, 0, 2)[:, :, None, :], ratios[:, None], out=out.reshape(u.shape[1], -1, R, n))
             return fill
@@ -640,7 +655,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         # the batch's draws in whole pieces, then the worst direction alone
         columns = {i: [R * n * min(piece, b - s) for s in range(0, b, piece)] + [R * n] * worst for i in present}
         for i in jac:
-            firsts[i], crossings[i] = [], []
+            firsts[i], crossings[i], waiting[i] = [], [], []
         moved = {}
         if not isinstance(fwd, Forward):  # the first batch without the linear answer: clean pass and norms ride along
             visit = perturbation(b, worst)
@@ -648,6 +663,8 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                                   workspace)
         elif columns:
             fwd, moved = run_pass(net, fwd, columns, perturbation(b, worst), clock, workspace)
+        for i in jac:  # the batch's last draws (only the last batch's may be fewer than a chunk)
+            first_orders(i)
         if together:
             moved[TOGETHER] = _together_batch(net, fwd, noise_all, ratios, b,
                                               linear.get(TOGETHER) if worst else None, per_pass, clock)

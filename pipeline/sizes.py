@@ -133,6 +133,8 @@ def block_peak_bytes(spec) -> int:
         work += piece_bytes(shapes, n, len(g.ratio), min(batch, draws_per_piece(shapes, n, len(g.ratio),
                                                                                 spec.compute.dtype)),
                             spec.compute.dtype, smooth, held)
+        # the noise of a chunk of draws waiting for its first-order changes, and its joined copy
+        work += 2 * min(nz.draws, first_order_draws(shapes, n, spec.compute.dtype)) * rows * n * item
     if together:  # its passes run after the batch's single-layer columns, whose buffers are still held
         formed = nz.distribution == "rademacher" or nz.norm == "spectral"
         passes = min(nz.draws, draws_per_piece(shapes, n, len(g.ratio), spec.compute.dtype),
@@ -222,6 +224,15 @@ def draws_per_piece(shapes, n: int, ratios: int, dtype) -> int:
     rows = max(a for a, _ in shapes)
     fit = max(1, config.PIECE_BYTES // (ratios * n * rows * np.dtype(dtype).itemsize))
     return 1 << (fit.bit_length() - 1)  # a power of two, which the together cells' passes divide
+
+
+def first_order_draws(shapes, n: int, dtype) -> int:
+    """Draws whose first-order changes J_i eta h_{i-1} the kernel takes in one product per input: a power of
+    two whose noise (n inputs, the widest layer) fits FIRST_ORDER_BYTES (at least one). Batches are whole
+    such chunks, so that a chunk, whose shape rounds its products, does not depend on the batches."""
+    rows = max(a for a, _ in shapes)
+    fit = max(1, config.FIRST_ORDER_BYTES // (n * rows * np.dtype(dtype).itemsize))
+    return 1 << (fit.bit_length() - 1)
 
 
 def together_draws_per_pass(shapes, n: int, ratios: int, dtype, formed: bool = True) -> int:

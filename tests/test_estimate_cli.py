@@ -301,6 +301,7 @@ def test_estimate_is_the_same_whatever_the_batches(seeds, monkeypatch):
     """Batches of 1, 7 and all 60 draws (pieces of one draw) give the same estimate, number for number,
     and it is the statistics of the whole block; the medians narrow their brackets on the way."""
     monkeypatch.setattr(config, "PIECE_BYTES", 1)  # one draw per piece, so a batch can be any number of draws
+    monkeypatch.setattr(config, "FIRST_ORDER_BYTES", 1)  # first-order changes a draw at a time too
     monkeypatch.setattr(pooling, "CAP", 50)  # the medians keep a fraction of the values
     spec = Spec.from_dict({"network": {"input_dim": 8, "output_dim": 4, "n_inputs": 6},
                            "grid": {"L": [3], "m": [16], "ratio": [0.05, 0.3], "layer": "all", "seeds": seeds},

@@ -397,6 +397,7 @@ def test_results_do_not_depend_on_the_batch_at_full_size(precision):
 def test_a_block_in_many_batches_equals_one_batch(tiny_spec, monkeypatch):
     """The budget NNSWEEP_DRAW_BATCH_MEMORY sets the batch; the block's numbers stay the same."""
     monkeypatch.setattr(config, "PIECE_BYTES", 1)  # pieces of one draw, so that a batch can be one draw
+    monkeypatch.setattr(config, "FIRST_ORDER_BYTES", 1)  # first-order changes a draw at a time too
     spec = tiny_spec()
     one = measure_block(spec, 2, 8, (0, 1))
     monkeypatch.setenv("NNSWEEP_DRAW_BATCH_MEMORY", "1")  # one draw per batch
@@ -410,6 +411,7 @@ def test_a_store_written_in_batches_equals_one_written_in_one(tmp_path, monkeypa
     """A sweep of 12 draws, one batch per draw against one batch per network: the same store, bit for bit.
     (The kernel's pieces, of one draw here, are set by the spec alone: see pipeline.sizes.draws_per_piece.)"""
     monkeypatch.setattr(config, "PIECE_BYTES", 1)
+    monkeypatch.setattr(config, "FIRST_ORDER_BYTES", 1)  # first-order changes a draw at a time too
     raw = raw_spec(noise={"draws": 12}, network={"n_inputs": 3})
     one = read_arrays(build_store(tmp_path / "one.zarr", raw))
     monkeypatch.setenv("NNSWEEP_DRAW_BATCH_MEMORY", "1")
@@ -423,6 +425,7 @@ def test_depth_first_and_layer_by_layer_give_the_same_bits(tiny_spec, monkeypatc
     """A network that holds its matrices takes each piece through every layer at once; one that draws them
     again at each fetch (NNSWEEP_KEEP_WEIGHTS=0) goes layer by layer. Same numbers, in several batches."""
     monkeypatch.setattr(config, "PIECE_BYTES", 1)
+    monkeypatch.setattr(config, "FIRST_ORDER_BYTES", 1)  # first-order changes a draw at a time too
     monkeypatch.setenv("NNSWEEP_DRAW_BATCH_MEMORY", "1")
     spec = tiny_spec(grid={"L": [3], "m": [12], "ratio": [0.01, 0.4], "seeds": 2}, noise={"draws": 5},
                      network={"n_inputs": 3, "bias_std": 0.1, "activation": activation})
@@ -432,3 +435,20 @@ def test_depth_first_and_layer_by_layer_give_the_same_bits(tiny_spec, monkeypatc
     for name in RESULT_FIELDS:
         np.testing.assert_array_equal(getattr(drawn, name), getattr(held, name), err_msg=name)
     assert np.all(np.isfinite(held.delta_norm)) and held.hidden_flip_fraction.max() > 0
+
+
+def test_first_order_changes_do_not_depend_on_the_batches(monkeypatch):
+    """Chunks of 4 draws for the first-order changes, pieces of one draw: batches asked for as 3, 4 or 6 draws
+    (run as whole chunks) and one batch give the same linear_change and linear_pred_changed to the last bit."""
+    monkeypatch.setattr(config, "PIECE_BYTES", 1)
+    rng = np.random.default_rng(11)
+    net = Network((rng.standard_normal((48, 16)) / 4, rng.standard_normal((5, 48)) / 7))
+    x = rng.standard_normal((6, 16))
+    monkeypatch.setattr(config, "FIRST_ORDER_BYTES", 4 * 6 * 48 * 8)  # 4 draws of noise: a chunk
+    args = (net, x, np.array([0.01, 0.2]), (1, 2), 13, "gaussian", "frobenius", layer_rng(5))
+    whole = measure_network(*args)
+    assert np.all(np.isfinite(whole.linear_change))
+    for batch in (3, 4, 6):
+        part = measure_network(*args, batch_draws=batch)
+        for name in ("linear_change", "linear_pred_changed", "delta_norm"):
+            np.testing.assert_array_equal(getattr(part, name), getattr(whole, name), err_msg=f"{name}, {batch}")
