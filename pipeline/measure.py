@@ -453,7 +453,8 @@ def first_order(J: np.ndarray, u: np.ndarray) -> np.ndarray:
     draws = u.shape[1]
     if draws == 1:  # two columns: one would be a GEMV, whose rounding differs, and batches must not matter
         u = np.concatenate([u, np.zeros_like(u)], axis=1)
-    return np.matmul(J, u.transpose(2, 0, 1)).astype(np.float64)[:, :, :draws]
+    # each input's (n_i, draw) operand contiguous: a strided one keeps numpy's matmul off BLAS
+    return np.matmul(J, np.ascontiguousarray(u.transpose(2, 0, 1))).astype(np.float64)[:, :, :draws]
 
 
 def first_order_change(J: np.ndarray, u: np.ndarray) -> np.ndarray:
