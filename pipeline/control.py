@@ -390,7 +390,8 @@ def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str,
 
 def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: np.ndarray,
                     output_norm: np.ndarray, pred: np.ndarray | None = None,
-                    linear_pred: np.ndarray | None = None, full_draws: int | None = None) -> CheapDraws:
+                    linear_pred: np.ndarray | None = None, full_draws: int | None = None,
+                    layers: list[int] | None = None) -> CheapDraws:
     """The cheap estimates for the network (L, m, seed) of ``spec``, as many draws per layer as
     :func:`cheap_draw_counts` asks for.
 
@@ -402,6 +403,7 @@ def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: 
             beyond L are left out (no single layer's first-order term).
         output_norm: ||v|| of every input, (n,).
         full_draws: the number of full draws, when the arrays hold only the first of them.
+        layers: the layer of each of the arrays' layer columns; by default ``spec.grid.layer``.
     """
     from threadpoolctl import threadpool_limits
 
@@ -409,8 +411,9 @@ def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: 
 
     n = len(output_norm)
     weights = 1 / (n * np.asarray(output_norm, dtype=np.float64))
-    cols = [c for c, i in enumerate(spec.grid.layer) if 1 <= i <= L]
-    layers = [spec.grid.layer[c] for c in cols]
+    columns = list(spec.grid.layer if layers is None else layers)
+    cols = [c for c, i in enumerate(columns) if 1 <= i <= L]
+    layers = [columns[c] for c in cols]
     delta, change = delta[:, cols], change[:, cols]
     noise = spec.noise.distribution, spec.noise.norm
     draws = cheap_draw_counts(layers, [(delta, change, weights, CHEAP_SE_FRACTION)], *noise, full_draws)

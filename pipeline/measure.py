@@ -27,7 +27,7 @@ from .network import (NOISE_STREAM, Forward, Network, build_network, make_inputs
 from .noise import LayerNoise, matrix_norm
 from . import config
 from .schema import TOGETHER
-from .sizes import draws_per_batch, draws_per_piece, first_order_draws, together_draws_per_pass
+from .sizes import kernel_batch, together_draws_per_pass
 from .spec import Spec
 from .together import TogetherLinear, TogetherNoise, together_bound, together_pass
 
@@ -572,17 +572,16 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     present = [i for i in layers if 1 <= i <= net.depth]
     together = TOGETHER in layers and net.depth >= 1
     with_linear = with_linear and bool(present or together)
-    piece = piece_draws or draws_per_piece(net.shapes, n, R, net.dtype)
-    if batch_draws is None:
-        smooth = any(not a.piecewise_linear for a in net.activations)
-        batch_draws = draws_per_batch(net.shapes, n, R, len(present), net.dtype, smooth, net.holds_weights)
+    smooth = any(not a.piecewise_linear for a in net.activations)
+    # the batch: whole pieces (the products) and whole first-order chunks, both powers of two
+    default, piece, chunk = kernel_batch(net.shapes, n, R, len(present), net.dtype, smooth, net.holds_weights,
+                                         draws, with_linear)
+    piece = piece_draws or piece
+    unit = max(piece, chunk)
+    batch_draws = max(1, (default if batch_draws is None else batch_draws) // unit) * unit
     # the together cells' passes: a power of two that divides the piece (a power of two too)
     per_pass = min(piece, together_draws_per_pass(net.shapes, n, R, net.dtype,
                                                   distribution == "rademacher" or norm == "spectral"))
-    # the first-order changes are taken a chunk of draws at a time (a power of two, as the piece is)
-    chunk = first_order_draws(net.shapes, n, net.dtype) if with_linear else 1
-    unit = max(piece, chunk)
-    batch_draws = max(1, batch_draws // unit) * unit  # whole pieces and chunks: the same products in every batch
     sizes, norms, linear, sources, bias_sizes = {}, np.full(net.depth, np.nan), {}, {}, {}
     # J_i of each layer; this batch's first-order changes at ratio 1, (draw, input), and first-order prediction
     # changes, (ratio, draw, input), chunk by chunk, and the noise of the draws still waiting for theirs;

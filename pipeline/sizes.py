@@ -125,19 +125,20 @@ def block_peak_bytes(spec) -> int:
     smooth = any(not activation(a).piecewise_linear for r in net.read or [None]
                  for a in (r.activations if r else per_layer(net.activation, L)))
     held = net.init_is_file or keeps_weights(shapes, spec.compute.dtype)  # the kernel goes depth first
-    batch = min(nz.draws, draws_per_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth, held))
+    batch, piece, chunk = kernel_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth, held, nz.draws)
     # without a single layer (only the together cells) there are no single-layer columns and no LayerNoise
     work = 0
     if present:
         work += batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth, held) * (batch + 1)
-        work += piece_bytes(shapes, n, len(g.ratio), min(batch, draws_per_piece(shapes, n, len(g.ratio),
-                                                                                spec.compute.dtype)),
-                            spec.compute.dtype, smooth, held)
-        # the noise of a chunk of draws waiting for its first-order changes, and its joined copy
-        work += 2 * min(nz.draws, first_order_draws(shapes, n, spec.compute.dtype)) * rows * n * item
+        work += piece_bytes(shapes, n, len(g.ratio), min(batch, piece), spec.compute.dtype, smooth, held)
+        # a chunk of draws waiting for its first-order changes: their noise, its joined copy, and the first-order
+        # changes and crossing thresholds' temporaries (working precision and float64)
+        work += min(batch, chunk) * n * (2 * rows * item + (item + 24) * net.output_dim)
+        # J_i of every perturbed layer, kept for the draws' first-order changes
+        work += n * net.output_dim * sum(shapes[i - 1][0] for i in g.layer if 1 <= i <= L) * item
     if together:  # its passes run after the batch's single-layer columns, whose buffers are still held
         formed = nz.distribution == "rademacher" or nz.norm == "spectral"
-        passes = min(nz.draws, draws_per_piece(shapes, n, len(g.ratio), spec.compute.dtype),
+        passes = min(nz.draws, piece,
                      together_draws_per_pass(shapes, n, len(g.ratio), spec.compute.dtype, formed))
         work += together_bytes(shapes, n, len(g.ratio), spec.compute.dtype, smooth, formed) * (passes + 1)
         work += 32 * n * len(g.ratio) * batch  # the together cells' results of a batch, and their copies
@@ -183,10 +184,6 @@ def piece_bytes(shapes, n: int, ratios: int, draws: int, dtype, smooth: bool = F
     out += rows * columns * (3 * item + 1) * (len(shapes) if held else 1)
     if smooth:
         out += 12 * 8 * rows * columns
-    # the first-order change J_i eta h of a piece (working precision, float64) and its crossing threshold's
-    # float64 temporaries
-    k = shapes[-1][0]
-    out += (item + 24) * k * n * draws
     return int(out)
 
 
@@ -226,13 +223,29 @@ def draws_per_piece(shapes, n: int, ratios: int, dtype) -> int:
     return 1 << (fit.bit_length() - 1)  # a power of two, which the together cells' passes divide
 
 
-def first_order_draws(shapes, n: int, dtype) -> int:
+def first_order_draws(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
     """Draws whose first-order changes J_i eta h_{i-1} the kernel takes in one product per input: a power of
-    two whose noise (n inputs, the widest layer) fits FIRST_ORDER_BYTES (at least one). Batches are whole
-    such chunks, so that a chunk, whose shape rounds its products, does not depend on the batches."""
+    two whose noise (n inputs, the widest layer) fits FIRST_ORDER_BYTES and whose batch fits the default
+    draw-batch budget even when the network draws its weights again (at least one). The default budget,
+    and not whether the weights are kept, so that the chunks, whose shape rounds their products, depend on
+    the spec alone (never on NNSWEEP_DRAW_BATCH_MEMORY or NNSWEEP_KEEP_WEIGHTS); batches are whole chunks."""
     rows = max(a for a, _ in shapes)
-    fit = max(1, config.FIRST_ORDER_BYTES // (n * rows * np.dtype(dtype).itemsize))
+    fit = min(config.FIRST_ORDER_BYTES // (n * rows * np.dtype(dtype).itemsize),
+              DRAW_BATCH_BYTES // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth, False))
+    fit = max(1, fit)
     return 1 << (fit.bit_length() - 1)
+
+
+def kernel_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool, held: bool, draws: int,
+                 with_linear: bool = True) -> tuple[int, int, int]:
+    """(draws per batch, per piece, per first-order chunk) as pipeline/measure.py runs them: the batch
+    NNSWEEP_DRAW_BATCH_MEMORY asks for, rounded down to whole pieces and chunks (both powers of two; at
+    least one of the larger), and at most the draws."""
+    piece = draws_per_piece(shapes, n, ratios, dtype)
+    chunk = first_order_draws(shapes, n, ratios, present, dtype, smooth) if with_linear else 1
+    unit = max(piece, chunk)
+    batch = max(1, draws_per_batch(shapes, n, ratios, present, dtype, smooth, held) // unit) * unit
+    return min(batch, draws), piece, chunk
 
 
 def together_draws_per_pass(shapes, n: int, ratios: int, dtype, formed: bool = True) -> int:

@@ -167,3 +167,17 @@ def test_state_dict_mapping_is_read_as_its_file(saved, tmp_path):
 def test_bad_inputs_name_the_argument(saved, tmp_path, inputs, words):
     with pytest.raises(SpecError, match=words):
         pipeline.sensitivity(saved["model"], inputs, cache_dir=tmp_path)
+
+
+def test_summary_of_some_inputs_leaves_the_control_variate_out(tmp_path):
+    """The cheap draws rebuild the spec's inputs: a Dataset of a selection of them gets the plain estimate,
+    whose numbers are those of the selected inputs alone; all the inputs get the control variate."""
+    rng = np.random.default_rng(4)
+    weights = [rng.standard_normal((16, 6)) / 2.5, rng.standard_normal((4, 16)) / 4]
+    x = rng.standard_normal((6, 6))
+    ds = pipeline.sensitivity(weights, x, ratio=0.05, layer=1, draws=40, cache_dir=tmp_path)
+    assert ds.nnsweep.summary()["printed"] == "control_variate"
+    some = ds.isel(input=slice(3, 6)).nnsweep.summary()
+    assert some["printed"] == "plain" and some["control_variate"] is None
+    rel = (ds.delta_norm / ds.output_norm).isel(input=slice(3, 6))
+    assert some["mean_rel_change"] == pytest.approx(float(rel.mean()), rel=1e-12)

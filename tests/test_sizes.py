@@ -48,6 +48,9 @@ def test_sizes_match_a_complete_store(tmp_path):
     ({"L": [8], "m": [384], "ratio": [0.1, 0.3], "seeds": 2}, {"draws": 16},
      {"input_dim": 64, "keep": "1MB", "precision": "float32"}),
     ({"L": [6], "m": [256], "ratio": [0.1], "seeds": 2}, {"draws": 16}, {"input_dim": 64, "precision": "float32"}),
+    # many inputs and outputs: the Jacobians J_i of every perturbed layer are kept for the first-order changes
+    ({"L": [5], "m": [48], "ratio": [0.1], "seeds": 2}, {"draws": 8}, {"input_dim": 16, "output_dim": 64,
+                                                                       "n_inputs": 600}),
     # noise in every layer at once: eta_j formed a pass of draws at a time, beside the single-layer columns
     ({"L": [4], "m": [256], "ratio": [0.1, 0.3], "seeds": 4, "layer": ["together", "all"]}, {"draws": 32},
      {"input_dim": 64}),

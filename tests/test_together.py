@@ -275,3 +275,19 @@ def test_fit_and_report_leave_the_together_cells_out(tmp_path):
     only = build_store(tmp_path / "only.zarr", raw_spec(base, grid={"L": [2], "layer": "together", "seeds": 2}))
     res = CliRunner().invoke(main, ["fit", only])
     assert res.exit_code == 2 and "Traceback" not in res.output and "layer=0" in res.output
+
+
+def test_one_network_store_with_together_cells_reads_through_every_command(tmp_path):
+    """A store of one network with together cells: query of a first-order variable (NaN at layer 0 by
+    design) is not called damaged, and the report's control-variate answer reads the single layers' columns."""
+    spec = raw_spec(grid={"L": [3], "m": [8], "ratio": [0.05], "layer": ["together", "all"], "seeds": 1},
+                    noise={"draws": 12})
+    path = build_store(tmp_path / "one.zarr", spec)
+    q = CliRunner().invoke(main, ["query", path, "--var", "linear_change", "--reduce", "mean",
+                                  "--over", "seed,input,draw", "--format", "json"])
+    assert q.exit_code == 0 and "damaged" not in q.output, q.output
+    ver = CliRunner().invoke(main, ["verify", path, "--no-progress"])
+    assert ver.exit_code == 0, ver.output
+    rep = CliRunner().invoke(main, ["report", path, "--out", str(tmp_path / "rep"), "--bootstrap", "0",
+                                    "--no-progress"])
+    assert rep.exit_code == 0 and "Traceback" not in rep.output, rep.output

@@ -60,7 +60,8 @@ def _one(spec: Spec, row: dict, r: int, full: dict, norm: np.ndarray, seed: int)
     if not np.all(np.isfinite(full["linear_change"])):
         return "the store has no first-order change for these draws"
     cheap = cheap_draws_for(spec, row["L"], row["m"], seed, full["delta_norm"], full["linear_change"], norm,
-                            full["pred_changed"], full["linear_pred_changed"])  # the measured layers, as the row
+                            full["pred_changed"], full["linear_pred_changed"],
+                            layers=list(row["layers"]))  # the arrays' layer columns: the row's
     y = (full["delta_norm"][r] / norm[None, :, None]).mean(axis=(0, 1))
     c = (full["linear_change"][r] / norm[None, :, None]).mean(axis=(0, 1))
     cv = cv_estimate(y, c, cheap.mean([spec.grid.ratio[r]], list(row["layers"])))
