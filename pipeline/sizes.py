@@ -225,13 +225,16 @@ def draws_per_piece(shapes, n: int, ratios: int, dtype) -> int:
 
 def first_order_draws(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
     """Draws whose first-order changes J_i eta h_{i-1} the kernel takes in one product per input: a power of
-    two whose noise (n inputs, the widest layer) fits FIRST_ORDER_BYTES and whose batch fits the default
-    draw-batch budget even when the network draws its weights again (at least one). The default budget,
-    and not whether the weights are kept, so that the chunks, whose shape rounds their products, depend on
-    the spec alone (never on NNSWEEP_DRAW_BATCH_MEMORY or NNSWEEP_KEEP_WEIGHTS); batches are whole chunks."""
+    two whose noise (n inputs, the widest layer) fits FIRST_ORDER_BYTES and whose batch fits four times the
+    default draw-batch budget even when the network draws its weights again (at least one): batches are
+    whole chunks, so a smaller NNSWEEP_DRAW_BATCH_MEMORY may be exceeded up to that (the memory model,
+    :func:`kernel_batch`, counts it); fewer draws per chunk cost a product per input each (30% of a
+    data-set estimate at 4 draws against 16). The default budget, and not whether the weights are kept,
+    so that the chunks, whose shape rounds their products, depend on the spec alone (never on
+    NNSWEEP_DRAW_BATCH_MEMORY or NNSWEEP_KEEP_WEIGHTS)."""
     rows = max(a for a, _ in shapes)
     fit = min(config.FIRST_ORDER_BYTES // (n * rows * np.dtype(dtype).itemsize),
-              DRAW_BATCH_BYTES // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth, False))
+              4 * DRAW_BATCH_BYTES // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth, False))
     fit = max(1, fit)
     return 1 << (fit.bit_length() - 1)
 
