@@ -318,7 +318,8 @@ def propagate(net: Network, fwd: Forward, perturbations: dict[int, np.ndarray],
 
     Args:
         fwd: the clean pass over n inputs.
-        perturbations: layer i -> array (n_i, c) added to z_i; c is a multiple of n, input fastest.
+        perturbations: layer i -> array (n_i, c) added to z_i; c is a multiple of n, input slowest
+            (run_pass's input-fastest layout is this function's business).
 
     Returns:
         layer i -> :class:`Moved` with one entry per column.
@@ -457,11 +458,6 @@ def first_order(J: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.matmul(J, np.ascontiguousarray(u.transpose(2, 0, 1))).astype(np.float64)[:, :, :draws]
 
 
-def first_order_change(J: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """||J_i eta h_{i-1}|| of every (input, draw), shape (n, draw); arguments as :func:`first_order`."""
-    return np.linalg.norm(first_order(J, u), axis=1)
-
-
 def crossing_threshold(v: np.ndarray, d: np.ndarray) -> np.ndarray:
     """The smallest s > 0 at which argmax(v + s d) leaves the clean class (inf where it never does).
 
@@ -539,10 +535,12 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     of :func:`pipeline.sizes.draws_per_batch`: the working memory is that of a
     batch, whatever the number of draws. The kernel multiplies the columns of
     ``piece_draws`` draws together (by default
-    :func:`pipeline.sizes.draws_per_piece`), and a batch is whole pieces
-    (``batch_draws`` is rounded down to them, to one at least): BLAS rounds
-    a column by the shape of the product it is in, so pieces that do not
-    depend on the batch make the numbers not depend on it.
+    :func:`pipeline.sizes.draws_per_piece`) and takes the first-order changes
+    a chunk of draws at a time (:func:`pipeline.sizes.first_order_draws`), and
+    a batch is whole pieces and chunks (``batch_draws`` is rounded down to
+    them, to one at least; :func:`pipeline.sizes.kernel_batch`): BLAS rounds
+    a column by the shape of the product it is in, so pieces and chunks that
+    do not depend on the batch make the numbers not depend on it.
 
     Without the linear answer, the first batch's pass through the layers
     computes the clean pass, the bound's spectral norms, the noise and the
@@ -631,7 +629,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     u = sources[j].draw_major((stop - start) // (R * n))  # (draw, n_j, input) at ratio 1
                     if j in jac:  # its first-order changes once a chunk of draws is there
                         waiting[j].append(u)
-                        if sum(len(w) for w in waiting[j]) >= chunk:
+                        if sum(len(part) for part in waiting[j]) >= chunk:
                             with clock.moved("noise", "linear"):
                                 first_orders(j)
                 # in float64 (the ratios are), rounded once to the working precision

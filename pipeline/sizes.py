@@ -206,11 +206,10 @@ def together_bytes(shapes, n: int, ratios: int, dtype, smooth: bool = False, for
 
 def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False,
                     held: bool = True) -> int:
-    """Draws per batch of the kernel: as many as fit NNSWEEP_DRAW_BATCH_MEMORY, a whole number of
-    :func:`draws_per_piece` (at least one piece). ``held``: the network holds its matrices."""
+    """Draws that fit NNSWEEP_DRAW_BATCH_MEMORY (at least one), before :func:`kernel_batch` rounds them to
+    whole pieces and chunks. ``held``: the network holds its matrices."""
     budget = env_size("NNSWEEP_DRAW_BATCH_MEMORY", DRAW_BATCH_BYTES)
-    piece = draws_per_piece(shapes, n, ratios, dtype)
-    return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth, held) // piece) * piece
+    return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth, held))
 
 
 def draws_per_piece(shapes, n: int, ratios: int, dtype) -> int:
@@ -219,8 +218,7 @@ def draws_per_piece(shapes, n: int, ratios: int, dtype) -> int:
     one), rounded down to a power of two. A column's numbers depend on the shape of the product it is in,
     so a piece is the same whatever the batch; batches are whole pieces."""
     rows = max(a for a, _ in shapes)
-    fit = max(1, config.PIECE_BYTES // (ratios * n * rows * np.dtype(dtype).itemsize))
-    return 1 << (fit.bit_length() - 1)  # a power of two, which the together cells' passes divide
+    return _power_of_two(config.PIECE_BYTES // (ratios * n * rows * np.dtype(dtype).itemsize))
 
 
 def first_order_draws(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False) -> int:
@@ -233,10 +231,9 @@ def first_order_draws(shapes, n: int, ratios: int, present: int, dtype, smooth: 
     so that the chunks, whose shape rounds their products, depend on the spec alone (never on
     NNSWEEP_DRAW_BATCH_MEMORY or NNSWEEP_KEEP_WEIGHTS)."""
     rows = max(a for a, _ in shapes)
-    fit = min(config.FIRST_ORDER_BYTES // (n * rows * np.dtype(dtype).itemsize),
-              4 * DRAW_BATCH_BYTES // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth, False))
-    fit = max(1, fit)
-    return 1 << (fit.bit_length() - 1)
+    return _power_of_two(min(config.FIRST_ORDER_BYTES // (n * rows * np.dtype(dtype).itemsize),
+                             4 * DRAW_BATCH_BYTES // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth,
+                                                                 False)))
 
 
 def kernel_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool, held: bool, draws: int,
@@ -257,8 +254,13 @@ def together_draws_per_pass(shapes, n: int, ratios: int, dtype, formed: bool = T
     both are powers of two, so the passes divide every batch but the last, and a draw's numbers do not
     depend on the batches). The default budget, not NNSWEEP_DRAW_BATCH_MEMORY, so that the numbers do not
     depend on that setting either; smooth activations' temporaries are left out for the same reason."""
-    fit = max(1, DRAW_BATCH_BYTES // together_bytes(shapes, n, ratios, dtype, False, formed))
-    return 1 << (fit.bit_length() - 1)
+    return _power_of_two(DRAW_BATCH_BYTES // together_bytes(shapes, n, ratios, dtype, False, formed))
+
+
+def _power_of_two(fit: int) -> int:
+    """The largest power of two at most ``fit`` (1 for less): the kernel's pieces, first-order chunks and
+    together passes are powers of two, so the smaller of any two divides the larger."""
+    return 1 << (max(1, int(fit)).bit_length() - 1)
 
 
 def limit(name: str) -> int:
