@@ -142,16 +142,19 @@ def summarise(pool: Pool, ratio_index: list[int], layer_index: list[int], units:
     return out
 
 
-def pooled(spec: Spec, groups: list[tuple[tuple[int, ...], tuple[int, ...]]], parts=None) -> Pool:
+def pooled(spec: Spec, groups: list[tuple[tuple[int, ...], tuple[int, ...]]], parts=None,
+           with_first_order: bool = True) -> Pool:
     """The block of ``spec``'s single (L, m), pooled batch by batch; a median whose middle fell outside
     its bracket takes another pass over the same draws (they are the same numbers again).
 
     Args:
         parts: a function giving the block's batches as (seed index, first draw, batch) again at each
             call; by default :func:`pipeline.measure.block_batches` measures them.
+        with_first_order: whether those measurements include every draw's first-order change (the control
+            variate's pairs); without, ``linear_change`` and ``linear_pred_changed`` are NaN.
     """
     (L,), (m,) = spec.grid.L, spec.grid.m
-    parts = parts or (lambda: block_batches(spec, L, m, spec.grid.seeds))
+    parts = parts or (lambda: block_batches(spec, L, m, spec.grid.seeds, with_first_order=with_first_order))
     pool = Pool(spec, groups)
     for s, start, part in parts():
         pool.add(s, start, part)
@@ -229,7 +232,9 @@ def estimate(spec: Spec, control_variate: bool = True) -> dict:
         For one network, the control-variate estimate beside the plain one (:mod:`pipeline.control`),
         unless ``control_variate`` is False (its cheap draws are extra work: the plain estimate alone then).
     """
-    return _summaries(spec, pooled(spec, groups_of(spec)), control_variate)
+    # every draw's first-order change serves the control variate alone, which takes one network
+    first_order = control_variate and len(spec.grid.seeds) == 1
+    return _summaries(spec, pooled(spec, groups_of(spec), with_first_order=first_order), control_variate)
 
 
 def estimate_from(spec: Spec, block: BlockResult, control_variate: bool = True) -> dict:

@@ -522,7 +522,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     labels: np.ndarray | None = None, with_bound: bool = True,
                     with_linear: bool = True, timings: dict[str, float] | None = None,
                     batch_draws: int | None = None, piece_draws: int | None = None,
-                    biases: bool = False) -> Iterator[NetworkResult]:
+                    biases: bool = False, with_first_order: bool = True) -> Iterator[NetworkResult]:
     """Measure one network batch of draws after batch: a :class:`NetworkResult` per batch, whose
     per-draw fields hold that batch's draws (the others are the same in every batch).
 
@@ -550,8 +550,10 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     last, where the worst direction of each layer rides along with the first
     batch as one more draw. A drawn network that does not keep its weights
     draws them again for each pass (each batch is one pass).
-    ``with_bound=False`` skips the bound (NaN) and ``with_linear=False`` the
-    linear answer and worst direction; ``timings`` (a dict) receives the
+    ``with_bound=False`` skips the bound (NaN), ``with_linear=False`` the
+    linear answer and worst direction, and ``with_first_order=False`` every
+    draw's first-order change (NaN; only the control variate reads them, and
+    they cost a product per input and chunk of draws); ``timings`` (a dict) receives the
     seconds spent per phase: weights, clean, noise, kernel, bound, linear.
 
     Layer :data:`pipeline.schema.TOGETHER` (0) in ``layers`` asks for the cells
@@ -572,8 +574,9 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     with_linear = with_linear and bool(present or together)
     smooth = any(not a.piecewise_linear for a in net.activations)
     # the batch: whole pieces (the products) and whole first-order chunks, both powers of two
+    with_first_order = with_first_order and with_linear
     default, piece, chunk = kernel_batch(net.shapes, n, R, len(present), net.dtype, smooth, net.holds_weights,
-                                         draws, with_linear)
+                                         draws, with_first_order)
     piece = piece_draws or piece
     unit = max(piece, chunk)
     batch_draws = max(1, (default if batch_draws is None else batch_draws) // unit) * unit
@@ -643,6 +646,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         if with_linear:
             linear, jac = _linear_answers(net, fwd, present, together, sizes, bias_sizes if biases else None, norm,
                                           clock)
+            jac = jac if with_first_order else {}
             clean_output = fwd.output.astype(np.float64)
     noise_all = TogetherNoise(rng_for_layer(TOGETHER), net.shapes, distribution, norm, sizes,
                               bias_sizes if biases else None, net.dtype) if together else None
@@ -811,8 +815,8 @@ def measure_block(spec: Spec, L: int, m: int, seeds: tuple[int, ...],
     return BlockResult(**arrays)
 
 
-def block_batches(spec: Spec, L: int, m: int, seeds: tuple[int, ...],
-                  timings: dict[str, float] | None = None) -> Iterator[tuple[int, int, NetworkResult]]:
+def block_batches(spec: Spec, L: int, m: int, seeds: tuple[int, ...], timings: dict[str, float] | None = None,
+                  with_first_order: bool = True) -> Iterator[tuple[int, int, NetworkResult]]:
     """The networks (L, m, seed) for ``seeds``, batch of draws after batch (:func:`network_batches`):
     (the seed's place in ``seeds``, the batch's first draw, the batch), with BLAS single-threaded
     (see :func:`measure_block`). A consumer that pools each batch holds one batch at a time."""
@@ -824,6 +828,6 @@ def block_batches(spec: Spec, L: int, m: int, seeds: tuple[int, ...],
             start = 0
             for part in network_batches(net, x, np.array(g.ratio), g.layer, nz.draws, nz.distribution, nz.norm,
                                         lambda i, seed=seed: stream(spec, NOISE_STREAM, L, m, seed, i), labels,
-                                        timings=timings, biases=nz.biases):
+                                        timings=timings, biases=nz.biases, with_first_order=with_first_order):
                 yield s, start, part
                 start += part.delta_norm.shape[-1]
