@@ -451,11 +451,17 @@ def first_order(J: np.ndarray, u: np.ndarray) -> np.ndarray:
     Returns:
         Shape (n, k, draw). O(k n_i) per (input, draw): one batched product of each input's J with its columns.
     """
-    draws = u.shape[1]
+    return first_order_by_input(J, np.ascontiguousarray(u.transpose(2, 1, 0)))
+
+
+def first_order_by_input(J: np.ndarray, ut: np.ndarray) -> np.ndarray:
+    """:func:`first_order` of perturbations laid out by input, ``ut`` (n, draw, n_i) with each input's
+    (draw, n_i) block contiguous: the product J_n U_n of each input takes U_n as the transpose of that block,
+    which BLAS reads as it is (a strided operand would keep numpy's matmul off BLAS)."""
+    draws = ut.shape[1]
     if draws == 1:  # two columns: one would be a GEMV, whose rounding differs, and batches must not matter
-        u = np.concatenate([u, np.zeros_like(u)], axis=1)
-    # each input's (n_i, draw) operand contiguous: a strided one keeps numpy's matmul off BLAS
-    return np.matmul(J, np.ascontiguousarray(u.transpose(2, 0, 1))).astype(np.float64)[:, :, :draws]
+        ut = np.concatenate([ut, np.zeros_like(ut)], axis=1)
+    return np.matmul(J, ut.transpose(0, 2, 1)).astype(np.float64, copy=False)[:, :, :draws]
 
 
 def crossing_threshold(v: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -585,18 +591,19 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                                                   distribution == "rademacher" or norm == "spectral"))
     sizes, norms, linear, sources, bias_sizes = {}, np.full(net.depth, np.nan), {}, {}, {}
     # J_i of each layer; this batch's first-order changes at ratio 1, (draw, input), and first-order prediction
-    # changes, (ratio, draw, input), chunk by chunk, and the noise of the draws still waiting for theirs;
+    # changes, (ratio, draw, input), chunk by chunk, and the noise of the draws still waiting for theirs, laid
+    # out by input (input, draw, n_i) as each piece's noise arrives (it is in cache then), with their number;
     # the clean output
     jac, firsts, crossings, waiting, clean_output = {}, {}, {}, {}, None
 
     def first_orders(j: int) -> None:
         """The first-order changes of the draws waiting at layer j: one product per input for all of them."""
-        if not waiting[j]:
+        ut, count = waiting[j]
+        if not count:
             return
         with clock("linear"):
-            u = np.concatenate(waiting[j]) if len(waiting[j]) > 1 else waiting[j][0]
-            waiting[j] = []
-            change = first_order(jac[j], u.transpose(1, 0, 2))  # (n, k, draw)
+            waiting[j] = (ut, 0)
+            change = first_order_by_input(jac[j], ut[:, :count])  # (n, k, draw)
             firsts[j].append(np.linalg.norm(change, axis=1).T)  # (draw, input)
             # the first-order prediction changes at r > the threshold, (ratio, draw, input)
             crossings[j].append(ratios[:, None, None] > crossing_threshold(clean_output, change).T)
@@ -631,9 +638,11 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                 else:
                     u = sources[j].draw_major((stop - start) // (R * n))  # (draw, n_j, input) at ratio 1
                     if j in jac:  # its first-order changes once a chunk of draws is there
-                        waiting[j].append(u)
-                        if sum(len(part) for part in waiting[j]) >= chunk:
-                            with clock.moved("noise", "linear"):
+                        with clock.moved("noise", "linear"):
+                            ut, count = waiting[j]
+                            ut[:, count:count + len(u)] = u.transpose(2, 0, 1)
+                            waiting[j] = (ut, count + len(u))
+                            if count + len(u) >= chunk:
                                 first_orders(j)
                 # in float64 (the ratios are), rounded once to the working precision
                 np.multiply(u.transpose(1, 0, 2)[:, :, None, :], ratios[:, None], out=out.reshape(u.shape[1], -1, R, n))
@@ -656,8 +665,9 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         worst = with_linear and start == 0
         # the batch's draws in whole pieces, then the worst direction alone
         columns = {i: [R * n * min(piece, b - s) for s in range(0, b, piece)] + [R * n] * worst for i in present}
-        for i in jac:
-            firsts[i], crossings[i], waiting[i] = [], [], []
+        for i in jac:  # a chunk, or a piece when larger (a piece's draws wait together)
+            firsts[i], crossings[i] = [], []
+            waiting.setdefault(i, (np.empty((n, max(chunk, piece), net.shapes[i - 1][0]), net.dtype), 0))
         moved = {}
         if not isinstance(fwd, Forward):  # the first batch without the linear answer: clean pass and norms ride along
             visit = perturbation(b, worst)

@@ -223,16 +223,17 @@ def _materialised_noise(rng: np.random.Generator, shape: tuple[int, int], h: np.
             bits = _sign_bytes(rng, b, shape)
             if table is not None:  # ||eta||_F = sqrt(n_out n_in) for every sign pattern
                 prod, raw_norm = _table_product(table, bits), np.full(b, np.sqrt(n_out * n_in))
-            else:
-                e = _signs(bits, n_in, dtype)
-                prod = np.matmul(e, h.astype(dtype, copy=False))
-                raw_norm = np.full(b, np.sqrt(n_out * n_in)) if norm == "frobenius" else spectral_norms(e)
+                np.multiply(prod, (size / raw_norm).astype(dtype)[:, None, None], out=out[start:start + b])
+                continue
+            e = _signs(bits, n_in, dtype)
+            raw_norm = np.full(b, np.sqrt(n_out * n_in)) if norm == "frobenius" else spectral_norms(e)
         else:  # sphere: G / ||G||_F, and the scaling to size removes ||G||_F again
-            g = rng.standard_normal((b, n_out, n_in))
-            raw_norm = np.sqrt(np.einsum("bij,bij->b", g, g)) if norm == "frobenius" else spectral_norms(g)
-            prod = np.matmul(g.astype(dtype, copy=False), h.astype(dtype, copy=False))
-        scale = (size / raw_norm).astype(dtype)
-        np.multiply(prod, scale[:, None, None], out=out[start:start + b])
+            e = rng.standard_normal((b, n_out, n_in))
+            raw_norm = np.sqrt(np.einsum("bij,bij->b", e, e)) if norm == "frobenius" else spectral_norms(e)
+        # eta itself, scaled in float64 and rounded once to the working precision (n / n_in times fewer
+        # numbers than eta H), straight into the product
+        e *= (size / raw_norm)[:, None, None]
+        np.matmul(e.astype(dtype, copy=False), h.astype(dtype, copy=False), out=out[start:start + b])
     return out.transpose(1, 0, 2)
 
 
