@@ -47,12 +47,13 @@ from .schema import NAN_ALLOWED, NAN_AT_TOGETHER, RESULT_VARIABLES, TOGETHER, VA
 from .spec import Spec, differences, result_fields
 from .spec import short as short_value
 
-SCHEMA_VERSION = 5  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
+SCHEMA_VERSION = 6  # 2: input dimension, classifier metrics, hidden_flip_fraction, the linear answer
 # 3: every weight matrix drawn from a stream of its own, float32 weights drawn in float32; compute.precision
 # 4: the noise samplers draw each kind of number from a stream of its own, draw-major (batches of draws);
 #    networks of any widths and activations; how each network file was read (spec network.read)
 # 5: layer coordinate 0 holds the cells with noise in every layer at once (grid.layer 'together'); noise.biases;
 #    linear_change and linear_pred_changed, the first-order change of every draw (the control variates)
+# 6: eta scaled before its product with H, first-order changes taken by input: the same draws, other last bits
 MARK = "spec_hash"  # the root attribute written last: a directory is a results store once it has it
 CREATING = "nnsweep_creating"  # the root attribute of a store whose creation has not finished
 CODECS = (ZstdCodec(), Crc32cCodec())  # bytes-to-bytes codecs of every array: compress, then checksum
