@@ -11,6 +11,7 @@ import xarray as xr
 from . import plan
 from .cliopts import dumps
 from .errors import UserError
+from .schema import TOGETHER
 from .spec import RATIO_RTOL
 from .store import NAN_ALLOWED, done_mask, open_results
 from .verify import check_nan, nan_cells, reading
@@ -59,8 +60,8 @@ def _parse_sel(ds: xr.Dataset, sel: tuple[str, ...]) -> dict:
             raise UserError(f"--sel {item!r} is not allowed; expected DIM=VALUE with DIM one of "
                             f"{', '.join(map(str, ds.dims))}, e.g. --sel ratio=0.1.")
         coord = ds[dim].values
-        try:
-            value = float(raw)
+        try:  # the together cells (noise in every layer at once) by the name the spec gives them, too
+            value = float(TOGETHER if dim == "layer" and raw.strip().lower() == "together" else raw)
         except ValueError:
             value = np.nan
         match = np.flatnonzero(np.isclose(coord, value, rtol=RATIO_RTOL, atol=0))

@@ -92,7 +92,7 @@ def template(spec: Spec) -> xr.Dataset:
         data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=shape),
                            {"units": units, "description": desc})
     attrs = {
-        "title": f"nnsweep results: {spec.name}",
+        "title": f"nnsweep results: {spec.name}" if spec.name else "nnsweep results",
         "spec": json.dumps(spec.to_dict(), sort_keys=True),
         "spec_hash": spec.hash,
         "schema_version": SCHEMA_VERSION,

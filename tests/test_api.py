@@ -54,6 +54,7 @@ def same_answer(summary: dict, cli: dict) -> None:
 
 def test_torch_module_gives_the_cli_numbers(saved, tmp_path):
     ds = pipeline.sensitivity(saved["model"], saved["x"], saved["y"], cache_dir=tmp_path, **OPTIONS)
+    assert ds.attrs["title"] == "nnsweep results"  # an in-memory network has no sweep name: no dangling colon
     same_answer(ds.nnsweep.summary(), cli_json(saved))
     assert ds.nnsweep.spec.network.activations(2, 10, 0) == ("relu", "tanh")  # read from the module
 

@@ -15,6 +15,7 @@ from pipeline.cli import main
 from pipeline.measure import measure_block, measure_network
 from pipeline.network import Network
 from pipeline.spec import Spec
+from pipeline.store import open_results
 from pipeline.together import joint_worst, together_bound
 from pipeline_helpers import RESULT_VARS, build_store, raw_spec
 
@@ -286,6 +287,20 @@ def test_one_network_store_with_together_cells_reads_through_every_command(tmp_p
     q = CliRunner().invoke(main, ["query", path, "--var", "linear_change", "--reduce", "mean",
                                   "--over", "seed,input,draw", "--format", "json"])
     assert q.exit_code == 0 and "damaged" not in q.output, q.output
+    # the together cells by name or by coordinate: the same numbers, and only theirs
+    by = {}
+    for sel in ("layer=together", "layer=0", "layer=TOGETHER"):
+        res = CliRunner().invoke(main, ["query", path, "--sel", sel, "--reduce", "mean",
+                                        "--over", "seed,input,draw", "--format", "json"])
+        assert res.exit_code == 0, res.output
+        by[sel] = json.loads(res.stdout)
+    assert by["layer=together"] == by["layer=0"] == by["layer=TOGETHER"]
+    ds = open_results(path)
+    expected = float((ds.delta_norm / ds.output_norm).sel(layer=0).mean().values)
+    (row,) = by["layer=0"]
+    assert row["layer"] == 0 and row["rel_change"] == pytest.approx(expected, rel=1e-12)
+    bad = CliRunner().invoke(main, ["query", path, "--sel", "layer=everything"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output and "layer" in bad.output
     ver = CliRunner().invoke(main, ["verify", path, "--no-progress"])
     assert ver.exit_code == 0, ver.output
     rep = CliRunner().invoke(main, ["report", path, "--out", str(tmp_path / "rep"), "--bootstrap", "0",
