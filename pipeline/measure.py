@@ -591,18 +591,28 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                                                   distribution == "rademacher" or norm == "spectral"))
     sizes, norms, linear, sources, bias_sizes = {}, np.full(net.depth, np.nan), {}, {}, {}
     # J_i of each layer; this batch's first-order changes at ratio 1, (draw, input), and first-order prediction
-    # changes, (ratio, draw, input), chunk by chunk, and the noise of the draws still waiting for theirs, laid
-    # out by input (input, draw, n_i) as each piece's noise arrives (it is in cache then), with their number;
-    # the clean output
-    jac, firsts, crossings, waiting, clean_output = {}, {}, {}, {}, None
+    # changes, (ratio, draw, input), chunk by chunk; the clean output
+    jac, firsts, crossings, clean_output = {}, {}, {}, None
+    # the noise of the draws still waiting for their first-order changes, laid out by input (input, draw, n_i)
+    # as each piece's noise arrives (it is in cache then), and their number: one layer's at a time (a layer's
+    # last piece of a batch takes them all), in one buffer of a chunk, or of a piece when larger
+    waiting = {"buffer": None, "count": 0, "draws": min(max(chunk, piece), batch_draws, draws)}
 
-    def first_orders(j: int) -> None:
+    def wait(j: int, u: np.ndarray, last: bool) -> None:
+        """Lay out the noise ``u`` (draw, n_j, input) of layer j for its first-order changes, and take them once
+        a chunk of draws is there, or at the layer's ``last`` piece of the batch."""
+        count, n_j = waiting["count"], u.shape[1]
+        ut = waiting["buffer"][:n * waiting["draws"] * n_j].reshape(n, -1, n_j)
+        ut[:, count:count + len(u)] = u.transpose(2, 0, 1)
+        waiting["count"] = count + len(u)
+        if count + len(u) >= chunk or last:
+            first_orders(j, ut)
+
+    def first_orders(j: int, ut: np.ndarray) -> None:
         """The first-order changes of the draws waiting at layer j: one product per input for all of them."""
-        ut, count = waiting[j]
-        if not count:
-            return
+        count = waiting["count"]
         with clock("linear"):
-            waiting[j] = (ut, 0)
+            waiting["count"] = 0
             change = first_order_by_input(jac[j], ut[:, :count])  # (n, k, draw)
             firsts[j].append(np.linalg.norm(change, axis=1).T)  # (draw, input)
             # the first-order prediction changes at r > the threshold, (ratio, draw, input)
@@ -639,11 +649,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                     u = sources[j].draw_major((stop - start) // (R * n))  # (draw, n_j, input) at ratio 1
                     if j in jac:  # its first-order changes once a chunk of draws is there
                         with clock.moved("noise", "linear"):
-                            ut, count = waiting[j]
-                            ut[:, count:count + len(u)] = u.transpose(2, 0, 1)
-                            waiting[j] = (ut, count + len(u))
-                            if count + len(u) >= chunk:
-                                first_orders(j)
+                            wait(j, u, stop == b * R * n)
                 # in float64 (the ratios are), rounded once to the working precision
                 np.multiply(u.transpose(1, 0, 2)[:, :, None, :], ratios[:, None], out=out.reshape(u.shape[1], -1, R, n))
             return fill
@@ -665,9 +671,10 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         worst = with_linear and start == 0
         # the batch's draws in whole pieces, then the worst direction alone
         columns = {i: [R * n * min(piece, b - s) for s in range(0, b, piece)] + [R * n] * worst for i in present}
-        for i in jac:  # a chunk, or a piece when larger (a piece's draws wait together)
+        for i in jac:
             firsts[i], crossings[i] = [], []
-            waiting.setdefault(i, (np.empty((n, max(chunk, piece), net.shapes[i - 1][0]), net.dtype), 0))
+        if jac and waiting["buffer"] is None:
+            waiting["buffer"] = np.empty(n * waiting["draws"] * max(net.shapes[i - 1][0] for i in jac), net.dtype)
         moved = {}
         if not isinstance(fwd, Forward):  # the first batch without the linear answer: clean pass and norms ride along
             visit = perturbation(b, worst)
@@ -675,8 +682,6 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                                   workspace)
         elif columns:
             fwd, moved = run_pass(net, fwd, columns, perturbation(b, worst), clock, workspace)
-        for i in jac:  # the batch's last draws (only the last batch's may be fewer than a chunk)
-            first_orders(i)
         if together:
             moved[TOGETHER] = _together_batch(net, fwd, noise_all, ratios, b,
                                               linear.get(TOGETHER) if worst else None, per_pass, clock)

@@ -131,9 +131,10 @@ def block_peak_bytes(spec) -> int:
     if present:
         work += batch_bytes(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth, held) * (batch + 1)
         work += piece_bytes(shapes, n, len(g.ratio), min(batch, piece), spec.compute.dtype, smooth, held)
-        # a chunk of draws waiting for its first-order changes: their noise, its joined copy, and the first-order
-        # changes and crossing thresholds' temporaries (working precision and float64)
-        work += min(batch, chunk) * n * (2 * rows * item + (item + 24) * net.output_dim)
+        # the draws waiting for their first-order changes (a chunk, or a piece when larger): their noise laid out
+        # by input in one buffer, and the first-order changes and crossing thresholds' temporaries (working
+        # precision and float64)
+        work += min(batch, max(chunk, piece)) * n * (rows * item + (item + 24) * net.output_dim)
         # J_i of every perturbed layer, kept for the draws' first-order changes
         work += n * net.output_dim * sum(shapes[i - 1][0] for i in g.layer if 1 <= i <= L) * item
     if together:  # its passes run after the batch's single-layer columns, whose buffers are still held
