@@ -342,3 +342,18 @@ def test_no_control_variate_leaves_the_plain_estimate_alone():
     assert plain["mean_rel_change"] == with_cv["mean_rel_change"] and plain["ci95"] == with_cv["ci95"]
     cv = with_cv["control_variate"]["ci95"]
     assert cv[1] - cv[0] < plain["ci95"][1] - plain["ci95"][0]
+    # without it, no draw's first-order change is taken (only the control variate reads them), and every other
+    # number is the same: the kernel's batches differ then (no first-order chunks), its numbers do not
+    cv_only = ("control_variate", "printed", "printed_why", "plain", "by_layer")
+    assert {k: v for k, v in plain.items() if k not in cv_only} == {k: v for k, v in with_cv.items()
+                                                                    if k not in cv_only}
+    spec = Spec.from_dict({"network": {"input_dim": 8, "output_dim": 4, "n_inputs": 5},
+                           "grid": {"L": [3], "m": [16], "ratio": [0.001, 0.3], "layer": "all", "seeds": 1},
+                           "noise": {"draws": 24}})
+    parts = {flag: list(block_batches(spec, 3, 16, (0,), with_first_order=flag)) for flag in (True, False)}
+    assert np.isnan(parts[False][0][2].linear_change).all() and np.isfinite(parts[True][0][2].linear_change).all()
+    for name in ("delta_norm", "pred_changed", "hidden_flip_fraction"):  # per draw, batch after batch
+        assert np.array_equal(*(np.concatenate([getattr(p, name) for _, _, p in parts[flag]], axis=-1)
+                                for flag in (True, False)), equal_nan=True), name
+    for name in ("worst_realised", "linear_rms", "bound"):  # per network
+        assert np.array_equal(getattr(parts[True][0][2], name), getattr(parts[False][0][2], name)), name
