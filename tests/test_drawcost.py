@@ -1,0 +1,44 @@
+"""The cost model of full and cheap draws against the benchmarks' own count of the same work."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from pipeline import drawcost
+from pipeline.network import layer_shapes
+
+from test_benchmarks import BENCHMARKS
+
+
+@pytest.mark.parametrize("L, m, d, k, n", [(3, 128, 64, 10, 360), (2, 16, 64, 10, 1), (4, 32, 8, 3, 20)])
+def test_full_draws_count_what_bench_inputs_counts(monkeypatch, L, m, d, k, n):
+    """Without the first-order change, a full draw of every layer is the limit's work of
+    benchmarks/bench_inputs.py estimate_work (flops and normals), draw for draw."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("bench_inputs")
+    shapes = layer_shapes(L, m, d, k)
+    works = [drawcost.full_draw_work(shapes, i, n, 3, linear=False) for i in range(1, L + 1)]
+    want = bench.estimate_work(L, m, d, k, n, 7, 3)
+    assert 7 * sum(w.flops for w in works) == want["flops"] and 7 * sum(w.normals for w in works) == want["normals"]
+    # the first-order change adds one k x n_i product per input; every column's values at and after layer i
+    with_linear = drawcost.full_draw_work(shapes, 2, n, 3)
+    assert with_linear.flops - works[1].flops == 2 * k * shapes[1][0] * n
+    assert works[1].elements == 3 * n * sum(a for a, _ in shapes[1:])
+
+
+def test_cheap_draws_cost_in_proportion_to_inputs_rank_and_classes():
+    """A cheap draw's modelled seconds: n inputs times (r normals' worth + a constant) for the change, and
+    k r products plus k classes' passes for the prediction change, r = min(k, n_i)."""
+    shapes = layer_shapes(3, 6, 5, 10)  # the hidden layers are narrower than k: r = 6 there, 10 at the read-out
+    for layer, r in ((1, 6), (3, 10)):
+        change, crossing = drawcost.cheap_draw_seconds(shapes, layer, 7)
+        assert change == pytest.approx(7 * (r * drawcost.CHEAP_RANK_SECONDS + drawcost.CHEAP_INPUT_SECONDS))
+        assert crossing == pytest.approx(7 * (10 * r * drawcost.CROSSING_PRODUCT_SECONDS
+                                              + 10 * drawcost.CROSSING_CLASS_SECONDS))
+    work = drawcost.full_draw_work(shapes, 1, 7, 2)
+    assert work.seconds == pytest.approx(work.flops * drawcost.GEMM_FLOP_SECONDS + work.normals
+                                         * drawcost.NORMAL_SECONDS + work.elements * drawcost.ELEMENT_SECONDS)
+    assert np.all([v > 0 for v in (change, crossing, work.seconds)])
