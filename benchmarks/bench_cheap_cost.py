@@ -75,9 +75,10 @@ def full_draws(net, x, ratios, a) -> list[dict]:
     """Measured and modelled work of one full draw of each layer."""
     rows = []
     for i in range(1, net.depth + 1):
-        streams = lambda j: np.random.default_rng([5, j])  # noqa: E731
-        seconds = best(lambda: measure_network(net, x, ratios, (i,), a.full_draws, "gaussian", "frobenius",  # noqa: B023
-                                               streams, with_bound=False), a.repeat) / a.full_draws
+        def run(layer=i):
+            return measure_network(net, x, ratios, (layer,), a.full_draws, "gaussian", "frobenius",
+                                   lambda j: np.random.default_rng([5, j]), with_bound=False)
+        seconds = best(run, a.repeat) / a.full_draws
         work = drawcost.full_draw_work(net.shapes, i, len(x), len(ratios))
         rows.append({"layer": i, "seconds": seconds, "flops": work.flops, "normals": work.normals,
                      "elements": work.elements, "modelled_seconds": work.seconds})

@@ -9,8 +9,10 @@ Y - beta C has a vanishing variance as r -> 0, why beta is estimated (the
 regression coefficient Cov(Y, C) / Var(C) of the full draws) rather than
 fixed at 1, and the interval. The statistics (:func:`plain_estimate`,
 :func:`cv_estimate`, :func:`cheap_draws_needed`, :func:`cv_summary`, the fields
-``nnsweep estimate`` adds) are plain numpy on samples; :func:`cheap_first_order`
-draws the cheap samples of one network, :func:`cheap_draws_for` those of a
+``nnsweep estimate`` adds) are plain numpy on samples; how many cheap draws to take
+weighs what they win against what they cost (:func:`cheap_draws_optimal`,
+:func:`cost_capped`, with the costs of :mod:`pipeline.drawcost`);
+:func:`cheap_first_order` draws the cheap samples of one network, :func:`cheap_draws_for` those of a
 spec's network. The same idea serves ``pred_changed`` with the first-order
 crossing as control.
 """
@@ -478,7 +480,10 @@ def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: 
                     linear_pred: np.ndarray | None = None, full_draws: int | None = None,
                     layers: list[int] | None = None) -> CheapDraws:
     """The cheap estimates for the network (L, m, seed) of ``spec``, as many draws per layer as
-    :func:`cheap_draw_counts` asks for.
+    :func:`cheap_draw_counts` asks for: for rotation-invariant noise the cost-aware count (the smaller of the
+    precision rule and :func:`cheap_draws_optimal`, with the costs that :mod:`pipeline.drawcost` models from
+    the network's shapes), then :func:`cost_capped` over the layers, so that the cheap draws cost at most
+    CHEAP_COST_CAP times the full draws.
 
     Args:
         delta, change: the full draws' ||v - v*|| and first-order change, (ratio, layer, input, draw), for

@@ -42,3 +42,27 @@ def test_cheap_draws_cost_in_proportion_to_inputs_rank_and_classes():
     assert work.seconds == pytest.approx(work.flops * drawcost.GEMM_FLOP_SECONDS + work.normals
                                          * drawcost.NORMAL_SECONDS + work.elements * drawcost.ELEMENT_SECONDS)
     assert np.all([v > 0 for v in (change, crossing, work.seconds)])
+
+
+def test_calibration_script_fits_its_own_measurements():
+    """benchmarks/bench_cheap_cost.py --tiny: the fitted constants follow from the timings it prints (the
+    inverse rates, the least-squares seconds per element, the slope in r), and it reports drawcost's own."""
+    import json
+    import subprocess
+    import sys
+
+    out = json.loads(subprocess.run([sys.executable, str(BENCHMARKS / "bench_cheap_cost.py"), "--tiny", "--json"],
+                                    capture_output=True, text=True, check=True).stdout)
+    fitted, full, cheap = out["fitted"], out["full"], out["cheap"]
+    assert fitted["GEMM_FLOP_SECONDS"] == pytest.approx(1 / out["gemm_rate"]["best"])
+    rest = np.array([r["seconds"] - r["flops"] / out["gemm_rate"]["best"] - r["normals"] / out["normal_rate"]["best"]
+                     for r in full])
+    elements = np.array([[r["elements"]] for r in full])
+    assert fitted["ELEMENT_SECONDS"] == pytest.approx(np.linalg.lstsq(elements, rest, rcond=None)[0][0])
+    (a, b) = cheap
+    assert (a["k"], b["k"]) == (10, 5) and a["r"] == 10
+    slope = (a["change_seconds"] - b["change_seconds"]) / (a["r"] - b["r"])
+    assert fitted["CHEAP_RANK_SECONDS"] == pytest.approx(slope)
+    assert fitted["CHEAP_INPUT_SECONDS"] == pytest.approx(b["change_seconds"] - slope * b["r"])
+    assert out["in_drawcost"]["ELEMENT_SECONDS"] == drawcost.ELEMENT_SECONDS
+    assert len(full) == 3 and all(r["seconds"] > 0 for r in full)
