@@ -443,10 +443,11 @@ def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str,
 
 
 def cost_capped(draws: dict[int, int], crossing: dict[int, int] | None, costs: dict[int, tuple[float, float, float]],
-                full_draws: int, cap: float = CHEAP_COST_CAP) -> tuple[dict[int, int], dict[int, int] | None]:
+                full_draws: int, cap: float | None = None) -> tuple[dict[int, int], dict[int, int] | None]:
     """The cheap draws of every layer (``draws``, of which the first ``crossing`` also give the prediction
     changes) shrunk by one common factor where needed, so that their modelled cost is at most ``cap`` times
-    that of the ``full_draws`` full draws of the same layers; at least 2 each.
+    that of the ``full_draws`` full draws of the same layers (``cap`` None: :data:`CHEAP_COST_CAP`, read when
+    called, which benchmarks/bench_cheap_cap.py varies); at least 2 each.
 
     Args:
         costs: by layer, the modelled cost of a full draw, of a cheap draw of the first-order change and of
@@ -459,7 +460,7 @@ def cost_capped(draws: dict[int, int], crossing: dict[int, int] | None, costs: d
     ({1: 1000, 2: 10}, None)
     """
     spent = sum(draws[i] * c + (crossing[i] * x if crossing else 0.0) for i, (_, c, x) in costs.items())
-    budget = cap * full_draws * sum(f for f, _, _ in costs.values())
+    budget = (CHEAP_COST_CAP if cap is None else cap) * full_draws * sum(f for f, _, _ in costs.values())
     if not spent > budget:
         return draws, crossing
     share = budget / spent
