@@ -66,3 +66,23 @@ def test_calibration_script_fits_its_own_measurements():
     assert fitted["CHEAP_INPUT_SECONDS"] == pytest.approx(b["change_seconds"] - slope * b["r"])
     assert out["in_drawcost"]["ELEMENT_SECONDS"] == drawcost.ELEMENT_SECONDS
     assert len(full) == 3 and all(r["seconds"] > 0 for r in full)
+
+
+def test_cap_benchmark_figures_follow_from_its_runs():
+    """benchmarks/bench_cheap_cap.py --tiny: a lower cap takes no more cheap draws in any layer, and the
+    speed-up at equal width is the width ratio squared times the plain seconds over the run's."""
+    import json
+    import subprocess
+    import sys
+
+    out = json.loads(subprocess.run([sys.executable, str(BENCHMARKS / "bench_cheap_cap.py"), "--tiny", "--json"],
+                                    capture_output=True, text=True, check=True).stdout)
+    low, high = out["rows"]
+    assert (low["cap"], high["cap"]) == (0.5, 1.0)
+    assert all(low["cheap_draws"][i] <= high["cheap_draws"][i] for i in high["cheap_draws"])
+    assert any(low["cheap_draws"][i] < high["cheap_draws"][i] for i in high["cheap_draws"])
+    for row in (low, high):
+        assert row["cheap_seconds"] < row["seconds"]
+        for group, width in row["narrower"].items():
+            assert row["speedup_at_equal_width"][group] == pytest.approx(width**2 * out["plain_seconds"]
+                                                                         / row["seconds"])
