@@ -8,7 +8,8 @@ BLAS pinned to one thread and every layer perturbed:
   the linear answer), N draws, the 95% t-interval of E R over draws;
 - control variate: the kernel with the linear answer (which gives each draw's
   first-order change C), the same N draws, plus the cheap draws of C
-  (pipeline.control.cheap_first_order, as many as cheap_draws_needed asks), and
+  (pipeline.control.cheap_first_order, as many as estimate's rule asks: the
+  cost-aware count of cheap_draw_counts, capped by cost_capped), and
   the control-variate interval of pipeline.control.cv_estimate.
 
 Each run's width w and seconds t (best of --repeat) give the figure of merit
@@ -38,7 +39,7 @@ machine.pin_threads(1)
 import numpy as np  # noqa: E402
 
 from pipeline.control import (CHEAP_SE_FRACTION, CheapDraws, cheap_draw_counts, cheap_first_order,  # noqa: E402
-                              cv_estimate, plain_estimate)
+                              cost_capped, cv_estimate, layer_costs, plain_estimate)
 from pipeline.measure import measure_network  # noqa: E402
 from pipeline.network import Network  # noqa: E402
 
@@ -109,8 +110,10 @@ def one_ratio(net: Network, x: np.ndarray, ratio: float, draws: int, repeat: int
         res = measure_network(net, x, np.array([ratio]), layers, draws, "gaussian", "frobenius", full,
                               with_bound=False)
         weights = 1 / (len(norm) * norm)
+        costs = layer_costs(net.shapes, list(layers), len(x), 1)  # estimate's rule: cost-aware, capped
         m = cheap_draw_counts(list(layers), [(res.delta_norm, res.linear_change, weights, CHEAP_SE_FRACTION)],
-                              "gaussian", "frobenius")
+                              "gaussian", "frobenius", cost={i: f / c for i, (f, c, _) in costs.items()})
+        m, _ = cost_capped(m, None, costs, draws)
         t0 = time.perf_counter()
         cheap = CheapDraws(cheap_first_order(net, x, m, "gaussian", "frobenius", cheap_streams, weights))
         est = cv_estimate(samples(res.delta_norm[0], norm), samples(res.linear_change[0], norm),

@@ -9,8 +9,10 @@ Y - beta C has a vanishing variance as r -> 0, why beta is estimated (the
 regression coefficient Cov(Y, C) / Var(C) of the full draws) rather than
 fixed at 1, and the interval. The statistics (:func:`plain_estimate`,
 :func:`cv_estimate`, :func:`cheap_draws_needed`, :func:`cv_summary`, the fields
-``nnsweep estimate`` adds) are plain numpy on samples; :func:`cheap_first_order`
-draws the cheap samples of one network, :func:`cheap_draws_for` those of a
+``nnsweep estimate`` adds) are plain numpy on samples; how many cheap draws to take
+weighs what they win against what they cost (:func:`cheap_draws_optimal`,
+:func:`cost_capped`, with the costs of :mod:`pipeline.drawcost`);
+:func:`cheap_first_order` draws the cheap samples of one network, :func:`cheap_draws_for` those of a
 spec's network. The same idea serves ``pred_changed`` with the first-order
 crossing as control.
 """
@@ -23,6 +25,7 @@ import math
 import numpy as np
 
 from .analysis.intervals import SERIES_MAX_DF, t_quantile
+from .drawcost import cheap_draw_seconds, full_draw_work
 from .jsonout import num
 from .measure import crossing_threshold, first_order, jacobians, run_pass
 from .network import Network
@@ -43,7 +46,14 @@ PRED_SE_FRACTION = 0.25
 # good part of a full draw (eta H, or a spectral norm per draw): at most this many per full draw, so the
 # interval narrows by up to about 2 times for at most a few times the full draws' noise.
 CHEAP_SHARED_PER_FULL = 4
-CHEAP_BATCH_VALUES = 2**22  # values of eta h per batch of cheap draws (32 MiB in float64)
+# Where each input's cheap draws are its own (rotation-invariant noise), the cheap draws of a layer cost at
+# most this multiple of its full draws, as pipeline.drawcost models both: the default estimate then takes at
+# most about 1 + CHEAP_COST_CAP times the plain one (--no-control-variate), wherever the precision rule and
+# the cost-optimal count (:func:`cheap_draws_optimal`) would ask for more.
+CHEAP_COST_CAP = 1.0
+# values of eta h per batch of cheap draws (8 MiB in float64): the rotation-invariant draws' normals of a batch
+# then stay in the cache between the passes over them, which made them 1.3-1.6 times faster than 2**22
+CHEAP_BATCH_VALUES = 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +143,37 @@ def cheap_draws_needed(y: np.ndarray, c: np.ndarray, per_draw_var: float,
     if y.size < 3 or not np.isfinite(beta) or not var_y > 0:
         return 2
     return max(2, math.ceil((full_draws or y.size) * beta**2 * per_draw_var / (fraction**2 * var_y)))
+
+
+def cheap_draws_optimal(y: np.ndarray, c: np.ndarray, per_draw_var: float, cost_ratio: float,
+                        full_draws: int | None = None) -> float:
+    """The number of cheap draws M that minimises variance x time at N full draws: with full draws of cost
+    c_f and cheap ones of cost c_c, Var = s^2 / N + beta^2 v / M and time = N c_f + M c_c, whose product is
+    least at
+
+        M* = N sqrt(beta^2 v c_f / (s^2 c_c)),
+
+    s^2 the residual variance of Y on C (N - 2 degrees of freedom), beta and s^2 from the N full draws.
+    There the cheap mean's share of the variance equals the cheap draws' share of the time.
+
+    Args:
+        per_draw_var: v, the variance of one cheap draw's contribution (as for :func:`cheap_draws_needed`).
+        cost_ratio: c_f / c_c.
+        full_draws: N, when ``y`` and ``c`` are only the first of the full draws.
+
+    Returns:
+        M* (not rounded); inf where the residual has no spread (C explains Y exactly), 0 where the slope
+        is undefined (no spread of C, fewer than 3 draws).
+    """
+    y, c = np.asarray(y, dtype=np.float64), np.asarray(c, dtype=np.float64)
+    beta = slope(y, c)
+    if y.size < 3 or not np.isfinite(beta):
+        return 0.0
+    s2 = float(np.sum((y - y.mean() - beta * (c - c.mean())) ** 2) / (y.size - 2))
+    gain = beta**2 * per_draw_var * cost_ratio
+    if not gain > 0:
+        return 0.0
+    return math.sqrt(gain / s2) * (full_draws or y.size) if s2 > 0 else math.inf
 
 
 def rotation_invariant(distribution: str, norm: str) -> bool:
@@ -289,19 +330,24 @@ def _thresholds_within(v: np.ndarray, d: np.ndarray, limit: np.ndarray) -> np.nd
     """:func:`pipeline.measure.crossing_threshold` where it may be below ``limit`` (n, draw), inf elsewhere.
 
     A crossing at s needs s (d_j - d_c) > v_c - v_j for some j, so s (max_j d_j - d_c) above the
-    runner-up margin: one pass over d finds the few directions that can cross at all.
+    runner-up margin: one pass over d finds the few directions that can cross at all. For those, the
+    threshold is computed as crossing_threshold computes it (the same margins, rises and quotients, so the
+    same numbers), from margins taken once per input rather than gathered per direction.
     """
-    n = v.shape[1]
-    clean = v.argmax(axis=0)
-    top = np.partition(v, v.shape[0] - 2, axis=0)[-2:] if v.shape[0] > 1 else None
+    k, n = v.shape
     out = np.full(limit.shape, np.inf)
-    if top is None:
+    if k < 2:
         return out
+    clean = v.argmax(axis=0)
+    margin = (v[clean, np.arange(n)][None, :] - v).T  # (n, k), >= 0
+    top = np.partition(v, k - 2, axis=0)[-2:]
     runner_up = top[1] - top[0]  # (n,): the clean margin
-    rise = d.max(axis=1) - d[np.arange(n), clean]  # (n, draw)
-    maybe = np.nonzero(limit * rise > runner_up[:, None])
+    at_clean = d[np.arange(n), clean]  # (n, draw)
+    maybe = np.nonzero(limit * (d.max(axis=1) - at_clean) > runner_up[:, None])
     if maybe[0].size:
-        out[maybe] = crossing_threshold(v[:, maybe[0]], d[maybe[0], :, maybe[1]][:, :, None])[:, 0]
+        rise = d[maybe[0], :, maybe[1]] - at_clean[maybe][:, None]  # (maybe, k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[maybe] = np.where(rise > 0, margin[maybe[0]] / rise, np.inf).min(axis=1)
     return out
 
 
@@ -360,9 +406,11 @@ def _pooled(means: list[float], variances: list[float], dfs: list[float]) -> Che
 
 
 def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str,
-                      full_draws: int | None = None) -> dict[int, int]:
-    """Cheap draws per layer: the most that :func:`cheap_draws_needed` asks for any of the layer's ratios and
-    any of ``pairs``, at most CHEAP_SHARED_PER_FULL per full draw where each cheap draw is a shared eta.
+                      full_draws: int | None = None, cost: dict[int, float] | None = None) -> dict[int, int]:
+    """Cheap draws per layer: for each of the layer's ratios and each of ``pairs`` the count of
+    :func:`cheap_draws_needed` (the precision rule, an upper bound: no point in more) or, given ``cost``, the
+    smaller cost-optimal count of :func:`cheap_draws_optimal`; the most any of them asks for, at least 2,
+    and at most CHEAP_SHARED_PER_FULL per full draw where each cheap draw is a shared eta.
 
     Args:
         layers: the layer of each layer column of the arrays (the first ``len(layers)`` are used).
@@ -370,6 +418,8 @@ def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str,
             draw), the inputs' weights in the per-draw mean, (n,), and the share of the plain standard error
             the cheap mean's may reach.
         full_draws: the number of full draws when the arrays hold only the first of them.
+        cost: c_f / c_c by layer, the modelled cost of a full draw over that of a cheap one
+            (:mod:`pipeline.drawcost`); None: the precision rule alone.
     """
     need = {i: 2 for i in layers}
     for full, control, weights, fraction in pairs:
@@ -380,12 +430,50 @@ def cheap_draw_counts(layers: list[int], pairs, distribution: str, norm: str,
         else:
             per_draw_var = c.var(axis=2, ddof=1)
         for col, i in enumerate(layers):
-            need[i] = max([need[i], *(cheap_draws_needed(y[r, col], c[r, col], per_draw_var[r, col], fraction,
-                                                          full_draws) for r in range(y.shape[0]))])
+            for r in range(y.shape[0]):
+                m = cheap_draws_needed(y[r, col], c[r, col], per_draw_var[r, col], fraction, full_draws)
+                if cost is not None:
+                    best = cheap_draws_optimal(y[r, col], c[r, col], per_draw_var[r, col], cost[i], full_draws)
+                    m = min(m, math.ceil(best)) if math.isfinite(best) else m
+                need[i] = max(need[i], m)
     if not rotation_invariant(distribution, norm):
         full = full_draws or pairs[0][0].shape[3]
         need = {i: min(n, max(2, CHEAP_SHARED_PER_FULL * full)) for i, n in need.items()}
     return need
+
+
+def cost_capped(draws: dict[int, int], crossing: dict[int, int] | None, costs: dict[int, tuple[float, float, float]],
+                full_draws: int, cap: float | None = None) -> tuple[dict[int, int], dict[int, int] | None]:
+    """The cheap draws of every layer (``draws``, of which the first ``crossing`` also give the prediction
+    changes) shrunk by one common factor where needed, so that their modelled cost is at most ``cap`` times
+    that of the ``full_draws`` full draws of the same layers (``cap`` None: :data:`CHEAP_COST_CAP`, read when
+    called, which benchmarks/bench_cheap_cap.py varies); at least 2 each.
+
+    Args:
+        costs: by layer, the modelled cost of a full draw, of a cheap draw of the first-order change and of
+            what its prediction change adds (:func:`layer_costs`).
+
+    >>> costs = {1: (1.0, 0.1, 1.0), 2: (0.5, 0.1, 1.0)}  # 100 full draws: 150 to spend
+    >>> cost_capped({1: 1000, 2: 1000}, {1: 100, 2: 400}, costs, 100)  # 700 spent -> 3/14 of each count
+    ({1: 214, 2: 214}, {1: 21, 2: 85})
+    >>> cost_capped({1: 1000, 2: 10}, None, costs, 100)  # 101 <= 150: unchanged
+    ({1: 1000, 2: 10}, None)
+    """
+    spent = sum(draws[i] * c + (crossing[i] * x if crossing else 0.0) for i, (_, c, x) in costs.items())
+    budget = (CHEAP_COST_CAP if cap is None else cap) * full_draws * sum(f for f, _, _ in costs.values())
+    if not spent > budget:
+        return draws, crossing
+    share = budget / spent
+
+    def shrunk(counts: dict[int, int]) -> dict[int, int]:
+        return {i: max(2, math.floor(n * share)) for i, n in counts.items()}
+    return shrunk(draws), crossing and shrunk(crossing)
+
+
+def layer_costs(shapes, layers: list[int], n: int, ratios: int) -> dict[int, tuple[float, float, float]]:
+    """By layer, the modelled seconds (:mod:`pipeline.drawcost`) of one full draw, of one cheap draw of the
+    first-order change and of what its prediction change adds, for ``n`` inputs and ``ratios`` ratios."""
+    return {i: (full_draw_work(shapes, i, n, ratios).seconds, *cheap_draw_seconds(shapes, i, n)) for i in layers}
 
 
 def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: np.ndarray,
@@ -393,7 +481,10 @@ def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: 
                     linear_pred: np.ndarray | None = None, full_draws: int | None = None,
                     layers: list[int] | None = None) -> CheapDraws:
     """The cheap estimates for the network (L, m, seed) of ``spec``, as many draws per layer as
-    :func:`cheap_draw_counts` asks for.
+    :func:`cheap_draw_counts` asks for: for rotation-invariant noise the cost-aware count (the smaller of the
+    precision rule and :func:`cheap_draws_optimal`, with the costs that :mod:`pipeline.drawcost` models from
+    the network's shapes), then :func:`cost_capped` over the layers, so that the cheap draws cost at most
+    CHEAP_COST_CAP times the full draws.
 
     Args:
         delta, change: the full draws' ||v - v*|| and first-order change, (ratio, layer, input, draw), for
@@ -416,15 +507,21 @@ def cheap_draws_for(spec, L: int, m: int, seed: int, delta: np.ndarray, change: 
     layers = [columns[c] for c in cols]
     delta, change = delta[:, cols], change[:, cols]
     noise = spec.noise.distribution, spec.noise.norm
-    draws = cheap_draw_counts(layers, [(delta, change, weights, CHEAP_SE_FRACTION)], *noise, full_draws)
+    net = build_network(spec, L, m, seed)
+    costs = layer_costs(net.shapes, layers, n, len(spec.grid.ratio)) if rotation_invariant(*noise) else None
+    draws = cheap_draw_counts(layers, [(delta, change, weights, CHEAP_SE_FRACTION)], *noise, full_draws,
+                              costs and {i: f / c for i, (f, c, _) in costs.items()})
     crossing = None
     if pred is not None:  # the prediction changes from the first of the draws, as many as they need
         pred, linear_pred = pred[:, cols], linear_pred[:, cols]
+        # a draw that gives the prediction change gives the first-order change too: it costs both parts
         crossing = cheap_draw_counts(layers, [(pred, linear_pred, np.full(n, 1 / n), PRED_SE_FRACTION)], *noise,
-                                     full_draws)
+                                     full_draws, costs and {i: f / (c + x) for i, (f, c, x) in costs.items()})
         draws = {i: max(draws[i], crossing[i]) for i in layers}
+    if costs:
+        draws, crossing = cost_capped(draws, crossing, costs, full_draws or delta.shape[3])
     with threadpool_limits(limits=1, user_api="blas"):  # the kernel's rule: the same numbers on any machine
-        by_layer = cheap_first_order(build_network(spec, L, m, seed), make_inputs(spec), draws,
+        by_layer = cheap_first_order(net, make_inputs(spec), draws,
                                      spec.noise.distribution, spec.noise.norm,
                                      lambda i: stream(spec, CHEAP_STREAM, L, m, seed, i), weights,
                                      spec.grid.ratio if pred is not None else (), crossing)

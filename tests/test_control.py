@@ -7,12 +7,14 @@ import json
 
 import numpy as np
 import pytest
+import scipy.optimize
 import scipy.stats
 
-from pipeline.control import (CHEAP_SE_FRACTION, CHEAP_SHARED_PER_FULL, CheapDraws, CheapMean, FirstOrderCheap,
-                              LayerCheap, cheap_draw_counts, cheap_draws_needed, cheap_first_order,
-                              cv_estimate, independent_first_order, plain_estimate,
-                              shared_eta_first_order, slope)
+from pipeline import drawcost
+from pipeline.control import (CHEAP_COST_CAP, CHEAP_SE_FRACTION, CHEAP_SHARED_PER_FULL, CheapDraws, CheapMean,
+                              FirstOrderCheap, LayerCheap, cheap_draw_counts, cheap_draws_for, cheap_draws_needed,
+                              cheap_draws_optimal, cheap_first_order, cost_capped, cv_estimate,
+                              independent_first_order, plain_estimate, shared_eta_first_order, slope)
 from pipeline.estimation import estimate
 from pipeline.measure import crossing_threshold, jacobians, measure_block, measure_network
 from pipeline.noise import LayerNoise, matrix_norm
@@ -79,6 +81,106 @@ def test_cheap_draws_cost_what_they_can_win():
     assert cheap_draws_needed(y, c, c.var(ddof=1) / 100) == int(np.ceil(400 * rho2 / CHEAP_SE_FRACTION**2 / 100))
     assert cheap_draws_needed(y, np.full(400, 3.0), 0.0) == 2  # no spread: nothing to win
     assert cv_estimate(y, np.full(400, 3.0), CheapMean(3.0, 0.0, np.inf)) is None
+
+
+@pytest.mark.parametrize("rho, cost_ratio", [(0.9, 5.0), (0.995, 40.0), (0.5, 0.3)])
+def test_cost_optimal_count_minimises_variance_times_time(rho, cost_ratio):
+    """M* = N sqrt(beta^2 v c_f / (s^2 c_c)) is where (s^2 / N + beta^2 v / M)(N c_f + M c_c) is least: the
+    slope and residual variance from scipy's regression, the minimum found numerically."""
+    y, c = correlated(np.random.default_rng(21), 50, rho)
+    v, n_full = c.var(ddof=1) / 7, 400
+    fit = scipy.stats.linregress(c, y)
+    s2 = np.sum((y - fit.intercept - fit.slope * c) ** 2) / (50 - 2)
+    product = lambda log_m: ((s2 / n_full + fit.slope**2 * v / np.exp(log_m))  # noqa: E731
+                             * (n_full * cost_ratio + np.exp(log_m)))
+    least = np.exp(scipy.optimize.minimize_scalar(product, bounds=(0, 25), method="bounded",
+                                                  options={"xatol": 1e-9}).x)
+    got = cheap_draws_optimal(y, c, v, cost_ratio, full_draws=n_full)
+    assert got == pytest.approx(least, rel=1e-4)
+    assert got == pytest.approx(n_full * np.sqrt(fit.slope**2 * v * cost_ratio / s2), rel=1e-9)
+    # at the optimum the cheap mean's share of the variance is the cheap draws' share of the time
+    assert fit.slope**2 * v / got / (s2 / n_full) == pytest.approx(got / (n_full * cost_ratio), rel=1e-9)
+    assert cheap_draws_optimal(c, c, v, cost_ratio) == np.inf  # C explains Y exactly: no residual
+    assert cheap_draws_optimal(y, np.full(50, 3.0), v, cost_ratio) == 0  # no slope: nothing to win
+
+
+def synthetic_pairs(rng, noise=(0.3, 0.03, 1e-3), inputs=5, draws=60):
+    """(Y, C) of (ratio, layer, input, draw): C uniform, Y = C plus noise of a size per ratio; 2 layers."""
+    c = rng.uniform(1, 2, (len(noise), 2, inputs, draws))
+    return c + np.asarray(noise)[:, None, None, None] * rng.standard_normal(c.shape), c
+
+
+@pytest.mark.parametrize("cost_ratio", [1e-3, 0.5, 30.0, 1e9])
+def test_cost_aware_counts_never_exceed_the_precision_rule(cost_ratio):
+    """Per layer: the most any ratio asks of min(precision rule, M*), never above the precision rule alone,
+    and equal to it where cheap draws are (nearly) free; cell by cell against the two rules."""
+    y, c = synthetic_pairs(np.random.default_rng(22))
+    w = np.full(5, 0.2)
+    pairs = [(y, c, w, CHEAP_SE_FRACTION)]
+    plain = cheap_draw_counts([1, 2], pairs, "gaussian", "frobenius", full_draws=1000)
+    got = cheap_draw_counts([1, 2], pairs, "gaussian", "frobenius", full_draws=1000,
+                            cost={1: cost_ratio, 2: 2 * cost_ratio})
+    for col, i in enumerate((1, 2)):
+        want = 2
+        for r in range(3):
+            yd, cd = y[r, col].T @ w, c[r, col].T @ w
+            v = w**2 @ c[r, col].var(axis=1, ddof=1)
+            prec = cheap_draws_needed(yd, cd, v, CHEAP_SE_FRACTION, 1000)
+            want = max(want, min(prec, int(np.ceil(cheap_draws_optimal(yd, cd, v, cost_ratio * (1 + col), 1000)))))
+        assert got[i] == want <= plain[i]
+    if cost_ratio == 1e9:
+        assert got == plain
+    if cost_ratio == 1e-3:
+        assert all(got[i] < plain[i] for i in (1, 2))
+
+
+def test_cost_cap_shrinks_every_count_by_one_factor():
+    """Over the layers, the modelled cost of the cheap draws after the cap is at most the cap times the full
+    draws' (but for the floor of 2), every count shrunk by the same factor (to rounding down)."""
+    rng = np.random.default_rng(23)
+    for _ in range(200):
+        layers = range(1, rng.integers(1, 5) + 1)
+        costs = {i: tuple(rng.uniform(0.01, 1, 3)) for i in layers}
+        draws = {i: int(rng.integers(2, 10**6)) for i in layers}
+        crossing = {i: int(rng.integers(2, draws[i] + 1)) for i in layers}
+        full = int(rng.integers(3, 5000))
+        new, crossed = cost_capped(draws, crossing, costs, full)
+        spent = lambda d, x: sum(d[i] * costs[i][1] + x[i] * costs[i][2] for i in layers)  # noqa: E731
+        budget = CHEAP_COST_CAP * full * sum(costs[i][0] for i in layers)
+        if spent(draws, crossing) <= budget:
+            assert (new, crossed) == (draws, crossing)
+            continue
+        share = budget / spent(draws, crossing)
+        for before, after in ((draws, new), (crossing, crossed)):
+            assert all(after[i] == max(2, np.floor(before[i] * share)) for i in layers)
+        assert spent(new, crossed) <= budget + sum(2 * (costs[i][1] + costs[i][2]) for i in layers)
+
+
+def test_cheap_draws_of_a_spec_cost_at_most_its_full_draws():
+    """End to end (cheap_draws_for on a random network): where the rules ask for far more, the cheap draws
+    drawn cost at most the full draws by pipeline.drawcost's model, summed over the layers."""
+    spec = Spec.from_dict({"network": {"input_dim": 4, "output_dim": 3, "n_inputs": 6},
+                           "grid": {"L": 3, "m": 8, "ratio": [0.1, 0.3], "layer": [1, 2, 3]},
+                           "noise": {"draws": 50}})
+    rng = np.random.default_rng(24)
+    y, c = synthetic_pairs(rng, (1e-3, 1e-2), inputs=6, draws=50)
+    y, c = np.concatenate([y, y[:, :1]], axis=1), np.concatenate([c, c[:, :1]], axis=1)  # three layers
+    linear_pred = (rng.uniform(size=y.shape) < 0.3).astype(float)
+    pred = np.where(rng.uniform(size=y.shape) < 0.05, 1 - linear_pred, linear_pred)
+    weights = np.full(6, 1 / 6)
+    cheap = cheap_draws_for(spec, 3, 8, 0, y, c, np.ones(6), pred, linear_pred)
+    shapes = [(8, 4), (8, 8), (3, 8)]
+    asked = cheap_draw_counts([1, 2, 3], [(y, c, weights, CHEAP_SE_FRACTION)], "gaussian", "frobenius")
+    spent = full = unlimited = 0.0
+    for i in (1, 2, 3):
+        change, crossing = drawcost.cheap_draw_seconds(shapes, i, 6)
+        layer = cheap.by_layer[i]
+        spent += layer.change.draws * change + layer.crossings[0].draws * crossing
+        unlimited += asked[i] * change
+        full += 50 * drawcost.full_draw_work(shapes, i, 6, 2).seconds
+    assert unlimited > 3 * full  # the rules alone would spend several times the full draws
+    assert spent <= CHEAP_COST_CAP * full * (1 + 1e-12)
+    assert spent >= 0.9 * CHEAP_COST_CAP * full  # and the cap takes what it allows
 
 
 def first_order_setup(seed=5):
