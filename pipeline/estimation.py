@@ -155,16 +155,12 @@ def pooled(spec: Spec, groups: list[tuple[tuple[int, ...], tuple[int, ...]]], pa
     pool = Pool(spec, groups)
     for s, start, part in parts():
         pool.add(s, start, part)
-    pending = pool.medians
-    while True:
-        pending = {key: med for key, med in pending.items() if med.result() is None}
-        if not pending:
-            break
-        pending = {key: med.retry() for key, med in pending.items()}
+    pool.median = {key: med.result() for key, med in pool.medians.items()}  # each found once: it partitions
+    while pending := {key: pool.medians[key].retry() for key, found in pool.median.items() if found is None}:
         for s, start, part in parts():
             pool.add_medians(s, start, part, pending)
         pool.medians.update(pending)
-    pool.median = {key: med.result() for key, med in pool.medians.items()}
+        pool.median.update({key: med.result() for key, med in pending.items()})
     return pool
 
 

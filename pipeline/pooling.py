@@ -72,7 +72,7 @@ class StreamMedian:
 
     def _narrow(self) -> None:
         """Drop the kept values more than z standard errors of rank away from the middle's expected place."""
-        kept = np.concatenate(self.parts)
+        kept = self._gathered()
         p = (self.ranks[0] + 0.5) / self.total  # the middle's quantile in the whole stream
         where = p * self.seen  # and its expected rank among the values seen so far
         spread = self.z * math.sqrt(p * (1 - p) / max(self.units, 1)) * self.seen + 1
@@ -80,14 +80,23 @@ class StreamMedian:
         last = min(kept.size - 1, math.ceil(where + spread) - self.below)
         if first > last:  # the middle's expected place is outside what is kept: keep everything, let result() tell
             first, last = 0, kept.size - 1
-        lo, hi = np.partition(kept, [first, last])[[first, last]]  # order statistics: no sort needed
-        inside = kept[(kept >= lo) & (kept <= hi)]  # ties stay
-        below = int(np.count_nonzero(kept < lo))
-        self.below += below
-        self.above += kept.size - inside.size - below
+        # Order statistics in place, one kth at a time: np.partition with two kth is several times slower.
+        kept.partition(first)
+        lo = kept[first]
+        kept[first:].partition(last - first)
+        hi = kept[last]
+        # kept[first:last + 1] lies in [lo, hi]; of the rest only ties of lo (before) and of hi (after) do.
+        low_ties, high_ties = kept[:first][kept[:first] == lo], kept[last + 1:][kept[last + 1:] == hi]
+        inside = np.concatenate([low_ties, kept[first:last + 1], high_ties])  # a copy: kept is let go
+        self.below += first - low_ties.size
+        self.above += kept.size - last - 1 - high_ties.size
         self.lo, self.hi = max(self.lo, lo), min(self.hi, hi)
         self.parts, self.kept = [inside], inside.size
         self.cap = max(self.cap, 2 * inside.size)
+
+    def _gathered(self) -> np.ndarray:
+        """The kept values as one array of this median's own, free to be reordered in place."""
+        return self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
 
     def result(self) -> float | None:
         """The median of the whole stream, or None when its middle fell outside the bracket (see retry)."""
@@ -98,7 +107,10 @@ class StreamMedian:
         first, last = (r - self.below for r in self.ranks)
         if first < 0 or last >= self.kept:
             return None
-        middle = np.partition(np.concatenate(self.parts), [first, last])[[first, last] if first != last else [first]]
+        kept = self._gathered()
+        kept.partition(first)
+        # the next order statistic is the least of those above: a min, cheaper than a partition with two kth
+        middle = np.array([kept[first]] if first == last else [kept[first], kept[first + 1:].min()])
         return float(np.mean(middle))  # as np.median takes the mean of the middle one or two
 
     def retry(self) -> StreamMedian:
