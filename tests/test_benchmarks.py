@@ -175,3 +175,26 @@ def test_bench_inputs_script(machine):
     assert e["times_limit"] == pytest.approx(e["seconds"] / e["limit_seconds"])
     assert e["peak_rss_mb"] > 0 and e["seconds"] > 0
     assert e["with_control_variate"]["seconds"] > 0 and e["with_control_variate"]["peak_rss_mb"] > 0
+
+
+def test_bench_estimate_overhead_tiny(tmp_path):
+    """bench_estimate_overhead on a tiny estimate, two trees (this one, and a copy of it): the rest is the
+    whole command less the kernel alone, the kernel is measured, and the same code prints the same numbers."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "pipeline", copy / "pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    tree = str(Path(__file__).resolve().parent.parent)
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "bench_estimate_overhead.py"), "--tree", str(copy),
+                        "--tree", tree, "--repeat", "1", "--json", "--", "--L", "2", "--m", "16", "--d", "8", "--k",
+                        "4", "--n-inputs", "6", "--seeds", "1", "--draws", "30", "--ratio", "0.1", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["command"].startswith("nnsweep estimate --L 2 --m 16") and out["machine"]["cores"] > 0
+    assert [row["tree"] for row in out["rows"]] == [str(copy), tree] and out["same_output"]
+    for row in out["rows"]:
+        assert row["total_cpu_s"] == min(row["totals"]) and row["kernel_alone_cpu_s"] == min(row["kernels_alone"])
+        assert row["other_cpu_s"] == pytest.approx(row["total_cpu_s"] - row["kernel_alone_cpu_s"])
+        assert 0 < row["kernel_alone_cpu_s"] < row["total_cpu_s"] and row["kernel_in_command_cpu_s"] > 0

@@ -1,0 +1,175 @@
+"""Benchmark what `nnsweep estimate` spends outside the kernel: start-up, pooling, summaries.
+
+Runs one `nnsweep estimate` command in fresh processes and measures their CPU
+seconds (user + system, from the process's start): the whole command, and the
+kernel alone, a process of the same command that stops once
+:func:`pipeline.measure.block_batches` has made every batch, pooling none.
+What the command spends beyond the kernel alone is the rest: the interpreter
+and the imports, the spec, pooling the batches (:class:`pipeline.estimation.Pool`:
+the per-draw means and the exact medians), a median's second pass if one is
+needed, the summaries and the printing. (The CPU spent inside ``block_batches``
+within the whole command is shown too; it moves with what the pooling does to
+memory between batches, so it is not subtracted.)
+
+With several ``--tree`` source directories (a checkout of each version, e.g.
+from ``git archive``), the processes run interleaved round by round, so a change
+of load hits all of them alike, and each figure is the best of its rounds; every
+command's JSON output is hashed, so the table also says whether the versions
+print the same numbers. The default command is issue 18's data-set question:
+
+    python benchmarks/bench_estimate_overhead.py
+    python benchmarks/bench_estimate_overhead.py --tree /tmp/before --tree . --repeat 5
+    python benchmarks/bench_estimate_overhead.py --json -- --L 2 --m 16 --seeds 1 --draws 20
+
+Bytecode is cached in a temporary directory (as an installed package's is after
+its first run), the first round is a warm-up and not counted, and BLAS is pinned
+to one thread (the kernel's own setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import machine  # benchmarks/machine.py: benchmarks/ is sys.path[0] when run as a script
+
+COMMAND = ["estimate", "--L", "3", "--m", "128", "--d", "64", "--k", "10", "--n-inputs", "360", "--seeds", "1",
+           "--draws", "2000", "--ratio", "0.01,0.1,0.3", "--layer", "all", "--no-control-variate"]
+
+# Runs the CLI in-process on argv[1] (JSON) and prints its CPU seconds: the whole process, and those spent
+# inside block_batches (the kernel), with a digest of what the command printed. With argv[2] == "kernel" the
+# estimate stops once the batches are made, pooling none of them.
+CHILD = """
+import contextlib, hashlib, io, json, resource, sys
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+import pipeline.estimation as estimation
+
+kernel = [0.0]
+batches = estimation.block_batches
+
+def timed(*args, **kwargs):
+    it = batches(*args, **kwargs)
+    while True:
+        c = cpu()
+        try:
+            item = next(it)
+        except StopIteration:
+            kernel[0] += cpu() - c
+            return
+        kernel[0] += cpu() - c
+        yield item
+
+class Done(Exception):
+    pass
+
+def kernel_alone(spec, groups, parts=None):
+    for _ in estimation.block_batches(spec, spec.grid.L[0], spec.grid.m[0], spec.grid.seeds):
+        pass
+    raise Done
+
+estimation.block_batches = timed
+if sys.argv[2] == "kernel":
+    estimation.pooled = kernel_alone
+from pipeline.cli import main
+
+out = io.StringIO()
+try:
+    with contextlib.redirect_stdout(out):
+        main(json.loads(sys.argv[1]), prog_name="nnsweep", standalone_mode=False)
+except Done:
+    pass
+total = cpu()
+print(json.dumps({"total": total, "kernel": kernel[0], "output": hashlib.sha256(out.getvalue().encode()).hexdigest()}))
+"""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tree", action="append", default=None,
+                   help="a source directory holding the pipeline package, repeatable (default: the one this "
+                        "Python imports)")
+    p.add_argument("--repeat", type=int, default=3, help="timed rounds; the best of each tree is kept (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("command", nargs="*", help="the estimate's options after --, instead of the default command")
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    return args
+
+
+def run_once(tree: str | None, command: list[str], env: dict[str, str], what: str = "command") -> dict:
+    """One process (``what``: the whole command, or the kernel alone): its CPU seconds, whole and inside
+    block_batches, and its output's digest."""
+    env = dict(env)
+    if tree is not None:
+        env["PYTHONPATH"] = str(Path(tree).resolve())
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(command), what], capture_output=True,
+                          text=True, env=env, check=False)
+    if done.returncode != 0:
+        sys.exit(f"the estimate in {tree or 'this Python'} exited with {done.returncode}:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(trees: list[str | None], command: list[str], repeat: int) -> dict:
+    machine.pin_threads(1)
+    info = machine.describe()
+    rounds: dict[tuple[int, str], list[dict]] = {(i, w): [] for i in range(len(trees)) for w in ("command", "kernel")}
+    with tempfile.TemporaryDirectory(prefix="bench_estimate_pycache_") as cache:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        for r in range(repeat + 1):  # round 0 writes the bytecode and warms the file cache: not counted
+            for i, tree in enumerate(trees):
+                env["PYTHONPYCACHEPREFIX"] = os.path.join(cache, str(i))
+                for what in ("command", "kernel"):
+                    res = run_once(tree, command, env, what)
+                    if r:
+                        rounds[i, what].append(res)
+    rows = []
+    for i, tree in enumerate(trees):
+        runs, alone = rounds[i, "command"], rounds[i, "kernel"]
+        total, kernel = min(x["total"] for x in runs), min(x["kernel"] for x in alone)
+        rows.append({"tree": tree or "(this Python's pipeline)", "total_cpu_s": total, "kernel_alone_cpu_s": kernel,
+                     "other_cpu_s": total - kernel, "kernel_in_command_cpu_s": min(x["kernel"] for x in runs),
+                     "totals": [x["total"] for x in runs], "kernels_alone": [x["kernel"] for x in alone],
+                     "outputs": sorted({x["output"] for x in runs})})
+    info["load_average_after"] = machine.load_average()
+    return {"machine": info, "command": "nnsweep " + " ".join(command), "repeat": repeat, "rows": rows,
+            "same_output": len({o for row in rows for o in row["outputs"]}) == 1}
+
+
+def print_text(res: dict) -> None:
+    print(f"machine: {machine.summary(res['machine'])}; load after {res['machine']['load_average_after']}")
+    print(f"{res['command']}")
+    print(f"CPU seconds from process start, best of {res['repeat']} interleaved rounds: the whole command, the "
+          f"kernel alone (another process), the rest; and the kernel inside the command")
+    print(f"  {'total':>7} {'kernel':>7} {'rest':>7} {'inside':>7}  tree")
+    for row in res["rows"]:
+        print(f"  {row['total_cpu_s']:7.3f} {row['kernel_alone_cpu_s']:7.3f} {row['other_cpu_s']:7.3f} "
+              f"{row['kernel_in_command_cpu_s']:7.3f}  {row['tree']}")
+    if len(res["rows"]) > 1:
+        first, last = res["rows"][0], res["rows"][-1]
+        print(f"first / last tree: total {first['total_cpu_s'] / last['total_cpu_s']:.2f}x, "
+              f"rest {first['other_cpu_s'] / last['other_cpu_s']:.2f}x")
+    print(f"every command printed the same output: {'yes' if res['same_output'] else 'NO'}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    res = run(args.tree or [None], ["estimate", *args.command] if args.command else COMMAND, args.repeat)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print_text(res)
+
+
+if __name__ == "__main__":
+    main()
