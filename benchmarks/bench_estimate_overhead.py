@@ -1,21 +1,18 @@
 """Benchmark what `nnsweep estimate` spends outside the kernel: start-up, pooling, summaries.
 
-Runs one `nnsweep estimate` command in fresh processes and measures their CPU
-seconds (user + system, from the process's start): the whole command, and the
-kernel alone, a process of the same command that stops once
-:func:`pipeline.measure.block_batches` has made every batch, pooling none.
-What the command spends beyond the kernel alone is the rest: the interpreter
-and the imports, the spec, pooling the batches (:class:`pipeline.estimation.Pool`:
-the per-draw means and the exact medians), a median's second pass if one is
-needed, the summaries and the printing. (The CPU spent inside ``block_batches``
-within the whole command is shown too; it moves with what the pooling does to
-memory between batches, so it is not subtracted.)
+Runs one `nnsweep estimate` command in fresh processes and splits each process's
+CPU seconds (user + system, from its own start) into the kernel, the time spent
+inside :func:`pipeline.measure.block_batches` while it makes the batches, and
+the rest: the interpreter and the imports, the spec, pooling the batches
+(:class:`pipeline.estimation.Pool`: the per-draw means and the exact medians),
+a median's second pass if one is needed, the summaries and the printing. The
+split is taken within each process; a figure is the best of the rounds.
 
 With several ``--tree`` source directories (a checkout of each version, e.g.
 from ``git archive``), the processes run interleaved round by round, so a change
-of load hits all of them alike, and each figure is the best of its rounds; every
-command's JSON output is hashed, so the table also says whether the versions
-print the same numbers. The default command is issue 18's data-set question:
+of load hits all of them alike; every command's output is hashed, so the table
+also says whether the versions print the same numbers. The default command is
+issue 18's data-set question:
 
     python benchmarks/bench_estimate_overhead.py
     python benchmarks/bench_estimate_overhead.py --tree /tmp/before --tree . --repeat 5
@@ -42,8 +39,7 @@ COMMAND = ["estimate", "--L", "3", "--m", "128", "--d", "64", "--k", "10", "--n-
            "--draws", "2000", "--ratio", "0.01,0.1,0.3", "--layer", "all", "--no-control-variate"]
 
 # Runs the CLI in-process on argv[1] (JSON) and prints its CPU seconds: the whole process, and those spent
-# inside block_batches (the kernel), with a digest of what the command printed. With argv[2] == "kernel" the
-# estimate stops once the batches are made, pooling none of them.
+# inside block_batches (the kernel), with a digest of what the command printed.
 CHILD = """
 import contextlib, hashlib, io, json, resource, sys
 
@@ -68,25 +64,12 @@ def timed(*args, **kwargs):
         kernel[0] += cpu() - c
         yield item
 
-class Done(Exception):
-    pass
-
-def kernel_alone(spec, groups, parts=None):
-    for _ in estimation.block_batches(spec, spec.grid.L[0], spec.grid.m[0], spec.grid.seeds):
-        pass
-    raise Done
-
 estimation.block_batches = timed
-if sys.argv[2] == "kernel":
-    estimation.pooled = kernel_alone
 from pipeline.cli import main
 
 out = io.StringIO()
-try:
-    with contextlib.redirect_stdout(out):
-        main(json.loads(sys.argv[1]), prog_name="nnsweep", standalone_mode=False)
-except Done:
-    pass
+with contextlib.redirect_stdout(out):
+    main(json.loads(sys.argv[1]), prog_name="nnsweep", standalone_mode=False)
 total = cpu()
 print(json.dumps({"total": total, "kernel": kernel[0], "output": hashlib.sha256(out.getvalue().encode()).hexdigest()}))
 """
@@ -107,14 +90,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_once(tree: str | None, command: list[str], env: dict[str, str], what: str = "command") -> dict:
-    """One process (``what``: the whole command, or the kernel alone): its CPU seconds, whole and inside
-    block_batches, and its output's digest."""
+def run_once(tree: str | None, command: list[str], env: dict[str, str]) -> dict:
+    """One process: its CPU seconds, whole and inside block_batches, and its output's digest."""
     env = dict(env)
     if tree is not None:
         env["PYTHONPATH"] = str(Path(tree).resolve())
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(command), what], capture_output=True,
-                          text=True, env=env, check=False)
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(command)], capture_output=True, text=True,
+                          env=env, check=False)
     if done.returncode != 0:
         sys.exit(f"the estimate in {tree or 'this Python'} exited with {done.returncode}:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -123,23 +105,22 @@ def run_once(tree: str | None, command: list[str], env: dict[str, str], what: st
 def run(trees: list[str | None], command: list[str], repeat: int) -> dict:
     machine.pin_threads(1)
     info = machine.describe()
-    rounds: dict[tuple[int, str], list[dict]] = {(i, w): [] for i in range(len(trees)) for w in ("command", "kernel")}
+    rounds: dict[int, list[dict]] = {i: [] for i in range(len(trees))}
     with tempfile.TemporaryDirectory(prefix="bench_estimate_pycache_") as cache:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         for r in range(repeat + 1):  # round 0 writes the bytecode and warms the file cache: not counted
             for i, tree in enumerate(trees):
                 env["PYTHONPYCACHEPREFIX"] = os.path.join(cache, str(i))
-                for what in ("command", "kernel"):
-                    res = run_once(tree, command, env, what)
-                    if r:
-                        rounds[i, what].append(res)
+                res = run_once(tree, command, env)
+                if r:
+                    rounds[i].append(res)
     rows = []
     for i, tree in enumerate(trees):
-        runs, alone = rounds[i, "command"], rounds[i, "kernel"]
-        total, kernel = min(x["total"] for x in runs), min(x["kernel"] for x in alone)
-        rows.append({"tree": tree or "(this Python's pipeline)", "total_cpu_s": total, "kernel_alone_cpu_s": kernel,
-                     "other_cpu_s": total - kernel, "kernel_in_command_cpu_s": min(x["kernel"] for x in runs),
-                     "totals": [x["total"] for x in runs], "kernels_alone": [x["kernel"] for x in alone],
+        runs = rounds[i]
+        rows.append({"tree": tree or "(this Python's pipeline)",
+                     "total_cpu_s": min(x["total"] for x in runs), "kernel_cpu_s": min(x["kernel"] for x in runs),
+                     "rest_cpu_s": min(x["total"] - x["kernel"] for x in runs),
+                     "rounds": [{"total_cpu_s": x["total"], "kernel_cpu_s": x["kernel"]} for x in runs],
                      "outputs": sorted({x["output"] for x in runs})})
     info["load_average_after"] = machine.load_average()
     return {"machine": info, "command": "nnsweep " + " ".join(command), "repeat": repeat, "rows": rows,
@@ -148,17 +129,16 @@ def run(trees: list[str | None], command: list[str], repeat: int) -> dict:
 
 def print_text(res: dict) -> None:
     print(f"machine: {machine.summary(res['machine'])}; load after {res['machine']['load_average_after']}")
-    print(f"{res['command']}")
-    print(f"CPU seconds from process start, best of {res['repeat']} interleaved rounds: the whole command, the "
-          f"kernel alone (another process), the rest; and the kernel inside the command")
-    print(f"  {'total':>7} {'kernel':>7} {'rest':>7} {'inside':>7}  tree")
+    print(res["command"])
+    print(f"CPU seconds of each process from its start, best of {res['repeat']} interleaved rounds: the whole "
+          f"command, inside the kernel, the rest (the process's own difference)")
+    print(f"  {'total':>7} {'kernel':>7} {'rest':>7}  tree")
     for row in res["rows"]:
-        print(f"  {row['total_cpu_s']:7.3f} {row['kernel_alone_cpu_s']:7.3f} {row['other_cpu_s']:7.3f} "
-              f"{row['kernel_in_command_cpu_s']:7.3f}  {row['tree']}")
+        print(f"  {row['total_cpu_s']:7.3f} {row['kernel_cpu_s']:7.3f} {row['rest_cpu_s']:7.3f}  {row['tree']}")
     if len(res["rows"]) > 1:
         first, last = res["rows"][0], res["rows"][-1]
         print(f"first / last tree: total {first['total_cpu_s'] / last['total_cpu_s']:.2f}x, "
-              f"rest {first['other_cpu_s'] / last['other_cpu_s']:.2f}x")
+              f"rest {first['rest_cpu_s'] / last['rest_cpu_s']:.2f}x")
     print(f"every command printed the same output: {'yes' if res['same_output'] else 'NO'}")
 
 
