@@ -71,7 +71,8 @@ out = io.StringIO()
 with contextlib.redirect_stdout(out):
     main(json.loads(sys.argv[1]), prog_name="nnsweep", standalone_mode=False)
 total = cpu()
-print(json.dumps({"total": total, "kernel": kernel[0], "output": hashlib.sha256(out.getvalue().encode()).hexdigest()}))
+print(json.dumps({"total": total, "kernel": kernel[0], "output": hashlib.sha256(out.getvalue().encode()).hexdigest(),
+                  "package": estimation.__file__}))
 """
 
 
@@ -90,13 +91,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_once(tree: str | None, command: list[str], env: dict[str, str]) -> dict:
-    """One process: its CPU seconds, whole and inside block_batches, and its output's digest."""
+def run_once(tree: str | None, command: list[str], env: dict[str, str], cwd: str) -> dict:
+    """One process: its CPU seconds, whole and inside block_batches, its output's digest and the file of the
+    estimation module it ran. ``cwd``: a directory without a ``pipeline`` package (``python -c`` imports
+    from its working directory before PYTHONPATH)."""
     env = dict(env)
     if tree is not None:
         env["PYTHONPATH"] = str(Path(tree).resolve())
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(command)], capture_output=True, text=True,
-                          env=env, check=False)
+                          env=env, cwd=cwd, check=False)
     if done.returncode != 0:
         sys.exit(f"the estimate in {tree or 'this Python'} exited with {done.returncode}:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -111,7 +114,7 @@ def run(trees: list[str | None], command: list[str], repeat: int) -> dict:
         for r in range(repeat + 1):  # round 0 writes the bytecode and warms the file cache: not counted
             for i, tree in enumerate(trees):
                 env["PYTHONPYCACHEPREFIX"] = os.path.join(cache, str(i))
-                res = run_once(tree, command, env)
+                res = run_once(tree, command, env, cache)
                 if r:
                     rounds[i].append(res)
     rows = []
@@ -121,7 +124,8 @@ def run(trees: list[str | None], command: list[str], repeat: int) -> dict:
                      "total_cpu_s": min(x["total"] for x in runs), "kernel_cpu_s": min(x["kernel"] for x in runs),
                      "rest_cpu_s": min(x["total"] - x["kernel"] for x in runs),
                      "rounds": [{"total_cpu_s": x["total"], "kernel_cpu_s": x["kernel"]} for x in runs],
-                     "outputs": sorted({x["output"] for x in runs})})
+                     "outputs": sorted({x["output"] for x in runs}),
+                     "package": sorted({str(Path(x["package"]).parent) for x in runs})})
     info["load_average_after"] = machine.load_average()
     return {"machine": info, "command": "nnsweep " + " ".join(command), "repeat": repeat, "rows": rows,
             "same_output": len({o for row in rows for o in row["outputs"]}) == 1}
@@ -134,7 +138,8 @@ def print_text(res: dict) -> None:
           f"command, inside the kernel, the rest (the process's own difference)")
     print(f"  {'total':>7} {'kernel':>7} {'rest':>7}  tree")
     for row in res["rows"]:
-        print(f"  {row['total_cpu_s']:7.3f} {row['kernel_cpu_s']:7.3f} {row['rest_cpu_s']:7.3f}  {row['tree']}")
+        print(f"  {row['total_cpu_s']:7.3f} {row['kernel_cpu_s']:7.3f} {row['rest_cpu_s']:7.3f}  "
+              f"{', '.join(row['package'])}")
     if len(res["rows"]) > 1:
         first, last = res["rows"][0], res["rows"][-1]
         print(f"first / last tree: total {first['total_cpu_s'] / last['total_cpu_s']:.2f}x, "

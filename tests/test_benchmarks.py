@@ -189,11 +189,13 @@ def test_bench_estimate_overhead_tiny(tmp_path):
     r = subprocess.run([sys.executable, str(BENCHMARKS / "bench_estimate_overhead.py"), "--tree", str(copy),
                         "--tree", tree, "--repeat", "2", "--json", "--", "--L", "2", "--m", "16", "--d", "8", "--k",
                         "4", "--n-inputs", "6", "--seeds", "1", "--draws", "30", "--ratio", "0.1", "--json"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=tree)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["command"].startswith("nnsweep estimate --L 2 --m 16") and out["machine"]["cores"] > 0
     assert [row["tree"] for row in out["rows"]] == [str(copy), tree] and out["same_output"]
+    # each tree's own package ran, not the one in the working directory
+    assert [row["package"] for row in out["rows"]] == [[str(copy / "pipeline")], [str(Path(tree) / "pipeline")]]
     for row in out["rows"]:
         rounds = row["rounds"]
         assert len(rounds) == 2 and all(0 < x["kernel_cpu_s"] < x["total_cpu_s"] for x in rounds)
