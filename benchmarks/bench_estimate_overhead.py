@@ -70,9 +70,9 @@ from pipeline.cli import main
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
     main(json.loads(sys.argv[1]), prog_name="nnsweep", standalone_mode=False)
-total = cpu()
+total, usage = cpu(), resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"total": total, "kernel": kernel[0], "output": hashlib.sha256(out.getvalue().encode()).hexdigest(),
-                  "package": estimation.__file__}))
+                  "package": estimation.__file__, "faults": usage.ru_minflt, "maxrss": usage.ru_maxrss}))
 """
 
 
@@ -123,7 +123,10 @@ def run(trees: list[str | None], command: list[str], repeat: int) -> dict:
         rows.append({"tree": tree or "(this Python's pipeline)",
                      "total_cpu_s": min(x["total"] for x in runs), "kernel_cpu_s": min(x["kernel"] for x in runs),
                      "rest_cpu_s": min(x["total"] - x["kernel"] for x in runs),
-                     "rounds": [{"total_cpu_s": x["total"], "kernel_cpu_s": x["kernel"]} for x in runs],
+                     "page_faults": min(x["faults"] for x in runs),
+                     "peak_rss_mb": max(machine.rss_mb(x["maxrss"]) for x in runs),
+                     "rounds": [{"total_cpu_s": x["total"], "kernel_cpu_s": x["kernel"], "page_faults": x["faults"]}
+                                for x in runs],
                      "outputs": sorted({x["output"] for x in runs}),
                      "package": sorted({str(Path(x["package"]).parent) for x in runs})})
     info["load_average_after"] = machine.load_average()
@@ -135,11 +138,12 @@ def print_text(res: dict) -> None:
     print(f"machine: {machine.summary(res['machine'])}; load after {res['machine']['load_average_after']}")
     print(res["command"])
     print(f"CPU seconds of each process from its start, best of {res['repeat']} interleaved rounds: the whole "
-          f"command, inside the kernel, the rest (the process's own difference)")
-    print(f"  {'total':>7} {'kernel':>7} {'rest':>7}  tree")
+          f"command, inside the kernel, the rest (the process's own difference); the fewest minor page faults "
+          f"and the highest peak resident memory of the rounds")
+    print(f"  {'total':>7} {'kernel':>7} {'rest':>7} {'faults':>8} {'peak MB':>8}  tree")
     for row in res["rows"]:
-        print(f"  {row['total_cpu_s']:7.3f} {row['kernel_cpu_s']:7.3f} {row['rest_cpu_s']:7.3f}  "
-              f"{', '.join(row['package'])}")
+        print(f"  {row['total_cpu_s']:7.3f} {row['kernel_cpu_s']:7.3f} {row['rest_cpu_s']:7.3f} "
+              f"{row['page_faults']:8d} {row['peak_rss_mb']:8.0f}  {', '.join(row['package'])}")
     if len(res["rows"]) > 1:
         first, last = res["rows"][0], res["rows"][-1]
         print(f"first / last tree: total {first['total_cpu_s'] / last['total_cpu_s']:.2f}x, "

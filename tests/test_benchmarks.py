@@ -202,3 +202,4 @@ def test_bench_estimate_overhead_tiny(tmp_path):
         assert row["total_cpu_s"] == min(x["total_cpu_s"] for x in rounds)
         assert row["kernel_cpu_s"] == min(x["kernel_cpu_s"] for x in rounds)
         assert row["rest_cpu_s"] == min(x["total_cpu_s"] - x["kernel_cpu_s"] for x in rounds)
+        assert row["page_faults"] == min(x["page_faults"] for x in rounds) > 0 and row["peak_rss_mb"] > 0
