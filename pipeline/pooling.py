@@ -37,14 +37,13 @@ ENOUGH_UNITS = 256  # units counted at one point, at most: the spread is known t
 class StreamMedian:
     """The median of a stream of ``total`` numbers, exactly, holding those near the middle.
 
-    How far the middle's rank may still move is ``z`` standard errors of the share of a unit's values
-    below it. That share varies at most by sqrt(p (1 - p)) (p = 1/2 at the middle) from unit to unit,
-    which holds whatever the values. When the caller says which values belong to which unit
-    (``by_unit`` in :meth:`add`), the median also counts each unit's share below a point near the
-    middle and uses how much that varies when it is less: the design effect, the variance of the
-    share over p (1 - p) at that point, times p (1 - p). A unit's values seldom all move together,
-    so the bracket, and what it keeps, shrinks several times. The answer is exact either way; only
-    the memory and the chance of a second pass depend on the bracket.
+    How far the middle's rank may still move is ``z`` standard errors of the share of a unit's values below it.
+    That share varies at most by sqrt(p (1 - p)) (p = 1/2 at the middle) from unit to unit, which holds whatever
+    the values. When the caller says which values belong to which unit (``by_unit`` in :meth:`add`), the median
+    also counts each unit's share below a point near the middle and uses how much that varies when it is less:
+    the design effect, the variance of the share over p (1 - p) at that point, times p (1 - p). A unit's values
+    seldom all move together, so the bracket, and what it keeps, shrinks, often several times. The answer is
+    exact either way; only the memory and the chance of a second pass depend on the bracket.
 
     Args:
         total: how many values the stream will have (NaN included).
@@ -116,7 +115,7 @@ class StreamMedian:
             self._sums = [self._sums[0] + b, self._sums[1] + shares.sum(), self._sums[2] + shares @ shares]
             self._counts = None
 
-    def _measure(self, p: float) -> bool:
+    def _measure(self) -> bool:
         """The design effect from the shares counted at the point, when there are enough; whether
         there were. Never below that of independent values, 1 / (values per unit)."""
         n, total, squares = self._sums
@@ -134,7 +133,7 @@ class StreamMedian:
         kept = self._gathered()
         p = (self.ranks[0] + 0.5) / self.total  # the middle's quantile in the whole stream
         where = p * self.seen  # and its expected rank among the values seen so far
-        move = self.measured and (self._measure(p) or self.point is None)  # count at a new point from now on
+        move = self.measured and (self._measure() or self.point is None)  # count at a new point from now on
         sd = math.sqrt(self.design_effect * p * (1 - p))  # of a unit's share below the middle
         spread = self.z * sd / math.sqrt(max(self.units, 1)) * self.seen + 1
         first = max(0, math.floor(where - spread) - self.below)
