@@ -54,6 +54,7 @@ class Pool:
         self.seeds, self.draws, self.groups = len(spec.grid.seeds), spec.noise.draws, groups
         self.medians: dict = {}
         self.median: dict = {}  # group -> its median, once known
+        self._scratch: np.ndarray | None = None
 
     def _allocate(self, part: NetworkResult) -> None:
         (R, C, n, _), S, D = part.delta_norm.shape, self.seeds, self.draws
@@ -73,33 +74,47 @@ class Pool:
             for name in FIXED:
                 self.fixed[name][s] = getattr(part, name)
             self.output_norm[s], self.clean_accuracy[s] = part.output_norm, part.clean_accuracy
-        rel = part.delta_norm / part.output_norm[:, None]  # (ratio, layer, input, draw)
-
-        def over_inputs(a: np.ndarray) -> np.ndarray:  # each draw's mean over its own inputs, contiguous
-            return np.ascontiguousarray(np.moveaxis(a, 2, 3)).mean(axis=3)
-
         at = (s, slice(None), slice(None), slice(start, start + b))
-        for name, a in (("abs", part.delta_norm), ("rel", rel), ("rel2", rel**2), ("pred", part.pred_changed),
-                        ("lin", part.linear_change / part.output_norm[:, None]),
-                        ("linpred", part.linear_pred_changed)):
-            self.per_draw[name][at] = over_inputs(a)
+        # Each draw's mean over its own inputs: a pairwise sum over contiguous values, the same whatever the
+        # batches. One scratch array, (ratio, layer, draw, input), takes every field in turn: new arrays
+        # of a batch's size each cost more in page faults than the arithmetic.
+        buf, v = self._draw_major(part.delta_norm), part.output_norm
+        self.per_draw["abs"][at] = buf.mean(axis=3)
+        np.divide(buf, v, out=buf)  # R
+        self.per_draw["rel"][at] = buf.mean(axis=3)
+        self._feed(buf, start, self.medians)
+        self.per_draw["rel2"][at] = np.square(buf, out=buf).mean(axis=3)
+        self.per_draw["pred"][at] = self._draw_major(part.pred_changed).mean(axis=3)
+        self.per_draw["lin"][at] = np.divide(self._draw_major(part.linear_change), v, out=buf).mean(axis=3)
+        self.per_draw["linpred"][at] = self._draw_major(part.linear_pred_changed).mean(axis=3)
         keep = self.head["delta_norm"].shape[-1]
         if s == 0 and start < keep:  # the first network's first draws, whole
             for name in HEAD:
                 self.head[name][..., start:min(keep, start + b)] = getattr(part, name)[..., :keep - start]
         self.per_draw["accuracy"][at] = part.accuracy
-        self.add_medians(s, start, part, self.medians)
+
+    def _draw_major(self, a: np.ndarray) -> np.ndarray:
+        """``a`` (ratio, layer, input, draw) copied into the scratch array as (ratio, layer, draw, input)."""
+        shape = a.shape[:2] + (a.shape[3], a.shape[2])
+        if self._scratch is None or self._scratch.shape != shape:
+            self._scratch = np.empty(shape)
+        np.copyto(self._scratch, np.moveaxis(a, 2, 3))
+        return self._scratch
 
     def add_medians(self, s: int, start: int, part: NetworkResult, medians: dict) -> None:
-        """Feed the medians: the draws are the units of one network, the networks those of several."""
-        b = part.delta_norm.shape[-1]
+        """Feed ``medians`` alone with batch ``part`` of network ``s``, its draws from ``start`` on."""
+        self._feed(np.divide(self._draw_major(part.delta_norm), part.output_norm, out=self._scratch), start, medians)
+
+    def _feed(self, rel: np.ndarray, start: int, medians: dict) -> None:
+        """Feed the medians R (ratio, layer, draw, input), which they copy what they keep of: the draws are
+        the units of one network, the networks those of several."""
+        b = rel.shape[2]
         units = b if self.seeds == 1 else int(start + b == self.draws)
-        rel = part.delta_norm / part.output_norm[:, None]
         nan = bool(np.isnan(rel).any())
         for (ri, li), median in medians.items():
             cells = [(r, c) for r in ri for c in li]
             for r, c in cells:  # a cell at a time (a view), the units with the group's last
-                median.add(rel[r, c], units if (r, c) == cells[-1] else 0, nan)
+                median.add(rel[r, c], units if (r, c) == cells[-1] else 0, nan, by_unit=self.seeds == 1)
 
 
 def summarise(pool: Pool, ratio_index: list[int], layer_index: list[int], units: str) -> dict:
@@ -158,16 +173,12 @@ def pooled(spec: Spec, groups: list[tuple[tuple[int, ...], tuple[int, ...]]], pa
     pool = Pool(spec, groups)
     for s, start, part in parts():
         pool.add(s, start, part)
-    pending = pool.medians
-    while True:
-        pending = {key: med for key, med in pending.items() if med.result() is None}
-        if not pending:
-            break
-        pending = {key: med.retry() for key, med in pending.items()}
+    pool.median = {key: med.result() for key, med in pool.medians.items()}  # each found once: it partitions
+    while pending := {key: pool.medians[key].retry() for key, found in pool.median.items() if found is None}:
         for s, start, part in parts():
             pool.add_medians(s, start, part, pending)
         pool.medians.update(pending)
-    pool.median = {key: med.result() for key, med in pool.medians.items()}
+        pool.median.update({key: med.result() for key, med in pending.items()})
     return pool
 
 

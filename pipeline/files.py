@@ -29,9 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SpecError
-from . import statedict, tensorfiles
 from .netarrays import LayerRead, NetworkArrays, as_float64, network_error
-from .onnxread import read_onnx
 
 __all__ = ["NETWORK_SUFFIXES", "LayerRead", "NetworkArrays", "parse_network", "load_network", "parse_inputs",
            "parse_labels", "load_inputs", "load_labels", "read_bytes", "read_verified", "sha256"]
@@ -78,6 +76,10 @@ def parse_network(data: bytes, path: str, order: tuple[str, ...] | None = None) 
             or missing keys, an order the file does not give (and no ``order``), shapes that do not
             chain, unsupported dtypes, layer kinds or graph nodes, non-numeric or non-finite values.
     """
+    # the readers only when a file is read: a random-init run (most of them) never imports them
+    from . import statedict, tensorfiles
+    from .onnxread import read_onnx
+
     bad = functools.partial(network_error, path)
     if path.endswith(".onnx"):
         if order is not None:

@@ -175,3 +175,31 @@ def test_bench_inputs_script(machine):
     assert e["times_limit"] == pytest.approx(e["seconds"] / e["limit_seconds"])
     assert e["peak_rss_mb"] > 0 and e["seconds"] > 0
     assert e["with_control_variate"]["seconds"] > 0 and e["with_control_variate"]["peak_rss_mb"] > 0
+
+
+def test_bench_estimate_overhead_tiny(tmp_path):
+    """bench_estimate_overhead on a tiny estimate, two trees (this one, and a copy of it): each figure is the
+    best of its rounds, the rest is each process's own difference, and the same code prints the same numbers."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "pipeline", copy / "pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    tree = str(Path(__file__).resolve().parent.parent)
+    r = subprocess.run([sys.executable, str(BENCHMARKS / "bench_estimate_overhead.py"), "--tree", str(copy),
+                        "--tree", tree, "--repeat", "2", "--json", "--", "--L", "2", "--m", "16", "--d", "8", "--k",
+                        "4", "--n-inputs", "6", "--seeds", "1", "--draws", "30", "--ratio", "0.1", "--json"],
+                       capture_output=True, text=True, timeout=300, cwd=tree)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["command"].startswith("nnsweep estimate --L 2 --m 16") and out["machine"]["cores"] > 0
+    assert [row["tree"] for row in out["rows"]] == [str(copy), tree] and out["same_output"]
+    # each tree's own package ran, not the one in the working directory
+    assert [row["package"] for row in out["rows"]] == [[str(copy / "pipeline")], [str(Path(tree) / "pipeline")]]
+    for row in out["rows"]:
+        rounds = row["rounds"]
+        assert len(rounds) == 2 and all(0 < x["kernel_cpu_s"] < x["total_cpu_s"] for x in rounds)
+        assert row["total_cpu_s"] == min(x["total_cpu_s"] for x in rounds)
+        assert row["kernel_cpu_s"] == min(x["kernel_cpu_s"] for x in rounds)
+        assert row["rest_cpu_s"] == min(x["total_cpu_s"] - x["kernel_cpu_s"] for x in rounds)
+        assert row["page_faults"] == min(x["page_faults"] for x in rounds) > 0 and row["peak_rss_mb"] > 0

@@ -20,9 +20,9 @@ import pipeline
 # Libraries that neither --help nor a small estimate needs (each costs 0.02 to 1 s to import).
 HEAVY = ("scipy", "dask", "distributed", "xarray", "zarr", "pandas", "matplotlib", "tqdm", "fsspec",
          "dask_jobqueue", "safetensors", "bokeh", "numcodecs")
-# A small estimate also needs numpy, threadpoolctl and psutil (not PyYAML: its spec comes from options);
-# --help needs only click.
-ESTIMATE_FORBIDDEN = (*HEAVY, "yaml")
+# A small estimate also needs numpy, threadpoolctl and psutil (not PyYAML: its spec comes from options;
+# nor the network-file readers: its network is drawn); --help needs only click.
+ESTIMATE_FORBIDDEN = (*HEAVY, "yaml", "pipeline.statedict", "pipeline.tensorfiles", "pipeline.onnxread")
 HELP_FORBIDDEN = (*ESTIMATE_FORBIDDEN, "numpy", "threadpoolctl", "psutil")
 TINY_ESTIMATE = ["estimate", "--L", "2", "--m", "16", "--d", "8", "--k", "2", "--seeds", "1", "--draws", "2",
                  "--ratio", "0.1", "--layer", "1", "--json"]
