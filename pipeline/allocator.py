@@ -15,6 +15,7 @@ Other C libraries (macOS, musl, Windows) are left as they are.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
@@ -22,9 +23,14 @@ MMAP_THRESHOLD = 32 * 2**20  # the ceiling of glibc's own dynamic threshold on 6
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # what glibc sets when it raises the mmap threshold itself
 
 
+@functools.cache
 def reuse_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`) for this
-    process; whether they were set (False on other C libraries)."""
+    process, once; whether they were set (False on other C libraries). The kernel
+    (:func:`pipeline.measure.network_batches`) calls it in every process that measures, a Dask worker
+    too (which then keeps up to TRIM_THRESHOLD of freed memory instead of the 64 KiB Dask's nanny asks of
+    glibc). Without it, how fast the kernel ran depended on what the process had allocated before
+    (docs/performance.md)."""
     if not sys.platform.startswith("linux"):
         return False
     try:

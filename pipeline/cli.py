@@ -244,9 +244,6 @@ def estimate(L, m, d, k, ratios, layer, seeds, draws, init, input_, n_inputs, la
     check_fits(spec, machine_memory(), "this machine")
     import numpy as np
 
-    from .allocator import reuse_freed_memory
-
-    reuse_freed_memory()  # the kernel's batch arrays reused, not faulted in afresh each batch (pipeline/allocator.py)
     for line in reading_lines(spec):
         click.echo(line, err=True)
     if find:

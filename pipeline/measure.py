@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .allocator import reuse_freed_memory
 from .network import (NOISE_STREAM, Forward, Network, build_network, make_inputs, make_labels, spectral_norm_estimate,
                       stream)
 from .noise import LayerNoise, matrix_norm
@@ -571,6 +572,7 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         x: one input (d,) or n inputs (n, d).
         labels: class index per input, or None.
     """
+    reuse_freed_memory()  # the batch arrays reused, not faulted in afresh at every piece (pipeline/allocator.py)
     clock = Clock(timings)
     ratios = np.asarray(ratios, dtype=np.float64)
     X = np.atleast_2d(x).T  # (d, n): inputs as columns
