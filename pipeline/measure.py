@@ -426,7 +426,7 @@ def linear_answer(J: np.ndarray, h: np.ndarray, size: float, norm: str) -> Linea
     NaN. The worst case over ||eta|| <= s (Frobenius or spectral: the optimum is
     rank one, where both agree) is s ||J||_2 ||h||.
     """
-    J, h = J.astype(np.float64), h.astype(np.float64)  # a few columns: the float64 answer is cheap
+    J, h = J.astype(np.float64, copy=False), h.astype(np.float64, copy=False)  # a few columns: float64 is cheap
     n_i, n_in = J.shape[2], h.shape[0]
     h_norm = np.linalg.norm(h, axis=0)
     fro = np.sqrt(np.einsum("nki,nki->n", J, J))
@@ -440,6 +440,9 @@ def linear_answer(J: np.ndarray, h: np.ndarray, size: float, norm: str) -> Linea
     # a fixed sign: the largest entry of each direction is positive
     u *= np.where(np.take_along_axis(u, np.abs(u).argmax(axis=1)[:, None], axis=1) < 0, -1.0, 1.0)
     return LinearAnswer(rms, size * sigma * h_norm, (u * (size * h_norm)[:, None]).T)
+
+
+PAD = 8  # elements added to the rows of a power-of-two number of inputs before they are read by column
 
 
 def first_order(J: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -598,14 +601,25 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     # the noise of the draws still waiting for their first-order changes, laid out by input (input, draw, n_i)
     # as each piece's noise arrives (it is in cache then), and their number: one layer's at a time (a layer's
     # last piece of a batch takes them all), in one buffer of a chunk, or of a piece when larger
-    waiting = {"buffer": None, "count": 0, "draws": min(max(chunk, piece), batch_draws, draws)}
+    waiting = {"buffer": None, "count": 0, "draws": min(max(chunk, piece), batch_draws, draws), "padded": None}
+    # Reading a draw's noise (n_j, n) a column at a time, as the transposed copy does, hits a handful of cache
+    # sets when its rows are a large power of two of bytes apart (several times slower per element); copied
+    # first into rows a few elements longer, its columns spread over the cache.
+    if with_first_order and n * np.dtype(net.dtype).itemsize % 512 == 0:
+        waiting["padded"] = np.empty(max(s[0] for s in net.shapes) * (n + PAD), net.dtype)
 
     def wait(j: int, u: np.ndarray, last: bool) -> None:
         """Lay out the noise ``u`` (draw, n_j, input) of layer j for its first-order changes, and take them once
         a chunk of draws is there, or at the layer's ``last`` piece of the batch."""
         count, n_j = waiting["count"], u.shape[1]
         ut = waiting["buffer"][:n * waiting["draws"] * n_j].reshape(n, -1, n_j)
-        ut[:, count:count + len(u)] = u.transpose(2, 0, 1)
+        if waiting["padded"] is None:
+            ut[:, count:count + len(u)] = u.transpose(2, 0, 1)
+        else:  # by way of rows a few elements longer than n (see below), one draw at a time
+            padded = waiting["padded"][:n_j * (n + PAD)].reshape(n_j, n + PAD)
+            for d in range(len(u)):
+                padded[:, :n] = u[d]
+                ut[:, count + d] = padded[:, :n].T
         waiting["count"] = count + len(u)
         if count + len(u) >= chunk or last:
             first_orders(j, ut)

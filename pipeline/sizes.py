@@ -135,6 +135,7 @@ def block_peak_bytes(spec) -> int:
         # by input in one buffer, and the first-order changes and crossing thresholds' temporaries (working
         # precision and float64)
         work += min(batch, max(chunk, piece)) * n * (rows * item + (item + 24) * net.output_dim)
+        work += rows * (n + 8) * item  # one draw's noise in rows a little longer (measure.PAD), for some n
         # J_i of every perturbed layer, kept for the draws' first-order changes
         work += n * net.output_dim * sum(shapes[i - 1][0] for i in g.layer if 1 <= i <= L) * item
     if together:  # its passes run after the batch's single-layer columns, whose buffers are still held

@@ -115,12 +115,13 @@ def test_one_layer_network_is_linear_and_exact():
 
 @pytest.mark.parametrize("distribution, norm", [("gaussian", "frobenius"), ("rademacher", "frobenius"),
                                                 ("gaussian", "spectral")])
-def test_linear_change_is_the_change_where_no_unit_switches(distribution, norm):
+@pytest.mark.parametrize("n", [4, 64])  # 64 inputs: rows of 512 bytes, copied through padded rows (measure.PAD)
+def test_linear_change_is_the_change_where_no_unit_switches(distribution, norm, n):
     """A ReLU network is linear while no unit switches: there ||v - v*|| (the nonlinear kernel) is the
     first-order ||J_i eta h|| of the same eta, draw by draw; where units switch, the two part."""
     rng = np.random.default_rng(7)
     net = random_net(rng, 3, 6, 12, 3, biases=True)
-    x = rng.standard_normal((4, 6))
+    x = rng.standard_normal((n, 6))
     res = measure_network(net, x, np.array([1e-5, 0.5]), (1, 2, 3), 50, distribution, norm, rng_for(3))
     still = res.hidden_flip_fraction[0] == 0
     assert still.mean() > 0.9 and np.all(res.hidden_flip_fraction[1, :2].mean(axis=(1, 2)) > 0)
