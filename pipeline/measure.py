@@ -408,7 +408,8 @@ def jacobians(net: Network, fwd: Forward, layers, clock: Clock = Clock()) -> Ite
                 w = net.params(i + 1)[0]
             with clock("linear"):
                 J = (J.reshape(n * k, -1) @ w).reshape(n, k, w.shape[1])
-                J *= net.activations[i - 1].derivative(fwd.pre[i - 1]).T[:, None, :]
+                # each input's slopes contiguous (a strided operand makes this product several times slower)
+                J *= np.ascontiguousarray(net.activations[i - 1].derivative(fwd.pre[i - 1]).T)[:, None, :]
             del w
         if i in layers:
             yield i, J
