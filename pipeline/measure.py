@@ -28,7 +28,7 @@ from .network import (NOISE_STREAM, Forward, Network, build_network, make_inputs
 from .noise import LayerNoise, matrix_norm
 from . import config
 from .schema import TOGETHER
-from .sizes import kernel_batch, together_draws_per_pass
+from .sizes import depth_first as goes_depth_first, kernel_batch, together_draws_per_pass
 from .spec import Spec
 from .together import TogetherLinear, TogetherNoise, together_bound, together_pass
 
@@ -181,7 +181,7 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
     # Depth first when the network holds its matrices: each piece goes through all its layers in a pair of
     # piece-sized buffers, in cache. A network that draws a matrix again at each fetch goes layer by layer,
     # every piece of a layer before the next, in buffers of the whole batch (each piece a block of its own).
-    depth_first = getattr(net, "holds_weights", True)
+    depth_first = goes_depth_first(net.shapes, net.dtype, getattr(net, "holds_weights", True))
     spans = [(c0, c1, max(c1 - c0, 2)) for c0, c1 in _pieces(starts, pieces, max(origins, default=0))]
     if depth_first:
         offset = {c0: 0 for c0, _, _ in spans}
@@ -587,7 +587,8 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     smooth = any(not a.piecewise_linear for a in net.activations)
     # the batch: whole pieces (the products) and whole first-order chunks, both powers of two
     with_first_order = with_first_order and with_linear
-    default, piece, chunk = kernel_batch(net.shapes, n, R, len(present), net.dtype, smooth, net.holds_weights,
+    default, piece, chunk = kernel_batch(net.shapes, n, R, len(present), net.dtype, smooth,
+                                         goes_depth_first(net.shapes, net.dtype, net.holds_weights),
                                          draws, with_first_order)
     piece = piece_draws or piece
     unit = max(piece, chunk)

@@ -124,7 +124,7 @@ def block_peak_bytes(spec) -> int:
     together = TOGETHER in g.layer
     smooth = any(not activation(a).piecewise_linear for r in net.read or [None]
                  for a in (r.activations if r else per_layer(net.activation, L)))
-    held = net.init_is_file or keeps_weights(shapes, spec.compute.dtype)  # the kernel goes depth first
+    held = depth_first(shapes, spec.compute.dtype, net.init_is_file or keeps_weights(shapes, spec.compute.dtype))
     batch, piece, chunk = kernel_batch(shapes, n, len(g.ratio), present, spec.compute.dtype, smooth, held, nz.draws)
     # without a single layer (only the together cells) there are no single-layer columns and no LayerNoise
     work = 0
@@ -204,6 +204,15 @@ def together_bytes(shapes, n: int, ratios: int, dtype, smooth: bool = False, for
     if smooth:
         per_draw += 12 * 8 * rows * columns
     return int(per_draw + 3 * 8 * columns)
+
+
+def depth_first(shapes, dtype, held: bool) -> bool:
+    """Whether the kernel (pipeline/measure.py run_pass) takes each piece of columns through all its layers
+    at once: when the network holds its matrices (``held``) and each fits DEPTH_FIRST_MATRIX_BYTES, about a
+    core's L2 cache. Otherwise it goes layer by layer, every piece of a layer before the next, in buffers of
+    the whole batch: a larger matrix would come from memory again for every piece (8 layers of 1024: 1.2 times
+    faster layer by layer, docs/performance.md). The numbers are the same either way."""
+    return held and max(a * b for a, b in shapes) * np.dtype(dtype).itemsize <= config.DEPTH_FIRST_MATRIX_BYTES
 
 
 def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False,

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline import config
+from pipeline import config, measure, sizes
 from pipeline.measure import RESULT_FIELDS, block_batches, measure_block, measure_network, propagate
-from pipeline.network import Network
+from pipeline.network import Network, layer_shapes
 from pipeline.sizes import draws_per_piece
 from pipeline.spec import Spec
 from pipeline_helpers import assert_bit_identical, build_store, raw_spec, read_arrays
@@ -430,10 +430,21 @@ def test_depth_first_and_layer_by_layer_give_the_same_bits(tiny_spec, monkeypatc
     spec = tiny_spec(grid={"L": [3], "m": [12], "ratio": [0.01, 0.4], "seeds": 2}, noise={"draws": 5},
                      network={"n_inputs": 3, "bias_std": 0.1, "activation": activation})
     held = measure_block(spec, 3, 12, (0, 1))
+    shapes = layer_shapes(3, 12, spec.network.input_dim, spec.network.output_dim)
+    assert sizes.depth_first(shapes, np.float64, True)
+    # held, but matrices above the depth-first limit: layer by layer too
+    monkeypatch.setattr(config, "DEPTH_FIRST_MATRIX_BYTES", 12 * 12 * 8 - 1)
+    assert not sizes.depth_first(shapes, np.float64, True)
+    taken = []  # the way the kernel went, pass by pass
+    monkeypatch.setattr(measure, "goes_depth_first", lambda *a: taken.append(sizes.depth_first(*a)) or taken[-1])
+    large = measure_block(spec, 3, 12, (0, 1))
+    assert taken and not any(taken)
+    monkeypatch.setattr(config, "DEPTH_FIRST_MATRIX_BYTES", 2**20)
     monkeypatch.setenv("NNSWEEP_KEEP_WEIGHTS", "0")
     drawn = measure_block(spec, 3, 12, (0, 1))
     for name in RESULT_FIELDS:
         np.testing.assert_array_equal(getattr(drawn, name), getattr(held, name), err_msg=name)
+        np.testing.assert_array_equal(getattr(large, name), getattr(held, name), err_msg=name)
     assert np.all(np.isfinite(held.delta_norm)) and held.hidden_flip_fraction.max() > 0
 
 
