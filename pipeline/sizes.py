@@ -210,8 +210,8 @@ def depth_first(shapes, dtype, held: bool) -> bool:
     """Whether the kernel (pipeline/measure.py run_pass) takes each piece of columns through all its layers
     at once: when the network holds its matrices (``held``) and each fits DEPTH_FIRST_MATRIX_BYTES, about a
     core's L2 cache. Otherwise it goes layer by layer, every piece of a layer before the next, in buffers of
-    the whole batch: a larger matrix would come from memory again for every piece (8 layers of 1024: 1.2 times
-    faster layer by layer, docs/performance.md). The numbers are the same either way."""
+    the whole batch: a larger matrix would come from memory again for every piece (docs/performance.md
+    measures both ways). The numbers are the same either way."""
     return held and max(a * b for a, b in shapes) * np.dtype(dtype).itemsize <= config.DEPTH_FIRST_MATRIX_BYTES
 
 
