@@ -28,9 +28,9 @@ from .errors import SpecError
 DRAW_BATCH_BYTES = 32 * 2**20
 PIECE_BYTES = 256 * 2**10  # the kernel's columns per product and pass: about an L2 cache's worth (not a setting)
 FIRST_ORDER_BYTES = 8 * 2**20  # the noise of the draws whose first-order changes are taken together (not a setting)
-# the largest matrix of a network the kernel takes depth first, each piece through all its layers: about a core's
-# L2 cache; a larger one would come from memory again for every piece, so the kernel goes layer by layer
-DEPTH_FIRST_MATRIX_BYTES = 2**20
+# the most weight bytes of a network the kernel takes depth first, each piece through all its layers: a share of
+# a last-level cache; more would come from memory again for every piece, so the kernel goes layer by layer
+DEPTH_FIRST_WEIGHT_BYTES = 8 * 2**20
 
 
 def env_size(var: str, default: int, count: bool = False, zero: bool = False) -> int:

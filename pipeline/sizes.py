@@ -208,11 +208,12 @@ def together_bytes(shapes, n: int, ratios: int, dtype, smooth: bool = False, for
 
 def depth_first(shapes, dtype, held: bool) -> bool:
     """Whether the kernel (pipeline/measure.py run_pass) takes each piece of columns through all its layers
-    at once: when the network holds its matrices (``held``) and each fits DEPTH_FIRST_MATRIX_BYTES, about a
-    core's L2 cache. Otherwise it goes layer by layer, every piece of a layer before the next, in buffers of
-    the whole batch: a larger matrix would come from memory again for every piece (docs/performance.md
-    measures both ways). The numbers are the same either way."""
-    return held and max(a * b for a, b in shapes) * np.dtype(dtype).itemsize <= config.DEPTH_FIRST_MATRIX_BYTES
+    at once: when the network holds its matrices (``held``) and together they fit DEPTH_FIRST_WEIGHT_BYTES, a
+    share of a last-level cache. Otherwise it goes layer by layer, every piece of a layer before the next, in
+    buffers of the whole batch: taking each piece through every layer would read all the matrices from memory
+    again for every piece, where layer by layer one matrix stays in cache for all the pieces
+    (docs/performance.md measures both ways). The numbers are the same either way."""
+    return held and sum(a * b for a, b in shapes) * np.dtype(dtype).itemsize <= config.DEPTH_FIRST_WEIGHT_BYTES
 
 
 def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False,

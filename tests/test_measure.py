@@ -432,14 +432,14 @@ def test_depth_first_and_layer_by_layer_give_the_same_bits(tiny_spec, monkeypatc
     held = measure_block(spec, 3, 12, (0, 1))
     shapes = layer_shapes(3, 12, spec.network.input_dim, spec.network.output_dim)
     assert sizes.depth_first(shapes, np.float64, True)
-    # held, but matrices above the depth-first limit: layer by layer too
-    monkeypatch.setattr(config, "DEPTH_FIRST_MATRIX_BYTES", 12 * 12 * 8 - 1)
+    # held, but weights above the depth-first limit: layer by layer too
+    monkeypatch.setattr(config, "DEPTH_FIRST_WEIGHT_BYTES", 12 * 12 * 8)
     assert not sizes.depth_first(shapes, np.float64, True)
     taken = []  # the way the kernel went, pass by pass
     monkeypatch.setattr(measure, "goes_depth_first", lambda *a: taken.append(sizes.depth_first(*a)) or taken[-1])
     large = measure_block(spec, 3, 12, (0, 1))
     assert taken and not any(taken)
-    monkeypatch.setattr(config, "DEPTH_FIRST_MATRIX_BYTES", 2**20)
+    monkeypatch.setattr(config, "DEPTH_FIRST_WEIGHT_BYTES", 8 * 2**20)
     monkeypatch.setenv("NNSWEEP_KEEP_WEIGHTS", "0")
     drawn = measure_block(spec, 3, 12, (0, 1))
     for name in RESULT_FIELDS:
