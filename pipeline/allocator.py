@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
@@ -26,12 +27,13 @@ TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # what glibc sets when it raises the mmap t
 @functools.cache
 def reuse_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`) for this
-    process, once; whether they were set (False on other C libraries). The kernel
-    (:func:`pipeline.measure.network_batches`) calls it in every process that measures, a Dask worker
-    too (which then keeps up to TRIM_THRESHOLD of freed memory instead of the 64 KiB Dask's nanny asks of
-    glibc). Without it, how fast the kernel ran depended on what the process had allocated before
-    (docs/performance.md)."""
-    if not sys.platform.startswith("linux"):
+    process, once; whether they were set (False on other C libraries, or with NNSWEEP_MALLOC=default,
+    which leaves glibc's own policy alone). The kernel (:func:`pipeline.measure.network_batches`) calls it in
+    every process that measures, a Dask worker too: a worker of an outside cluster then keeps up to
+    TRIM_THRESHOLD of freed memory, where its nanny may have asked glibc for less
+    (MALLOC_TRIM_THRESHOLD_). Without it, how fast the kernel ran depended on what the process had
+    allocated before (docs/performance.md)."""
+    if not sys.platform.startswith("linux") or os.environ.get("NNSWEEP_MALLOC", "").strip().lower() == "default":
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs on

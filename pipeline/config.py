@@ -14,6 +14,8 @@ variable                        what it sets                                    
 ``NNSWEEP_MAX_STORE_BYTES``     the largest store a spec may ask for                 1 TB
 ``NNSWEEP_MAX_BLOCKS``          the most blocks (tasks) a spec may ask for           1000000
 ``NNSWEEP_MAX_BLOCK_MEMORY``    the largest estimated peak memory of one block       16 GiB
+``NNSWEEP_MALLOC``              ``default`` leaves glibc's malloc thresholds alone   (set)
+                                (pipeline/allocator.py)
 ==============================  ===================================================  =========
 """
 
@@ -31,6 +33,7 @@ FIRST_ORDER_BYTES = 8 * 2**20  # the noise of the draws whose first-order change
 # the most weight bytes of a network the kernel takes depth first, each piece through all its layers: a share of
 # a last-level cache; more would come from memory again for every piece, so the kernel goes layer by layer
 DEPTH_FIRST_WEIGHT_BYTES = 8 * 2**20
+FIRST_ORDER_PAD = 8  # elements a draw's noise rows grow by before its transposed copy, where n rows are 512 B apart
 
 
 def env_size(var: str, default: int, count: bool = False, zero: bool = False) -> int:

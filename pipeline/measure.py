@@ -178,9 +178,10 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
     # each piece is a block of its own, (units, columns) for every layer: its rows are short and close
     # together. A piece of one column gets two: a product with one column is a GEMV, whose rounding differs
     # from a GEMM's, and a batch of one draw must give the numbers of any other batch.
-    # Depth first when the network holds its matrices: each piece goes through all its layers in a pair of
-    # piece-sized buffers, in cache. A network that draws a matrix again at each fetch goes layer by layer,
-    # every piece of a layer before the next, in buffers of the whole batch (each piece a block of its own).
+    # Depth first when the network holds its matrices and they fit a share of a last-level cache
+    # (sizes.depth_first): each piece goes through all its layers in a pair of piece-sized buffers, in cache.
+    # A larger network, and one that draws a matrix again at each fetch, goes layer by layer, every piece of a
+    # layer before the next, in buffers of the whole batch (each piece a block of its own).
     depth_first = goes_depth_first(net.shapes, net.dtype, getattr(net, "holds_weights", True))
     spans = [(c0, c1, max(c1 - c0, 2)) for c0, c1 in _pieces(starts, pieces, max(origins, default=0))]
     if depth_first:
@@ -443,7 +444,7 @@ def linear_answer(J: np.ndarray, h: np.ndarray, size: float, norm: str) -> Linea
     return LinearAnswer(rms, size * sigma * h_norm, (u * (size * h_norm)[:, None]).T)
 
 
-PAD = 8  # elements added to the rows of a power-of-two number of inputs before they are read by column
+PAD = config.FIRST_ORDER_PAD  # elements added to rows a multiple of 512 bytes long before they are read by column
 
 
 def first_order(J: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -603,7 +604,10 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     # the noise of the draws still waiting for their first-order changes, laid out by input (input, draw, n_i)
     # as each piece's noise arrives (it is in cache then), and their number: one layer's at a time (a layer's
     # last piece of a batch takes them all), in one buffer of a chunk, or of a piece when larger
-    waiting = {"buffer": None, "count": 0, "draws": min(max(chunk, piece), batch_draws, draws), "padded": None}
+    # the most draws that wait: a chunk, or a piece when larger; a chunk less one draw and a piece when the pieces
+    # do not divide the chunk (only pieces a caller gives: the default ones are powers of two, as the chunks)
+    most = piece if piece >= chunk else chunk if chunk % piece == 0 else chunk + piece - 1
+    waiting = {"buffer": None, "count": 0, "draws": min(most, batch_draws, draws), "padded": None}
     # Reading a draw's noise (n_j, n) a column at a time, as the transposed copy does, hits a handful of cache
     # sets when its rows are a large power of two of bytes apart (several times slower per element); copied
     # first into rows a few elements longer, its columns spread over the cache.

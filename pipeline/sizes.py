@@ -135,7 +135,7 @@ def block_peak_bytes(spec) -> int:
         # by input in one buffer, and the first-order changes and crossing thresholds' temporaries (working
         # precision and float64)
         work += min(batch, max(chunk, piece)) * n * (rows * item + (item + 24) * net.output_dim)
-        work += rows * (n + 8) * item  # one draw's noise in rows a little longer (measure.PAD), for some n
+        work += rows * (n + config.FIRST_ORDER_PAD) * item  # one draw's noise in rows a little longer, for some n
         # J_i of every perturbed layer, kept for the draws' first-order changes
         work += n * net.output_dim * sum(shapes[i - 1][0] for i in g.layer if 1 <= i <= L) * item
     if together:  # its passes run after the batch's single-layer columns, whose buffers are still held
@@ -167,8 +167,9 @@ def batch_bytes(shapes, n: int, ratios: int, present: int, dtype, smooth: bool =
                 held: bool = True) -> int:
     """Working memory of one draw in a batch (pipeline/measure.py): the results of its columns (one per
     input, ratio and perturbed layer: the change, flips, prediction and their copies in the batch's
-    arrays, and the same of the first-order change and prediction), and, for a network that does not hold its matrices (the kernel goes layer by layer), the
-    columns in two buffers of the widest layer. The pieces' own memory is :func:`piece_bytes`."""
+    arrays, and the same of the first-order change and prediction), and, when the kernel goes layer by layer
+    (``held`` False: :func:`depth_first` is), the columns in two buffers of the widest layer. The pieces'
+    own memory is :func:`piece_bytes`."""
     columns = n * ratios * present
     per_draw = 80 * columns + 32 * columns  # and the first-order change and prediction of every column
     if not held:
@@ -219,7 +220,7 @@ def depth_first(shapes, dtype, held: bool) -> bool:
 def draws_per_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool = False,
                     held: bool = True) -> int:
     """Draws that fit NNSWEEP_DRAW_BATCH_MEMORY (at least one), before :func:`kernel_batch` rounds them to
-    whole pieces and chunks. ``held``: the network holds its matrices."""
+    whole pieces and chunks. ``held``: the kernel goes depth first (:func:`depth_first`)."""
     budget = env_size("NNSWEEP_DRAW_BATCH_MEMORY", DRAW_BATCH_BYTES)
     return max(1, budget // batch_bytes(shapes, n, ratios, max(present, 1), dtype, smooth, held))
 
@@ -252,7 +253,7 @@ def kernel_batch(shapes, n: int, ratios: int, present: int, dtype, smooth: bool,
                  with_linear: bool = True) -> tuple[int, int, int]:
     """(draws per batch, per piece, per first-order chunk) as pipeline/measure.py runs them: the batch
     NNSWEEP_DRAW_BATCH_MEMORY asks for, rounded down to whole pieces and chunks (both powers of two; at
-    least one of the larger), and at most the draws."""
+    least one of the larger), and at most the draws. ``held``: the kernel goes depth first (:func:`depth_first`)."""
     piece = draws_per_piece(shapes, n, ratios, dtype)
     chunk = first_order_draws(shapes, n, ratios, present, dtype, smooth) if with_linear else 1
     unit = max(piece, chunk)

@@ -168,7 +168,9 @@ def read_attrs(where: str | StoreLocation) -> dict:
     if version != SCHEMA_VERSION:
         made_by = json.loads(attrs.get("versions", "{}")).get("nnsweep", "an older nnsweep")
         raise StoreError(f"store {short_path(loc.url)} has schema version {version}, written by nnsweep {made_by}; "
-                         f"this nnsweep reads version {SCHEMA_VERSION} (version 5 added layer 0, noise in every "
+                         f"this nnsweep reads version {SCHEMA_VERSION} (version 6 moved results in the last place: "
+                         "formed noise is scaled before its product, first-order changes are taken by input; "
+                         "version 5 added layer 0, noise in every "
                          "layer at once, and every draw's first-order change; version 4's noise samplers draw "
                          "their numbers "
                          "in another order (batches of draws: the same spec gives other noise draws than version "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -22,9 +23,11 @@ print(json.dumps({"policy": policy, "faults": resource.getrusage(resource.RUSAGE
 """
 
 
-def faults(mode: str) -> dict:
+def faults(mode: str, **env: str) -> dict:
+    # glibc's own tunables left out of the child's environment: its default policy is what is compared
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("MALLOC_", "NNSWEEP_MALLOC"))}
     done = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, timeout=60,
-                          check=True)
+                          check=True, env={**clean, **env})
     return json.loads(done.stdout)
 
 
@@ -35,3 +38,10 @@ def test_a_freed_array_is_reused_once_the_policy_is_set():
     pages = 2**17 * 8 // 4096  # 256 pages of 4 KiB
     assert default["faults"] >= pages // 2  # glibc's default: new pages from the system, each a fault
     assert policy["faults"] < pages // 8  # the freed memory again
+
+
+def test_nnsweep_malloc_default_leaves_glibc_alone():
+    """NNSWEEP_MALLOC=default: the policy is not set, and a freed array comes back as new pages again."""
+    kept = faults("set", NNSWEEP_MALLOC="default")
+    assert kept["policy"] is False
+    assert kept["faults"] >= 2**17 * 8 // 4096 // 2

@@ -463,3 +463,20 @@ def test_first_order_changes_do_not_depend_on_the_batches(monkeypatch):
         part = measure_network(*args, batch_draws=batch)
         for name in ("linear_change", "linear_pred_changed", "delta_norm"):
             np.testing.assert_array_equal(getattr(part, name), getattr(whole, name), err_msg=f"{name}, {batch}")
+
+
+@pytest.mark.parametrize("n", [6, 64])  # 64 inputs: the copy through padded rows
+def test_first_order_changes_of_pieces_that_do_not_divide_the_chunk(monkeypatch, n):
+    """Pieces of 3 draws (a caller's choice: the default ones are powers of two) against chunks of 4: the draws
+    that wait for their first-order changes overrun no buffer, and each draw's change is J_i eta h_{i-1} of its
+    own eta, as pieces of one draw give it (to rounding: the chunks' products have other shapes)."""
+    rng = np.random.default_rng(12)
+    net = Network((rng.standard_normal((48, 16)) / 4, rng.standard_normal((5, 48)) / 7))
+    x = rng.standard_normal((n, 16))
+    monkeypatch.setattr(config, "FIRST_ORDER_BYTES", 4 * n * 48 * 8)  # 4 draws of noise: a chunk
+    args = (net, x, np.array([0.01, 0.2]), (1, 2), 13, "gaussian", "frobenius", layer_rng(5))
+    odd = measure_network(*args, piece_draws=3)
+    single = measure_network(*args, piece_draws=1)
+    assert np.all(np.isfinite(odd.linear_change))
+    np.testing.assert_allclose(odd.linear_change, single.linear_change, rtol=1e-12)
+    np.testing.assert_array_equal(odd.linear_pred_changed, single.linear_pred_changed)
