@@ -219,6 +219,8 @@ def run_pass(net: Network, clean: np.ndarray | Forward, columns: dict[int, int |
                 cols(block[:, :cc], c0 - active, c1 - active)
         else:
             block[:, :cc] = cols[:, c0 - active:c1 - active]
+        if new and width > cc:  # a piece of one column: its second column zero, never what the buffer held
+            block[:, cc:] = 0  # (freed memory reused may hold infinities, and the GEMM would warn of them)
         if act is None:  # the output's change: its norm and the perturbed prediction, while in cache
             moved = block[:, :cc].astype(np.float64, copy=False)  # (the block is not needed after this)
             delta[c0:c1] = np.linalg.norm(moved, axis=0)

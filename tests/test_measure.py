@@ -7,6 +7,8 @@ W_i + eta and reruns the whole network from x for every single draw.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -480,3 +482,29 @@ def test_first_order_changes_of_pieces_that_do_not_divide_the_chunk(monkeypatch,
     assert np.all(np.isfinite(odd.linear_change))
     np.testing.assert_allclose(odd.linear_change, single.linear_change, rtol=1e-12)
     np.testing.assert_array_equal(odd.linear_pred_changed, single.linear_pred_changed)
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_a_piece_of_one_column_ignores_what_the_buffers_held(held):
+    """A piece of one column is multiplied as two (a GEMV rounds otherwise); its second column is zeroed, so
+    buffers that held infinities (freed memory comes back as it was left) raise no warning and change no
+    number, depth first or layer by layer."""
+    from pipeline.measure import run_pass
+
+    rng = np.random.default_rng(3)
+    net = Network((rng.standard_normal((9, 4)), rng.standard_normal((7, 9)), rng.standard_normal((3, 7))))
+    net.holds_weights = held
+    x = rng.standard_normal((4, 1))
+    u = rng.standard_normal((9, 1)) * 0.1
+
+    def visit(j, w, h):
+        return u if j == 1 else None
+
+    clean = run_pass(net, x, {1: [1]}, visit)[1][1]
+    workspace = {name: np.full(64, np.inf) for name in ("in", "out")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dirty = run_pass(net, x, {1: [1]}, visit, workspace=workspace)[1][1]
+    np.testing.assert_array_equal(dirty.delta, clean.delta)
+    np.testing.assert_array_equal(dirty.flips, clean.flips)
+    assert np.isfinite(dirty.delta).all()
