@@ -603,41 +603,37 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
     # J_i of each layer; this batch's first-order changes at ratio 1, (draw, input), and first-order prediction
     # changes, (ratio, draw, input), chunk by chunk; the clean output
     jac, firsts, crossings, clean_output = {}, {}, {}, None
-    # the noise of the draws still waiting for their first-order changes, laid out by input (input, draw, n_i)
-    # as each piece's noise arrives (it is in cache then), and their number: one layer's at a time (a layer's
-    # last piece of a batch takes them all), in one buffer of a chunk, or of a piece when larger
-    # the most draws that wait: a chunk, or a piece when larger; a chunk less one draw and a piece when the pieces
-    # do not divide the chunk (only pieces a caller gives: the default ones are powers of two, as the chunks)
+    # The noise of the draws still waiting for their first-order changes, laid out by input (input, draw, n_i)
+    # as each piece's noise arrives (it is in cache then), one layer's at a time (a layer's last piece of a
+    # batch takes them all): ``waiting`` of them in ``buffer`` (set once J_i is known). At most a chunk, or a
+    # piece when larger; a chunk less one draw and a piece when the pieces do not divide the chunk (only pieces
+    # a caller gives: the default ones are powers of two, as the chunks).
     most = piece if piece >= chunk else chunk if chunk % piece == 0 else chunk + piece - 1
-    waiting = {"buffer": None, "count": 0, "draws": min(most, batch_draws, draws), "padded": None}
-    # Reading a draw's noise (n_j, n) a column at a time, as the transposed copy does, hits a handful of cache
-    # sets when its rows are a large power of two of bytes apart (several times slower per element); copied
-    # first into rows a few elements longer, its columns spread over the cache.
-    if with_first_order and n * np.dtype(net.dtype).itemsize % 512 == 0:
-        waiting["padded"] = np.empty(max(s[0] for s in net.shapes) * (n + PAD), net.dtype)
+    held_draws, waiting, buffer, padded = min(most, batch_draws, draws), 0, None, None
 
     def wait(j: int, u: np.ndarray, last: bool) -> None:
         """Lay out the noise ``u`` (draw, n_j, input) of layer j for its first-order changes, and take them once
         a chunk of draws is there, or at the layer's ``last`` piece of the batch."""
-        count, n_j = waiting["count"], u.shape[1]
-        ut = waiting["buffer"][:n * waiting["draws"] * n_j].reshape(n, -1, n_j)
-        if waiting["padded"] is None:
-            ut[:, count:count + len(u)] = u.transpose(2, 0, 1)
-        else:  # by way of rows a few elements longer than n (see below), one draw at a time
-            padded = waiting["padded"][:n_j * (n + PAD)].reshape(n_j, n + PAD)
+        nonlocal waiting
+        n_j = u.shape[1]
+        ut = buffer[:n * held_draws * n_j].reshape(n, -1, n_j)
+        if padded is None:
+            ut[:, waiting:waiting + len(u)] = u.transpose(2, 0, 1)
+        else:  # by way of rows a few elements longer than n (where ``padded`` is made), one draw at a time
+            longer = padded[:n_j * (n + PAD)].reshape(n_j, n + PAD)
             for d in range(len(u)):
-                padded[:, :n] = u[d]
-                ut[:, count + d] = padded[:, :n].T
-        waiting["count"] = count + len(u)
-        if count + len(u) >= chunk or last:
+                longer[:, :n] = u[d]
+                ut[:, waiting + d] = longer[:, :n].T
+        waiting += len(u)
+        if waiting >= chunk or last:
             first_orders(j, ut)
 
     def first_orders(j: int, ut: np.ndarray) -> None:
         """The first-order changes of the draws waiting at layer j: one product per input for all of them."""
-        count = waiting["count"]
+        nonlocal waiting
         with clock("linear"):
-            waiting["count"] = 0
-            change = first_order_by_input(jac[j], ut[:, :count])  # (n, k, draw)
+            change = first_order_by_input(jac[j], ut[:, :waiting])  # (n, k, draw)
+            waiting = 0
             firsts[j].append(np.linalg.norm(change, axis=1).T)  # (draw, input)
             # the first-order prediction changes at r > the threshold, (ratio, draw, input)
             crossings[j].append(ratios[:, None, None] > crossing_threshold(clean_output, change).T)
@@ -687,6 +683,14 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
                                           clock)
             jac = jac if with_first_order else {}
             clean_output = fwd.output.astype(np.float64)
+            if jac:
+                widest = max(net.shapes[i - 1][0] for i in jac)
+                buffer = np.empty(n * held_draws * widest, net.dtype)
+                if n * np.dtype(net.dtype).itemsize % 512 == 0:
+                    # Reading a draw's noise (n_j, n) a column at a time, as the transposed copy does, hits a
+                    # handful of cache sets when its rows are a large power of two of bytes apart (several times
+                    # slower per element); copied first into rows a few elements longer, its columns spread.
+                    padded = np.empty(widest * (n + PAD), net.dtype)
     noise_all = TogetherNoise(rng_for_layer(TOGETHER), net.shapes, distribution, norm, sizes,
                               bias_sizes if biases else None, net.dtype) if together else None
     fixed, workspace = None, {}
@@ -697,8 +701,6 @@ def network_batches(net: Network, x: np.ndarray, ratios: np.ndarray, layers: tup
         columns = {i: [R * n * min(piece, b - s) for s in range(0, b, piece)] + [R * n] * worst for i in present}
         for i in jac:
             firsts[i], crossings[i] = [], []
-        if jac and waiting["buffer"] is None:
-            waiting["buffer"] = np.empty(n * waiting["draws"] * max(net.shapes[i - 1][0] for i in jac), net.dtype)
         moved = {}
         if not isinstance(fwd, Forward):  # the first batch without the linear answer: clean pass and norms ride along
             visit = perturbation(b, worst)
