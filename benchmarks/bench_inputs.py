@@ -117,16 +117,14 @@ def estimate_work(L: int, m: int, d: int, k: int, n: int, draws: int, ratios: in
     >>> w["flops"] == 10 * (2 * 4 * 3 * 5 + 2 * 2 * 4 * 5 + 2 * 2 * 4 * 5), w["normals"] == 10 * (4 * 3 + 2 * 4)
     (True, True)
     """
+    from pipeline.drawcost import full_draw_work
     from pipeline.network import layer_shapes
 
     shapes = layer_shapes(L, m, d, k)
-    flops = normals = 0
-    for i, (n_out, n_in) in enumerate(shapes):
-        q = min(n, n_in)
-        flops += 2 * n_out * q * n  # eta H: formed (q = n_in), or Z R from the thin QR (q = n)
-        normals += n_out * q
-        flops += sum(2 * a * b for a, b in shapes[i + 1:]) * ratios * n  # every column through the later layers
-    return {"flops": draws * flops, "normals": draws * normals}
+    # a draw of each layer as the control variate's cost model counts it, without the first-order change: eta H
+    # (formed, or Z R from the thin QR), and every column through the later layers
+    works = [full_draw_work(shapes, i, n, ratios, linear=False) for i in range(1, len(shapes) + 1)]
+    return {"flops": draws * int(sum(w.flops for w in works)), "normals": draws * int(sum(w.normals for w in works))}
 
 
 def estimate_part(a, launcher) -> dict:
